@@ -1,0 +1,5 @@
+import sys
+
+from mailward.cli import main
+
+sys.exit(main())

@@ -1,0 +1,43 @@
+"""Reads from the Kubernetes API that the handlers need beyond the watched object itself."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from mailward.reconcile import TLSSecretObservation
+
+
+class SecretObserver(Protocol):
+    async def observe_tls_secret(self, namespace: str, name: str) -> TLSSecretObservation: ...
+
+
+def load_client_config() -> None:
+    """In-cluster credentials when running in a pod, the kubeconfig otherwise."""
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        config.load_kube_config()  # type: ignore[no-untyped-call]
+
+
+class KubeSecretObserver:
+    """Looks Secrets up with the official client; metadata and key names only, never values."""
+
+    def __init__(self, api: client.CoreV1Api | None = None) -> None:
+        self._api = api or client.CoreV1Api()
+
+    async def observe_tls_secret(self, namespace: str, name: str) -> TLSSecretObservation:
+        return await asyncio.to_thread(self._observe, namespace, name)
+
+    def _observe(self, namespace: str, name: str) -> TLSSecretObservation:
+        try:
+            secret = self._api.read_namespaced_secret(name, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return TLSSecretObservation(name=name, found=False)
+            raise
+        keys = frozenset(k for k, v in (secret.data or {}).items() if v)
+        return TLSSecretObservation(name=name, found=True, type=secret.type, keys=keys)

@@ -1,0 +1,159 @@
+"""Generate CustomResourceDefinitions from the pydantic models.
+
+A CRD needs a *structural* OpenAPI v3 schema: no `$ref`, no `anyOf` carrying types, no
+`additionalProperties: false`, a `type` on every node. pydantic's JSON Schema is close, so this
+module rewrites it node by node instead of keeping a second, hand-written schema that could drift.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+
+from mailward.api import v1alpha1
+
+JSONSchema = dict[str, Any]
+
+# Keys that JSON Schema allows but a structural CRD schema refuses or does not need.
+_DROPPED_KEYS = {"title", "additionalProperties", "$defs", "examples"}
+
+
+def structural_schema(model: type[BaseModel], *, defaults: bool = True) -> JSONSchema:
+    """The model's JSON Schema (by alias, validation mode) rewritten into structural form.
+
+    Without `defaults`, no `default` is emitted: the status is written by the operator alone,
+    and server-side defaults there would only make the stored status differ from the written one.
+    """
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    definitions: dict[str, JSONSchema] = raw.get("$defs", {})
+    schema = _rewrite(raw, definitions)
+    return schema if defaults else _without_defaults(schema)
+
+
+def _without_defaults(node: JSONSchema) -> JSONSchema:
+    out = {k: v for k, v in node.items() if k != "default"}
+    if "properties" in out:
+        out["properties"] = {n: _without_defaults(s) for n, s in out["properties"].items()}
+    if "items" in out:
+        out["items"] = _without_defaults(out["items"])
+    return out
+
+
+def _rewrite(node: JSONSchema, definitions: dict[str, JSONSchema]) -> JSONSchema:
+    node = dict(node)
+    if "$ref" in node:
+        # pydantic puts a field's description and default next to the reference; they describe
+        # the field and win over the referenced model's own docstring.
+        target = definitions[node.pop("$ref").rsplit("/", 1)[-1]]
+        node = {**target, **node}
+    if "allOf" in node and len(node["allOf"]) == 1:
+        node = {**node.pop("allOf")[0], **node}
+        return _rewrite(node, definitions)
+    if "anyOf" in node:
+        branches = [b for b in node["anyOf"] if b.get("type") != "null"]
+        if len(branches) != 1:
+            raise ValueError(f"cannot express a union of {len(branches)} types structurally")
+        del node["anyOf"]
+        node = {**_rewrite(branches[0], definitions), **node}
+        if node.get("default", ...) is None:
+            del node["default"]
+    out: JSONSchema = {}
+    for key, value in node.items():
+        if key in _DROPPED_KEYS:
+            continue
+        if key == "properties":
+            out[key] = {name: _rewrite(sub, definitions) for name, sub in value.items()}
+        elif key == "items":
+            out[key] = _rewrite(value, definitions)
+        else:
+            out[key] = value
+    if "enum" in out and "type" not in out:
+        out["type"] = "string"
+    if "const" in out:
+        out["enum"] = [out.pop("const")]
+        out.setdefault("type", "string")
+    if "properties" in out:
+        out["type"] = "object"
+    return out
+
+
+def maildomain_crd() -> JSONSchema:
+    spec_schema = structural_schema(v1alpha1.MailDomainSpec)
+    status_schema = structural_schema(v1alpha1.MailDomainStatus, defaults=False)
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{v1alpha1.PLURAL}.{v1alpha1.API_GROUP}"},
+        "spec": {
+            "group": v1alpha1.API_GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": v1alpha1.KIND,
+                "listKind": f"{v1alpha1.KIND}List",
+                "plural": v1alpha1.PLURAL,
+                "singular": v1alpha1.SINGULAR,
+                "shortNames": list(v1alpha1.SHORT_NAMES),
+                "categories": ["mailward"],
+            },
+            "versions": [
+                {
+                    "name": v1alpha1.API_VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": v1alpha1.MailDomainResource.printer_columns,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": (
+                                "A mail domain that mailward makes secure by standard (BSI "
+                                "TR-03108): MTA, DNS records, MTA-STS policy, TLS reporting "
+                                "and continuous compliance checking."
+                            ),
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": spec_schema,
+                                "status": status_schema,
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def render_crds() -> dict[str, str]:
+    """File name → YAML text of every CRD mailward defines."""
+    header = "# Generated from operator/mailward/api by `make crds`; do not edit.\n"
+    crds = {f"{v1alpha1.API_GROUP}_{v1alpha1.PLURAL}.yaml": maildomain_crd()}
+    return {
+        name: header + yaml.safe_dump(crd, sort_keys=False, width=100, allow_unicode=True)
+        for name, crd in crds.items()
+    }
+
+
+def write_crds(directory: Path) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in render_crds().items():
+        path = directory / name
+        path.write_text(text)
+        written.append(path)
+    return written
+
+
+def stale_crds(directory: Path) -> list[str]:
+    """Names of CRD files in `directory` that differ from what the models generate."""
+    stale = []
+    for name, text in render_crds().items():
+        path = directory / name
+        if not path.exists() or path.read_text() != text:
+            stale.append(name)
+    return stale

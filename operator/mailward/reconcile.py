@@ -1,0 +1,84 @@
+"""What a MailDomain's status should say, decided from the spec and what was observed.
+
+Pure functions only: the handlers gather observations through the adapters and hand them here,
+so every verdict can be tested with plain values and no cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from mailward.api.v1alpha1 import MailDomainSpec
+from mailward.conditions import READY, Verdict
+
+TLS_SECRET_TYPE = "kubernetes.io/tls"
+
+
+class InvalidSpec(ValueError):
+    """The spec passed the CRD schema but not the operator's model."""
+
+
+@dataclass(frozen=True)
+class TLSSecretObservation:
+    """What the API server holds under the name given in `spec.tls.secretName`."""
+
+    name: str
+    found: bool
+    type: str | None = None
+    keys: frozenset[str] = frozenset()
+
+
+def parse_spec(raw: Mapping[str, Any]) -> MailDomainSpec:
+    """The typed spec, or InvalidSpec with a message that names every offending field."""
+    try:
+        return MailDomainSpec.model_validate(dict(raw))
+    except ValidationError as error:
+        raise InvalidSpec(describe_validation_error(error, prefix="spec")) from None
+
+
+def describe_validation_error(error: ValidationError, *, prefix: str) -> str:
+    problems = []
+    for item in error.errors(include_url=False):
+        path = prefix
+        for part in item["loc"]:
+            path += f"[{part}]" if isinstance(part, int) else f".{part}"
+        message = item["msg"].removeprefix("Value error, ")
+        problems.append(f"{path}: {message}")
+    return "; ".join(problems)
+
+
+def invalid_spec_verdicts(message: str) -> list[Verdict]:
+    return [Verdict(READY, "False", "InvalidSpec", message)]
+
+
+def readiness_verdicts(spec: MailDomainSpec, tls: TLSSecretObservation) -> list[Verdict]:
+    """The verdicts of one reconcile of a valid spec."""
+    secret = f"Secret {tls.name!r} (spec.tls.secretName)"
+    if not tls.found:
+        return [Verdict(READY, "False", "TLSSecretNotFound", f"{secret} does not exist")]
+    if tls.type != TLS_SECRET_TYPE:
+        return [
+            Verdict(
+                READY,
+                "False",
+                "TLSSecretInvalid",
+                f"{secret} has type {tls.type!r}; it must be {TLS_SECRET_TYPE!r}",
+            )
+        ]
+    missing = sorted({"tls.crt", "tls.key"} - tls.keys)
+    if missing:
+        lacking = ", ".join(missing)
+        return [Verdict(READY, "False", "TLSSecretInvalid", f"{secret} lacks {lacking}")]
+    hosts = ", ".join(mx.host for mx in spec.mx)
+    return [
+        Verdict(
+            READY,
+            "True",
+            "Reconciled",
+            f"{spec.domain}: spec valid, {secret} present, MX {hosts}",
+        )
+    ]
