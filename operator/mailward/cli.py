@@ -49,9 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args.namespace, args.liveness)
     if args.command == "crds":
         return _crds(args.output, args.check)
-    from mailward.localstack import stack as local_stack
+    from mailward.localstack.stack import command as stack_command
 
-    return local_stack.command(args.action, args.state_dir, args.env_file)
+    return stack_command(args.action, args.state_dir, args.env_file)
 
 
 def _run(namespaces: list[str], liveness: str | None) -> int:

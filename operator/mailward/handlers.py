@@ -8,6 +8,7 @@ fields (kopf #321) and because the status belongs to the users' tools (kstatus, 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import kopf
@@ -28,7 +29,7 @@ from mailward.reconcile import InvalidSpec, invalid_spec_verdicts, parse_spec, r
 FINALIZER = f"{API_GROUP}/finalizer"
 # How long to wait before looking for a missing TLS Secret again. Secrets are not watched:
 # that would need list/watch on every Secret of the cluster.
-TLS_SECRET_RETRY_SECONDS = 30
+TLS_SECRET_RETRY_SECONDS = float(os.environ.get("MAILWARD_TLS_SECRET_RETRY_SECONDS", "30"))
 
 _secrets: SecretObserver | None = None
 

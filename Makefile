@@ -1,0 +1,66 @@
+# mailward: `make demo` and `make test` set up everything they need on a fresh Debian machine.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The virtualenv is rebuilt when the dependency list changes.
+VENV_STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
+STATE_DIR := .local/stack
+ENV_FILE := .local/demo.env
+PYTEST_ARGS ?=
+
+.PHONY: help install system-deps venv controlplane crds lint test test-unit test-integration \
+        demo down status clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+install: system-deps venv controlplane ## Debian packages, virtualenv, control-plane build
+
+system-deps: ## Debian packages (BIND, Unbound, Postfix, ...)
+	scripts/install-system-deps.sh
+
+venv: $(VENV_STAMP) ## the Python virtualenv with mailward installed (editable)
+
+$(VENV_STAMP): pyproject.toml
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+controlplane: ## build etcd, kube-apiserver, kubectl once per machine (cached in ~/.cache/mailward)
+	tools/controlplane/build.sh >/dev/null
+
+crds: venv ## regenerate crds/ from the pydantic models
+	$(BIN)/mailward crds --output crds
+
+lint: venv ## ruff, mypy --strict, and CRD drift
+	$(BIN)/ruff check operator tests
+	$(BIN)/mypy
+	$(BIN)/mailward crds --check --output crds
+
+test-unit: venv ## pure tests, no servers
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: install ## tests against the real control plane and DNS stack
+	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+
+test: install lint ## everything CI runs
+	$(BIN)/pytest tests $(PYTEST_ARGS)
+
+demo: install ## start the local stack and the operator, apply the example, show it
+	scripts/demo.sh $(STATE_DIR) $(ENV_FILE)
+
+down: ## stop everything `make demo` started
+	@if [ -x $(BIN)/mailward ]; then $(BIN)/mailward stack down --state-dir $(STATE_DIR); \
+	else echo "nothing to stop (no virtualenv)"; fi
+
+status: venv ## which processes of the demo stack are running
+	$(BIN)/mailward stack status --state-dir $(STATE_DIR)
+
+clean: down ## remove the virtualenv and the demo state (keeps the control-plane cache)
+	rm -rf $(VENV) .local .mypy_cache .ruff_cache .pytest_cache

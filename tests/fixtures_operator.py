@@ -1,0 +1,148 @@
+"""Pytest plugin: the CRDs installed in the real API server, and the operator running against it.
+
+The operator runs as the real `mailward run` command in its own process, exactly as it would in a
+pod, so a test sees only what any client of the API server would see.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client, config
+
+from mailward.api.v1alpha1 import API_GROUP, API_VERSION, PLURAL
+from mailward.localstack._process import free_port, http_ok
+from mailward.localstack.controlplane import ControlPlane, kubectl_path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Kube:
+    """A handle on the test cluster: kubectl as a user runs it, and the Python client."""
+
+    kubeconfig: Path
+    api: client.ApiClient
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [str(kubectl_path()), "--kubeconfig", str(self.kubeconfig), *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed: {result.stderr}")
+        return result
+
+    @property
+    def custom(self) -> client.CustomObjectsApi:
+        return client.CustomObjectsApi(self.api)
+
+    @property
+    def core(self) -> client.CoreV1Api:
+        return client.CoreV1Api(self.api)
+
+    def get_maildomain(self, namespace: str, name: str) -> dict[str, Any]:
+        body: dict[str, Any] = self.custom.get_namespaced_custom_object(
+            API_GROUP, API_VERSION, namespace, PLURAL, name
+        )
+        return body
+
+    def apply(self, manifest: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+        return self.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+
+    def wait_for(
+        self,
+        what: str,
+        probe: Callable[[], Any],
+        *,
+        timeout: float = 30.0,
+        interval: float = 0.25,
+    ) -> Any:
+        """Poll `probe` until it returns something truthy; fail naming `what` otherwise."""
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            last = probe()
+            if last:
+                return last
+            time.sleep(interval)
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+@pytest.fixture(scope="session")
+def kube(control_plane: ControlPlane) -> Iterator[Kube]:
+    api = config.new_client_from_config(config_file=str(control_plane.kubeconfig))
+    handle = Kube(control_plane.kubeconfig, api)
+    handle.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
+    handle.kubectl(
+        "wait", "--for=condition=Established", "--timeout=30s", "crd", f"{PLURAL}.{API_GROUP}"
+    )
+    yield handle
+    api.close()
+
+
+@pytest.fixture
+def namespace(kube: Kube) -> str:
+    """A fresh namespace per test (never deleted: the local stack has no namespace controller)."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    kube.kubectl("create", "namespace", name)
+    return name
+
+
+@dataclass
+class OperatorProcess:
+    process: subprocess.Popen[bytes]
+    log_file: Path
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace")
+
+
+@pytest.fixture(scope="session")
+def operator(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    log_file = tmp_path_factory.mktemp("operator") / "operator.log"
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(kube.kubeconfig),
+        # Tests must not wait the production retry delay for a Secret created a moment later.
+        "MAILWARD_TLS_SECRET_RETRY_SECONDS": "2",
+    }
+    liveness = f"http://127.0.0.1:{free_port('127.0.0.1')}/healthz"
+    with log_file.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mailward", "run", "--all-namespaces", "--liveness", liveness],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    handle = OperatorProcess(process, log_file)
+    try:
+        kube.wait_for(
+            "the operator to start watching",
+            lambda: process.poll() is not None or http_ok(liveness),
+            timeout=60,
+        )
+        assert process.poll() is None, f"operator exited:\n{handle.log()}"
+        yield handle
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
