@@ -68,7 +68,7 @@ def parse_status(raw: Mapping[str, Any] | None) -> MailDomainStatus:
 
 def status_document(status: MailDomainStatus) -> dict[str, Any]:
     """The status as it is written to (and read back from) the API server."""
-    return status.model_dump(mode="json", by_alias=True)
+    return status.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 def find(conditions: Iterable[Condition], type_: str) -> Condition | None:

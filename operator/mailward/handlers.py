@@ -1,4 +1,4 @@
-"""kopf handlers: load the object, decide (mailward.reconcile), write the status if it changed.
+"""kopf handlers: load the object, let each part reconcile, write the status if it changed.
 
 Nothing here decides anything on its own. kopf keeps its bookkeeping in `mailward.io/*`
 annotations rather than in `status`, because a structural CRD schema prunes unknown status
@@ -13,7 +13,7 @@ from typing import Any
 
 import kopf
 
-from mailward.adapters.kube import KubeSecretObserver, SecretObserver, load_client_config
+from mailward.adapters.kube import KubeSecretObserver, load_client_config
 from mailward.api.v1alpha1 import API_GROUP, API_VERSION, PLURAL, MailDomainStatus
 from mailward.conditions import (
     READY,
@@ -24,22 +24,23 @@ from mailward.conditions import (
     status_document,
     utcnow,
 )
-from mailward.reconcile import InvalidSpec, invalid_spec_verdicts, parse_spec, readiness_verdicts
+from mailward.parts import Part, PartResult, ReconcileContext
+from mailward.parts.certificate import CertificatePart
+from mailward.reconcile import InvalidSpec, invalid_spec_verdicts, parse_spec, ready_verdict
 
 FINALIZER = f"{API_GROUP}/finalizer"
-# How long to wait before looking for a missing TLS Secret again. Secrets are not watched:
-# that would need list/watch on every Secret of the cluster.
-TLS_SECRET_RETRY_SECONDS = float(os.environ.get("MAILWARD_TLS_SECRET_RETRY_SECONDS", "30"))
+RETRY_SECONDS = float(os.environ.get("MAILWARD_TLS_SECRET_RETRY_SECONDS", "30"))
 
-_secrets: SecretObserver | None = None
+_parts: list[Part] | None = None
 
 
-def secret_observer() -> SecretObserver:
-    global _secrets
-    if _secrets is None:
+def parts() -> list[Part]:
+    """The parts in reconcile order; built on first use, after the client is configured."""
+    global _parts
+    if _parts is None:
         load_client_config()
-        _secrets = KubeSecretObserver()
-    return _secrets
+        _parts = [CertificatePart(KubeSecretObserver(), RETRY_SECONDS)]
+    return _parts
 
 
 @kopf.on.startup()
@@ -75,44 +76,74 @@ async def reconcile(
         model = parse_spec(spec)
     except InvalidSpec as error:
         verdicts = invalid_spec_verdicts(str(error))
-        if _write_status(patch, current, verdicts, generation):
+        if _write_status(patch, current, verdicts, {}, generation):
             kopf.warn(body, reason="InvalidSpec", message=str(error))
         return
 
-    tls = await secret_observer().observe_tls_secret(namespace or "", model.tls.secret_name)
-    verdicts = readiness_verdicts(model, tls)
-    _write_status(patch, current, verdicts, generation)
-    ready = verdicts[0]
-    if ready.status != "True":
-        raise kopf.TemporaryError(ready.message, delay=TLS_SECRET_RETRY_SECONDS)
+    ctx = ReconcileContext(
+        name=str(meta.get("name")),
+        namespace=namespace or "",
+        uid=str(meta.get("uid")),
+        generation=generation,
+        spec=model,
+        status=current,
+    )
+    results: list[PartResult] = []
+    for part in parts():
+        result = await part.reconcile(ctx)
+        results.append(result)
+        if result.blocking:
+            break
+    part_verdicts = [v for r in results for v in r.verdicts]
+    owned_status = {k: v for r in results for k, v in r.status.items()}
+    verdicts = [ready_verdict(model, part_verdicts), *part_verdicts]
+    _write_status(patch, current, verdicts, owned_status, generation)
+    for result in results:
+        for event in result.events:
+            kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+    delays = [r.retry_after for r in results if r.retry_after is not None]
+    if delays:
+        raise kopf.TemporaryError(verdicts[0].message, delay=min(delays))
 
 
 @kopf.on.delete(API_GROUP, API_VERSION, PLURAL)
-async def release(**_: Any) -> None:
-    """Holds the finalizer: the parts a MailDomain owns outside the cluster are released here."""
+async def release(spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, **_: Any) -> None:
+    """Release what the MailDomain owns outside the cluster, last part first."""
+    try:
+        model = parse_spec(spec)
+    except InvalidSpec:
+        return  # never reconciled, so nothing was created
+    ctx = ReconcileContext(
+        name=str(meta.get("name")),
+        namespace=str(meta.get("namespace") or ""),
+        uid=str(meta.get("uid")),
+        generation=int(meta.get("generation") or 0),
+        spec=model,
+        status=parse_status(status),
+    )
+    for part in reversed(parts()):
+        await part.release(ctx)
 
 
 def _write_status(
     patch: kopf.Patch,
     current: MailDomainStatus,
     verdicts: list[Verdict],
+    owned: dict[str, Any],
     generation: int,
 ) -> bool:
-    """Put the new status into `patch` if it differs from `current`; True when it changed Ready."""
+    """Put the new status into `patch` if it differs from `current`; True when Ready changed."""
     conditions = apply_verdicts(current.conditions, verdicts, generation=generation, now=utcnow())
-    desired = MailDomainStatus(observed_generation=generation, conditions=conditions)
+    desired = MailDomainStatus.model_validate(
+        {**status_document(current), **owned, "observedGeneration": generation}
+    ).model_copy(update={"conditions": conditions})
     document = status_document(desired)
     if document == status_document(current):
         return False
     for key, value in document.items():
         patch.status[key] = value
     before, after = find(current.conditions, READY), find(conditions, READY)
-    return (
-        before is None
-        or after is None
-        or (before.reason, before.message)
-        != (
-            after.reason,
-            after.message,
-        )
+    return before is None or after is None or (before.reason, before.message) != (
+        after.reason,
+        after.message,
     )

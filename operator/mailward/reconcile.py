@@ -12,8 +12,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from mailward.api.v1alpha1 import MailDomainSpec
+from mailward.api.v1alpha1 import ConditionStatus, MailDomainSpec
 from mailward.conditions import READY, Verdict
+
+CERTIFICATE_READY = "CertificateReady"
 
 TLS_SECRET_TYPE = "kubernetes.io/tls"
 
@@ -55,30 +57,34 @@ def invalid_spec_verdicts(message: str) -> list[Verdict]:
     return [Verdict(READY, "False", "InvalidSpec", message)]
 
 
-def readiness_verdicts(spec: MailDomainSpec, tls: TLSSecretObservation) -> list[Verdict]:
-    """The verdicts of one reconcile of a valid spec."""
+def certificate_verdict(tls: TLSSecretObservation) -> Verdict:
+    """Whether the Secret named in `spec.tls.secretName` can be served."""
     secret = f"Secret {tls.name!r} (spec.tls.secretName)"
     if not tls.found:
-        return [Verdict(READY, "False", "TLSSecretNotFound", f"{secret} does not exist")]
+        return Verdict(CERTIFICATE_READY, "False", "TLSSecretNotFound", f"{secret} does not exist")
     if tls.type != TLS_SECRET_TYPE:
-        return [
-            Verdict(
-                READY,
-                "False",
-                "TLSSecretInvalid",
-                f"{secret} has type {tls.type!r}; it must be {TLS_SECRET_TYPE!r}",
-            )
-        ]
+        return Verdict(
+            CERTIFICATE_READY,
+            "False",
+            "TLSSecretInvalid",
+            f"{secret} has type {tls.type!r}; it must be {TLS_SECRET_TYPE!r}",
+        )
     missing = sorted({"tls.crt", "tls.key"} - tls.keys)
     if missing:
         lacking = ", ".join(missing)
-        return [Verdict(READY, "False", "TLSSecretInvalid", f"{secret} lacks {lacking}")]
+        return Verdict(CERTIFICATE_READY, "False", "TLSSecretInvalid", f"{secret} lacks {lacking}")
+    return Verdict(CERTIFICATE_READY, "True", "SecretPresent", f"{secret} is present")
+
+
+def ready_verdict(spec: MailDomainSpec, parts: list[Verdict]) -> Verdict:
+    """`Ready` from the parts' conditions: the first part that is not ready explains why.
+
+    Its reason is carried over, so `kubectl get` and kstatus show the cause, not a generic word.
+    """
+    for verdict in parts:
+        if verdict.status != "True":
+            status: ConditionStatus = "False" if verdict.status == "False" else "Unknown"
+            return Verdict(READY, status, verdict.reason, f"{verdict.type}: {verdict.message}")
     hosts = ", ".join(mx.host for mx in spec.mx)
-    return [
-        Verdict(
-            READY,
-            "True",
-            "Reconciled",
-            f"{spec.domain}: spec valid, {secret} present, MX {hosts}",
-        )
-    ]
+    checked = ", ".join(v.type for v in parts)
+    return Verdict(READY, "True", "Reconciled", f"{spec.domain} (MX {hosts}): {checked} True")

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from mailward.reconcile import TLSSecretObservation, parse_spec, readiness_verdicts
+from mailward.conditions import Verdict
+from mailward.reconcile import (
+    TLSSecretObservation,
+    certificate_verdict,
+    parse_spec,
+    ready_verdict,
+)
 from tests.manifests import valid_maildomain
 
 SPEC = parse_spec(valid_maildomain()["spec"])
@@ -31,15 +37,38 @@ TLS_KEYS = frozenset({"tls.crt", "tls.key"})
         (
             TLSSecretObservation(NAME, True, "kubernetes.io/tls", TLS_KEYS),
             "True",
-            "Reconciled",
-            "mx1.example.test, mx2.example.test",
+            "SecretPresent",
+            "is present",
         ),
     ],
 )
-def test_ready_follows_the_tls_secret(
+def test_certificate_condition_follows_the_tls_secret(
     observation: TLSSecretObservation, status: str, reason: str, fragment: str
 ) -> None:
-    (ready,) = readiness_verdicts(SPEC, observation)
-    assert (ready.type, ready.status, ready.reason) == ("Ready", status, reason)
-    assert fragment in ready.message
-    assert "spec.tls.secretName" in ready.message
+    verdict = certificate_verdict(observation)
+    assert (verdict.type, verdict.status, verdict.reason) == ("CertificateReady", status, reason)
+    assert fragment in verdict.message
+    assert "spec.tls.secretName" in verdict.message
+
+
+def test_ready_carries_the_first_failing_part() -> None:
+    parts = [
+        Verdict("CertificateReady", "True", "SecretPresent", "ok"),
+        Verdict("DNSReady", "False", "UpdateRefused", "TSIG refused"),
+        Verdict("MTAReady", "False", "Pending", "later"),
+    ]
+    ready = ready_verdict(SPEC, parts)
+    assert (ready.status, ready.reason) == ("False", "UpdateRefused")
+    assert ready.message == "DNSReady: TSIG refused"
+
+
+def test_ready_unknown_when_a_part_is_unknown() -> None:
+    parts = [Verdict("DNSReady", "Unknown", "Pending", "waiting for the provider")]
+    assert ready_verdict(SPEC, parts).status == "Unknown"
+
+
+def test_ready_true_names_the_domain_and_the_parts() -> None:
+    ready = ready_verdict(SPEC, [Verdict("CertificateReady", "True", "SecretPresent", "ok")])
+    assert (ready.status, ready.reason) == ("True", "Reconciled")
+    assert "mx1.example.test, mx2.example.test" in ready.message
+    assert "CertificateReady" in ready.message

@@ -1,0 +1,58 @@
+"""The parts of a MailDomain, each reconciled on its own and reporting its own condition.
+
+As in cert-manager, where one small controller per concern writes one condition, every part
+(certificate, DNS records, MTA, policy endpoint, ...) is an object with `reconcile` and `release`.
+The handler runs them in order, shares what one part learnt with the next through the context
+(the certificate read by the first is what the DNS part pins in TLSA records), and derives
+`Ready` from their verdicts. A part never writes to the API server's status itself: it returns
+the status fields it owns, and the handler writes everything at once, only if something changed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from mailward.api.v1alpha1 import MailDomainSpec, MailDomainStatus
+from mailward.conditions import Verdict
+
+
+@dataclass
+class ReconcileContext:
+    """What every part may read about the MailDomain being reconciled."""
+
+    name: str
+    namespace: str
+    uid: str
+    generation: int
+    spec: MailDomainSpec
+    status: MailDomainStatus
+    # Facts one part found and a later part needs, e.g. the served certificate chain.
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Event:
+    type: str  # "Normal" or "Warning"
+    reason: str
+    message: str
+
+
+@dataclass
+class PartResult:
+    verdicts: list[Verdict]
+    # Top-level status fields this part owns (e.g. {"dns": {...}}), in their wire form.
+    status: dict[str, Any] = field(default_factory=dict)
+    # Ask to be run again after this many seconds, although nothing in the spec changed.
+    retry_after: float | None = None
+    events: list[Event] = field(default_factory=list)
+    # Later parts depend on this one: stop the pass here.
+    blocking: bool = False
+
+
+class Part(Protocol):
+    name: str
+
+    async def reconcile(self, ctx: ReconcileContext) -> PartResult: ...
+
+    async def release(self, ctx: ReconcileContext) -> None: ...
