@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.fixtures_controlplane", "tests.fixtures_operator"]
+pytest_plugins = ["tests.fixtures_controlplane", "tests.fixtures_dns", "tests.fixtures_operator"]

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,7 +102,10 @@ def read_live_pid(pid_file: Path) -> int | None:
     if state == "Z":
         return None
     expected = os.path.basename(executable.strip())
-    if expected and os.path.basename(cmdline[0].decode(errors="replace")) != expected:
+    running = os.path.basename(cmdline[0].decode(errors="replace"))
+    # An empty command line is a process in the middle of exec: the kernel lets a vfork parent
+    # (subprocess.Popen) go on before the new program's arguments are in place.
+    if expected and running and running != expected:
         return None
     return pid
 
@@ -227,3 +231,12 @@ def _reap(pid: int) -> None:
     """Collect the exit status if the process is our child, so it does not linger as a zombie."""
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)
+
+
+def http_ok(url: str, timeout: float = 1.0) -> bool:
+    """True when a plain-HTTP health endpoint answers 200."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False

@@ -1,0 +1,583 @@
+"""A real kube-apiserver + etcd on loopback, for the integration tests and the demo.
+
+This is the envtest setup, done in Python: an API server and its etcd, nothing else. There is no
+kubelet, scheduler or controller-manager, so nothing runs Pods, namespaces never finish
+terminating (the namespace controller is missing), owner references are not garbage-collected and
+namespaces get no `default` ServiceAccount. What we test against it is what an operator sees of a
+cluster: schemas, CEL rules, RBAC, watches, status subresources and admission.
+
+Everything listens on one loopback address (127.0.0.1 unless told otherwise) on ports the kernel
+picks, so the demo's control plane and the tests' can run side by side. The state directory is the
+only thing another process needs to find, inspect or stop a running control plane:
+
+    state_dir/
+      controlplane.json         host, ports and binaries of the last start
+      kubeconfig                context "mailward-local", admin client cert embedded
+      pki/                      CA, apiserver serving cert, admin client cert, service-account keys
+      etcd/                     etcd's data
+      etcd.{pid,log}            kube-apiserver.{pid,log}
+
+The CA, the admin certificate and the service-account keys are kept across restarts of the same
+state directory (a kubeconfig copied elsewhere stays valid, tokens stay verifiable); the serving
+certificate is issued anew on every start because it names the host.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import functools
+import ipaddress
+import json
+import os
+import ssl
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from mailward.localstack._process import (
+    ManagedProcess,
+    StackError,
+    free_port,
+    port_is_free,
+    wait_until,
+)
+
+CONTEXT_NAME = "mailward-local"
+ADMIN_USER = "mailward-admin"
+SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
+SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc"
+BIN_DIR_ENV = "MAILWARD_CONTROLPLANE_BIN"
+BINARIES = ("etcd", "kube-apiserver", "kubectl")
+
+_STATE_FILE = "controlplane.json"
+_ETCD = "etcd"
+_APISERVER = "kube-apiserver"
+# A port the kernel handed us can be taken by someone else before our server binds it.
+_PORT_ATTEMPTS = 3
+# Certificates are renewed this long before they expire.
+_RENEW_BEFORE = datetime.timedelta(days=30)
+_CA_LIFETIME = datetime.timedelta(days=3650)
+_LEAF_LIFETIME = datetime.timedelta(days=365)
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[3]
+
+
+def controlplane_bin_dir() -> Path:
+    """The directory with etcd, kube-apiserver and kubectl.
+
+    `$MAILWARD_CONTROLPLANE_BIN` wins; otherwise tools/controlplane/build.sh is run, which returns
+    at once when the binaries of the pinned version are already in the per-machine cache and
+    builds them (10-20 minutes) when they are not.
+    """
+    override = os.environ.get(BIN_DIR_ENV)
+    bin_dir = Path(override) if override else _built_bin_dir()
+    missing = [name for name in BINARIES if not os.access(bin_dir / name, os.X_OK)]
+    if missing:
+        origin = f"${BIN_DIR_ENV}" if override else "tools/controlplane/build.sh"
+        raise StackError(f"{bin_dir} (from {origin}) lacks the executables {', '.join(missing)}")
+    return bin_dir
+
+
+def kubectl_path() -> Path:
+    return controlplane_bin_dir() / "kubectl"
+
+
+@functools.cache
+def _built_bin_dir() -> Path:
+    script = repo_root() / "tools" / "controlplane" / "build.sh"
+    if not script.is_file():
+        raise StackError(
+            f"cannot find the control plane build script {script}; "
+            f"set ${BIN_DIR_ENV} to a directory with {', '.join(BINARIES)}"
+        )
+    # Progress goes to our stderr unchanged; the last line on stdout is the directory.
+    result = subprocess.run(
+        ["bash", str(script)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True
+    )
+    lines = [line.strip() for line in result.stdout.splitlines() if line.strip()]
+    if result.returncode != 0 or not lines:
+        raise StackError(
+            f"{script} failed (exit code {result.returncode}); its output is on stderr above"
+        )
+    return Path(lines[-1])
+
+
+@dataclass(frozen=True)
+class _Ports:
+    etcd_client: int
+    etcd_peer: int
+    apiserver: int
+
+
+class ControlPlane:
+    """One kube-apiserver + etcd pair, owned by a state directory."""
+
+    def __init__(self, state_dir: Path, host: str = "127.0.0.1", *, bin_dir: Path | None = None):
+        address = ipaddress.ip_address(host)
+        if address.version != 4 or not address.is_loopback:
+            raise ValueError(f"the control plane must stay on 127.0.0.0/8, not {host}")
+        self.state_dir = Path(state_dir).absolute()
+        self.host = host
+        self._bin_dir = bin_dir
+        self._ports: _Ports | None = None
+        self.ready_after: float | None = None
+        """Seconds from start() to a ready API server, once start() succeeded."""
+
+    @classmethod
+    def attach(cls, state_dir: Path) -> ControlPlane:
+        """The control plane last started in `state_dir`, from another process.
+
+        It may have stopped since: ask `is_running()` / `is_ready()`; `stop()` is always safe.
+        """
+        state_file = Path(state_dir) / _STATE_FILE
+        try:
+            state = json.loads(state_file.read_text())
+            plane = cls(state_dir, state["host"], bin_dir=Path(state["bin_dir"]))
+            plane._ports = _Ports(**state["ports"])
+        except FileNotFoundError:
+            raise StackError(f"no control plane was ever started in {state_dir}") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StackError(f"{state_file} is unreadable: {exc!r}") from exc
+        return plane
+
+    # -- where things are --------------------------------------------------------------------
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.state_dir / "kubeconfig"
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.state_dir / "pki"
+
+    @property
+    def server_url(self) -> str:
+        return f"https://{self.host}:{self._known_ports().apiserver}"
+
+    @property
+    def etcd_url(self) -> str:
+        return f"http://{self.host}:{self._known_ports().etcd_client}"
+
+    @property
+    def bin_dir(self) -> Path:
+        if self._bin_dir is None:
+            self._bin_dir = controlplane_bin_dir()
+        return self._bin_dir
+
+    def _known_ports(self) -> _Ports:
+        if self._ports is None:
+            raise StackError(f"the control plane in {self.state_dir} has not been started")
+        return self._ports
+
+    def _process(self, name: str, argv: list[str] | None = None) -> ManagedProcess:
+        return ManagedProcess(name, argv or [name], self.state_dir, cwd=self.state_dir)
+
+    # -- state -------------------------------------------------------------------------------
+
+    def is_running(self) -> bool:
+        """True if etcd or the API server of this state directory still runs."""
+        return any(self._process(name).is_running() for name in (_ETCD, _APISERVER))
+
+    def is_ready(self) -> bool:
+        """True if the API server answers /readyz with ok right now."""
+        if self._ports is None or not self._process(_APISERVER).is_running():
+            return False
+        try:
+            return self._apiserver_ready()
+        except (OSError, ssl.SSLError):
+            return False
+
+    # -- start / stop ------------------------------------------------------------------------
+
+    def start(self, timeout: float = 90) -> None:
+        """Start etcd and the API server and wait until the API server is ready.
+
+        Raises StackError (with the failing server's last log lines) and leaves nothing running
+        if that does not happen within `timeout` seconds.
+        """
+        if self.is_running():
+            raise StackError(f"a control plane already runs in {self.state_dir}; stop it first")
+        began = time.monotonic()
+        deadline = began + timeout
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            bin_dir = self.bin_dir
+            _ensure_pki(self.pki_dir, self.host)
+            for attempt in range(_PORT_ATTEMPTS):
+                self._ports = self._choose_ports(reuse_previous=attempt == 0)
+                try:
+                    self._start_etcd(bin_dir, deadline)
+                    self._start_apiserver(bin_dir, deadline)
+                    break
+                except _PortTaken:
+                    self._stop_processes()
+            else:
+                raise StackError(f"no free ports on {self.host} after {_PORT_ATTEMPTS} attempts")
+            self._write_kubeconfig()
+        except BaseException as exc:
+            self._stop_processes()
+            if isinstance(exc, Exception) and not isinstance(exc, StackError):
+                raise StackError(f"the control plane in {self.state_dir} failed: {exc}") from exc
+            raise
+        self.ready_after = time.monotonic() - began
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the API server, then etcd. Safe to call when nothing runs."""
+        self._stop_processes(timeout)
+
+    def _stop_processes(self, timeout: float = 10.0) -> None:
+        for name in (_APISERVER, _ETCD):
+            self._process(name).stop(timeout)
+
+    def _choose_ports(self, *, reuse_previous: bool) -> _Ports:
+        # Keep the previous ports when they are free, so a restarted demo keeps its server URL.
+        previous = self._ports or _read_state_ports(self.state_dir / _STATE_FILE)
+        if reuse_previous and previous is not None:
+            wanted = (previous.etcd_client, previous.etcd_peer, previous.apiserver)
+            if len(set(wanted)) == 3 and all(port_is_free(self.host, p) for p in wanted):
+                return previous
+        ports: set[int] = set()
+        while len(ports) < 3:
+            ports.add(free_port(self.host))
+        etcd_client, etcd_peer, apiserver = sorted(ports)
+        return _Ports(etcd_client=etcd_client, etcd_peer=etcd_peer, apiserver=apiserver)
+
+    def _start_etcd(self, bin_dir: Path, deadline: float) -> None:
+        ports = self._known_ports()
+        peer_url = f"http://{self.host}:{ports.etcd_peer}"
+        etcd = self._process(
+            _ETCD,
+            [
+                str(bin_dir / "etcd"),
+                "--name=mailward",
+                f"--data-dir={self.state_dir / 'etcd'}",
+                f"--listen-client-urls={self.etcd_url}",
+                f"--advertise-client-urls={self.etcd_url}",
+                f"--listen-peer-urls={peer_url}",
+                f"--initial-advertise-peer-urls={peer_url}",
+                f"--initial-cluster=mailward={peer_url}",
+                "--initial-cluster-state=new",
+                # Test data: durability is not worth the fsync latency on slow disks.
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+            ],
+        )
+        _start_fresh(etcd)
+        _await(etcd, self._etcd_healthy, deadline, f"etcd health at {self.etcd_url}/health")
+
+    def _start_apiserver(self, bin_dir: Path, deadline: float) -> None:
+        pki = self.pki_dir
+        apiserver = self._process(
+            _APISERVER,
+            [
+                str(bin_dir / "kube-apiserver"),
+                f"--etcd-servers={self.etcd_url}",
+                f"--bind-address={self.host}",
+                f"--advertise-address={self.host}",
+                f"--secure-port={self._known_ports().apiserver}",
+                f"--cert-dir={pki}",
+                f"--tls-cert-file={pki / 'apiserver.crt'}",
+                f"--tls-private-key-file={pki / 'apiserver.key'}",
+                f"--client-ca-file={pki / 'ca.crt'}",
+                f"--service-account-key-file={pki / 'sa.pub'}",
+                f"--service-account-signing-key-file={pki / 'sa.key'}",
+                f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+                f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+                "--authorization-mode=RBAC",
+                "--allow-privileged=true",
+                # The endpoint reconciler would publish the advertise address as the endpoint of
+                # the `kubernetes` Service, and Endpoints reject loopback addresses: it would log
+                # an error every 10 s. Nothing in the cluster needs that endpoint.
+                "--endpoint-reconciler-type=none",
+                "--profiling=false",
+            ],
+        )
+        _start_fresh(apiserver)
+        _await(apiserver, self._apiserver_ready, deadline, f"{self.server_url}/readyz")
+
+    # -- probes ------------------------------------------------------------------------------
+
+    def _etcd_healthy(self) -> bool:
+        with _NO_PROXY.open(f"{self.etcd_url}/health", timeout=2) as response:
+            return bool(json.load(response).get("health") == "true")
+
+    def _apiserver_ready(self) -> bool:
+        context = ssl.create_default_context(cafile=str(self.pki_dir / "ca.crt"))
+        context.load_cert_chain(self.pki_dir / "admin.crt", self.pki_dir / "admin.key")
+        opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+        )
+        with opener.open(f"{self.server_url}/readyz", timeout=5) as response:
+            return bool(response.status == 200 and response.read().strip() == b"ok")
+
+    # -- outputs -----------------------------------------------------------------------------
+
+    def _write_kubeconfig(self) -> None:
+        ports = self._known_ports()
+        pki = self.pki_dir
+
+        def data(name: str) -> str:
+            return base64.b64encode((pki / name).read_bytes()).decode()
+
+        config: dict[str, Any] = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": CONTEXT_NAME,
+                    "cluster": {
+                        "server": self.server_url,
+                        "certificate-authority-data": data("ca.crt"),
+                    },
+                }
+            ],
+            "users": [
+                {
+                    "name": ADMIN_USER,
+                    "user": {
+                        "client-certificate-data": data("admin.crt"),
+                        "client-key-data": data("admin.key"),
+                    },
+                }
+            ],
+            "contexts": [
+                {"name": CONTEXT_NAME, "context": {"cluster": CONTEXT_NAME, "user": ADMIN_USER}}
+            ],
+            "current-context": CONTEXT_NAME,
+            "preferences": {},
+        }
+        _write_private(self.kubeconfig, yaml.safe_dump(config, sort_keys=False).encode())
+        state = {
+            "host": self.host,
+            "ports": {
+                "etcd_client": ports.etcd_client,
+                "etcd_peer": ports.etcd_peer,
+                "apiserver": ports.apiserver,
+            },
+            "bin_dir": str(self.bin_dir),
+            "server_url": self.server_url,
+        }
+        (self.state_dir / _STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+
+
+class _PortTaken(Exception):
+    """A server exited because its port was taken between our choice and its bind."""
+
+
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _start_fresh(process: ManagedProcess) -> None:
+    # One log per start, so a failure's log tail shows this start and not an older one.
+    process.log_file.unlink(missing_ok=True)
+    process.start()
+
+
+def _await(process: ManagedProcess, ready: Callable[[], bool], deadline: float, what: str) -> None:
+    try:
+        wait_until(
+            ready,
+            timeout=max(deadline - time.monotonic(), 0.0),
+            what=what,
+            interval=0.2,
+            process=process,
+        )
+    except StackError:
+        if not process.is_running() and "address already in use" in process.log_tail(200):
+            raise _PortTaken(process.name) from None
+        raise
+
+
+def _read_state_ports(state_file: Path) -> _Ports | None:
+    try:
+        return _Ports(**json.loads(state_file.read_text())["ports"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+# -- PKI -------------------------------------------------------------------------------------
+
+
+def _ensure_pki(pki: Path, host: str) -> None:
+    """CA, admin client cert and service-account keys (kept if valid), a fresh serving cert."""
+    pki.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+    ca = _load_pair(pki / "ca.crt", pki / "ca.key", now)
+    if ca is None:
+        ca_key = _new_key()
+        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mailward-local-ca")])
+        ca_cert = (
+            _builder(ca_name, ca_name, ca_key.public_key(), now, _CA_LIFETIME)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .sign(ca_key, hashes.SHA256())
+        )
+        _write_pair(pki / "ca.crt", pki / "ca.key", ca_cert, ca_key)
+        ca = (ca_cert, ca_key)
+        # Everything signed by an old CA goes with it.
+        for name in ("admin.crt", "admin.key"):
+            (pki / name).unlink(missing_ok=True)
+    ca_cert, ca_key = ca
+
+    admin = _load_pair(pki / "admin.crt", pki / "admin.key", now)
+    if admin is None or admin[0].issuer != ca_cert.subject:
+        admin_name = x509.Name(
+            [
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:masters"),
+                x509.NameAttribute(NameOID.COMMON_NAME, ADMIN_USER),
+            ]
+        )
+        _issue(pki / "admin", admin_name, ca, now, ExtendedKeyUsageOID.CLIENT_AUTH, [])
+
+    sans: list[x509.GeneralName] = [
+        x509.IPAddress(ipaddress.ip_address(host)),
+        x509.DNSName("localhost"),
+        x509.DNSName("kubernetes"),
+        x509.DNSName("kubernetes.default"),
+        x509.DNSName("kubernetes.default.svc"),
+        x509.DNSName("kubernetes.default.svc.cluster.local"),
+        # The `kubernetes` Service's cluster IP: first address of the service range.
+        x509.IPAddress(ipaddress.IPv4Network(SERVICE_CLUSTER_IP_RANGE)[1]),
+    ]
+    if host != "127.0.0.1":
+        sans.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+    serving_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")])
+    _issue(pki / "apiserver", serving_name, ca, now, ExtendedKeyUsageOID.SERVER_AUTH, sans)
+
+    if not (pki / "sa.key").is_file() or not (pki / "sa.pub").is_file():
+        sa_key = _new_key()
+        _write_private(pki / "sa.key", _key_pem(sa_key))
+        (pki / "sa.pub").write_bytes(
+            sa_key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+
+
+def _new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _builder(
+    subject: x509.Name,
+    issuer: x509.Name,
+    public_key: ec.EllipticCurvePublicKey,
+    now: datetime.datetime,
+    lifetime: datetime.timedelta,
+) -> x509.CertificateBuilder:
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        # Tolerate a little clock skew between us and the verifier.
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + lifetime)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+    )
+
+
+def _issue(
+    stem: Path,
+    subject: x509.Name,
+    ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
+    now: datetime.datetime,
+    usage: x509.ObjectIdentifier,
+    sans: list[x509.GeneralName],
+) -> None:
+    ca_cert, ca_key = ca
+    key = _new_key()
+    builder = (
+        _builder(subject, ca_cert.subject, key.public_key(), now, _LEAF_LIFETIME)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+    )
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    cert = builder.sign(ca_key, hashes.SHA256())
+    _write_pair(stem.with_suffix(".crt"), stem.with_suffix(".key"), cert, key)
+
+
+def _load_pair(
+    cert_path: Path, key_path: Path, now: datetime.datetime
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None:
+    """A certificate and its EC key, unless missing, unreadable or about to expire."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        return None
+    if cert.public_key() != key.public_key() or cert.not_valid_after_utc - now < _RENEW_BEFORE:
+        return None
+    return cert, key
+
+
+def _write_pair(
+    cert_path: Path, key_path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey
+) -> None:
+    _write_private(key_path, _key_pem(key))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _write_private(path: Path, content: bytes) -> None:
+    """Write a file only its owner can read, replacing any older one atomically."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as file:
+        file.write(content)
+    os.replace(tmp, path)

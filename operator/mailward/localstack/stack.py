@@ -1,0 +1,203 @@
+"""The demo's local stack: control plane, DNS, resolver, CA and the operator, on 127.77.0.0/24.
+
+`mailward stack up` is what `make demo` runs. It is idempotent by restarting: whatever an earlier
+`up` left running in the state directory is stopped first, and then everything starts again from
+the same state (etcd's data, the CA and the DNS keys are kept), so running the demo twice in a row
+gives the same result. `mailward stack down` stops every process that has a pid file there.
+
+The tests use the same classes on 127.88.0.0/24 with their own state, so the demo and the test
+suite can run at the same time on one machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from mailward.api.v1alpha1 import API_GROUP, PLURAL
+from mailward.localstack._process import (
+    ManagedProcess,
+    StackError,
+    free_port,
+    http_ok,
+    read_live_pid,
+    stop_all,
+    wait_until,
+)
+from mailward.localstack.controlplane import ControlPlane, kubectl_path, repo_root
+from mailward.localstack.dns import AuthoritativeDNS, DNSStack, ZoneSpec
+from mailward.localstack.pki import LocalCA
+
+
+@dataclass(frozen=True)
+class DemoLayout:
+    """Addresses and names of the demo; all on loopback."""
+
+    apiserver: str = "127.77.0.1"
+    authoritative: str = "127.77.0.53"
+    resolver: str = "127.77.0.54"
+    domain: str = "example.test"
+    namespace: str = "default"
+    tls_secret: str = "mx-example-test-tls"
+    mx_hosts: tuple[str, ...] = ("mx1.example.test",)
+
+
+def up(state_dir: Path, env_file: Path, layout: DemoLayout = DemoLayout()) -> None:
+    state_dir = state_dir.resolve()
+    stopped = _stop_everything(state_dir)
+    if stopped:
+        _say(f"stopped the previous run: {', '.join(stopped)}")
+
+    ca_dir = state_dir / "ca"
+    ca = LocalCA.load(ca_dir) if (ca_dir / "ca.pem").exists() else LocalCA.create(ca_dir)
+    _say(f"local CA: {ca.ca_file}")
+
+    plane = ControlPlane(state_dir / "controlplane", host=layout.apiserver)
+    plane.start()
+    _say(f"kube-apiserver: {plane.server_url}")
+
+    dns_stack = DNSStack.create(
+        state_dir / "dns",
+        auth_address=layout.authoritative,
+        resolver_address=layout.resolver,
+        zones=[ZoneSpec(layout.domain)],
+    )
+    try:
+        dns_stack.start()
+    except BaseException:
+        plane.stop()
+        raise
+    _say(
+        f"authoritative DNS (BIND, DNSSEC, RFC 2136 + TSIG): {layout.authoritative}; "
+        f"validating resolver (Unbound): {layout.resolver}"
+    )
+
+    kubectl = _Kubectl(plane.kubeconfig)
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(repo_root() / "crds"))
+    kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{PLURAL}.{API_GROUP}")
+    cert = ca.issue_server_cert(list(layout.mx_hosts), out_dir=state_dir / "certs")
+    secret = kubectl(
+        "create",
+        "secret",
+        "tls",
+        layout.tls_secret,
+        "-n",
+        layout.namespace,
+        f"--cert={cert.chain_file}",
+        f"--key={cert.key_file}",
+        "--dry-run=client",
+        "-o",
+        "json",
+    )
+    kubectl("apply", "-f", "-", input=secret)
+    _say(f"TLS Secret {layout.namespace}/{layout.tls_secret} for {', '.join(layout.mx_hosts)}")
+
+    liveness = f"http://{layout.apiserver}:{free_port(layout.apiserver)}/healthz"
+    operator = ManagedProcess(
+        "operator",
+        [sys.executable, "-m", "mailward", "run", "--all-namespaces", "--liveness", liveness],
+        state_dir / "operator",
+        extra_env={"KUBECONFIG": str(plane.kubeconfig)},
+    )
+    operator.start()
+    wait_until(lambda: http_ok(liveness), timeout=60, what="the operator", process=operator)
+    _say(f"operator: pid {operator.pid()}, log {operator.log_file}")
+
+    bin_dir = state_dir.parent / "bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    link = bin_dir / "kubectl"
+    link.unlink(missing_ok=True)
+    link.symlink_to(kubectl_path())
+    _write_env(
+        env_file,
+        {
+            "KUBECONFIG": str(plane.kubeconfig),
+            "MAILWARD_RESOLVER": layout.resolver,
+            "MAILWARD_AUTHORITATIVE_DNS": layout.authoritative,
+            "MAILWARD_CA_FILE": str(ca.ca_file),
+            "MAILWARD_TSIG_KEY_FILE": str(dns_stack.authoritative.tsig_file),
+            "DEMO_DOMAIN": layout.domain,
+            "DEMO_NAMESPACE": layout.namespace,
+            "PATH": f"{bin_dir}:$PATH",
+        },
+    )
+    _say(f"wrote {env_file}")
+
+
+def down(state_dir: Path) -> None:
+    state_dir = state_dir.resolve()
+    stopped = _stop_everything(state_dir)
+    _say(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+def _stop_everything(state_dir: Path) -> list[str]:
+    dns_dir = state_dir / "dns"
+    if (dns_dir / "authoritative" / AuthoritativeDNS.STATE_FILE).exists():
+        # Through the object, so that the loopback alias BIND needed is removed too.
+        with contextlib.suppress(Exception):
+            DNSStack.attach(dns_dir).stop()
+    return stop_all(state_dir)
+
+
+def status(state_dir: Path) -> int:
+    pid_files = sorted(state_dir.resolve().rglob("*.pid"))
+    if not pid_files:
+        print("no stack in", state_dir)
+        return 1
+    down_count = 0
+    for pid_file in pid_files:
+        pid = read_live_pid(pid_file)
+        down_count += pid is None
+        name = pid_file.relative_to(state_dir.resolve()).with_suffix("")
+        print(f"{name!s:32} {'running, pid ' + str(pid) if pid else 'not running'}")
+    return 1 if down_count else 0
+
+
+def command(action: str, state_dir: Path, env_file: Path) -> int:
+    try:
+        if action == "up":
+            up(state_dir, env_file)
+        elif action == "down":
+            down(state_dir)
+        else:
+            return status(state_dir)
+    except StackError as error:
+        print(f"mailward stack {action}: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+class _Kubectl:
+    def __init__(self, kubeconfig: Path) -> None:
+        self._kubeconfig = kubeconfig
+
+    def __call__(self, *args: str, input: str | None = None) -> str:
+        result = subprocess.run(
+            [str(kubectl_path()), "--kubeconfig", str(self._kubeconfig), *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if result.returncode != 0:
+            raise StackError(f"kubectl {' '.join(args[:3])} failed: {result.stderr.strip()}")
+        return result.stdout
+
+
+def _write_env(path: Path, values: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["# Written by `mailward stack up` (make demo). Use: source .local/demo.env"]
+    for key, value in values.items():
+        quoted = value if key == "PATH" else json.dumps(value)
+        lines.append(f'export {key}="{value}"' if key == "PATH" else f"export {key}={quoted}")
+    path.write_text("\n".join(lines) + "\n")
+    os.chmod(path, 0o644)
+
+
+def _say(message: str) -> None:
+    print(f"[stack] {message}", flush=True)
