@@ -5,7 +5,7 @@ session-scoped; the DNS servers are stopped at the end of the session whatever h
 
 Addresses: the authoritative server on 127.88.0.53, the validating resolver on 127.88.0.54,
 both port 53 (root needed; the demo uses 127.77.0.x with the same classes). They can be moved
-with MAILWARD_TEST_DNS_AUTH / MAILWARD_TEST_DNS_RESOLVER, e.g. to run two test sessions at once.
+with MAILWARD_TEST_NET (see tests/net.py), e.g. to run two test sessions at once.
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ import pytest
 from mailward.localstack._process import stop_all
 from mailward.localstack.dns import DNSStack, ZoneSpec
 from mailward.localstack.pki import LocalCA
+from tests.net import addr
 
-AUTH_ADDRESS = os.environ.get("MAILWARD_TEST_DNS_AUTH", "127.88.0.53")
-RESOLVER_ADDRESS = os.environ.get("MAILWARD_TEST_DNS_RESOLVER", "127.88.0.54")
+AUTH_ADDRESS = addr(53)
+RESOLVER_ADDRESS = addr(54)
 DNS_PORT = 53
 
-MX_ADDRESS = "127.88.0.25"
+MX_ADDRESS = addr(25)
 
 TEST_ZONES: tuple[ZoneSpec, ...] = (
     # Signed, DS in test.: secure (AD).
@@ -36,11 +37,11 @@ TEST_ZONES: tuple[ZoneSpec, ...] = (
         ),
     ),
     # Not signed, no DS: insecure (resolves, no AD).
-    ZoneSpec("unsigned.test", signed=False, records=("www IN A 127.88.0.80",)),
+    ZoneSpec("unsigned.test", signed=False, records=(f"www IN A {addr(80)}",)),
     # Signed, but the DS in test. matches no key: bogus (SERVFAIL from the resolver).
-    ZoneSpec("bogus.test", ds="bogus", records=("www IN A 127.88.0.81",)),
+    ZoneSpec("bogus.test", ds="bogus", records=(f"www IN A {addr(81)}",)),
     # Signed, no DS in test.: an island of security, insecure like an unsigned zone.
-    ZoneSpec("island.test", ds="none", records=("www IN A 127.88.0.82",)),
+    ZoneSpec("island.test", ds="none", records=(f"www IN A {addr(82)}",)),
 )
 
 

@@ -21,6 +21,7 @@ import dns.zone
 import pytest
 
 from mailward.localstack.dns import DNSStack, TsigKey, send_update, zone_signature_problems
+from tests.net import addr
 
 pytestmark = pytest.mark.dnsstack
 
@@ -61,7 +62,7 @@ def test_signed_zone_validates(dns_stack: DNSStack) -> None:
     assert mx.flags & dns.flags.AD
     assert [
         rr.to_text() for rrset in mx.answer if rrset.rdtype == dns.rdatatype.A for rr in rrset
-    ] == ["127.88.0.25"]
+    ] == [addr(25)]
 
 
 def test_chain_of_trust_is_delegated_from_test(dns_stack: DNSStack) -> None:
@@ -86,7 +87,7 @@ def test_tsig_update_is_accepted_and_validates(dns_stack: DNSStack) -> None:
     assert before.rcode() == dns.rcode.NXDOMAIN
 
     update = dns.update.UpdateMessage("example.test.", keyring=dns_stack.tsig.key())
-    update.replace(host, 300, "A", "127.88.0.26")
+    update.replace(host, 300, "A", addr(26))
     update.replace(tlsa, 600, "TLSA", TLSA_DATA)
     t0 = time.monotonic()
     response = send_update(auth.address, auth.port, update)
@@ -114,7 +115,7 @@ def test_update_with_wrong_secret_is_notauth(dns_stack: DNSStack) -> None:
     assert forged.secret != dns_stack.tsig.secret
     host = dns.name.from_text(f"{_unique_label('forged')}.example.test.")
     update = dns.update.UpdateMessage("example.test.", keyring=forged.key())
-    update.replace(host, 300, "A", "127.88.0.66")
+    update.replace(host, 300, "A", addr(66))
     response = send_update(auth.address, auth.port, update)
     assert response.rcode() == dns.rcode.NOTAUTH
     assert response.tsig is not None
@@ -126,7 +127,7 @@ def test_unsigned_update_is_refused(dns_stack: DNSStack) -> None:
     auth = dns_stack.authoritative
     host = dns.name.from_text(f"{_unique_label('unsigned')}.example.test.")
     update = dns.update.UpdateMessage("example.test.")
-    update.replace(host, 300, "A", "127.88.0.67")
+    update.replace(host, 300, "A", addr(67))
     response = send_update(auth.address, auth.port, update)
     assert response.rcode() == dns.rcode.REFUSED
     assert auth.query(host, "A").rcode() == dns.rcode.NXDOMAIN
@@ -147,7 +148,7 @@ def test_unsigned_zone_resolves_without_ad(dns_stack: DNSStack) -> None:
 def test_tsig_update_of_unsigned_zone_resolves_insecure(dns_stack: DNSStack) -> None:
     host = dns.name.from_text(f"{_unique_label('plain')}.unsigned.test.")
     update = dns_stack.authoritative.new_update("unsigned.test")
-    update.replace(host, 300, "A", "127.88.0.68")
+    update.replace(host, 300, "A", addr(68))
     assert dns_stack.authoritative.send_update(update).rcode() == dns.rcode.NOERROR
     r = dns_stack.resolver.query(host, "A")
     assert r.rcode() == dns.rcode.NOERROR
