@@ -240,3 +240,18 @@ def http_ok(url: str, timeout: float = 1.0) -> bool:
             return bool(response.status == 200)
     except OSError:
         return False
+
+
+def write_private(path: Path, content: bytes | str) -> None:
+    """Write a file only its owner can read (keys, kubeconfigs), replacing an older one atomically.
+
+    The temporary file is created 0600, so the content is never readable by others, not even
+    briefly, and a reader never sees a half-written file.
+    """
+    data = content.encode() if isinstance(content, str) else content
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as file:
+        file.write(data)
+    os.replace(tmp, path)

@@ -13,7 +13,7 @@ only thing another process needs to find, inspect or stop a running control plan
     state_dir/
       controlplane.json         host, ports and binaries of the last start
       kubeconfig                context "mailward-local", admin client cert embedded
-      pki/                      CA, apiserver serving cert, admin client cert, service-account keys
+      pki/                      ca/ (a LocalCA), apiserver and admin certs, service-account keys
       etcd/                     etcd's data
       etcd.{pid,log}            kube-apiserver.{pid,log}
 
@@ -41,9 +41,8 @@ from typing import Any
 
 import yaml
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from mailward.localstack._process import (
     ManagedProcess,
@@ -51,7 +50,9 @@ from mailward.localstack._process import (
     free_port,
     port_is_free,
     wait_until,
+    write_private,
 )
+from mailward.localstack.pki import LocalCA
 
 CONTEXT_NAME = "mailward-local"
 ADMIN_USER = "mailward-admin"
@@ -67,8 +68,6 @@ _APISERVER = "kube-apiserver"
 _PORT_ATTEMPTS = 3
 # Certificates are renewed this long before they expire.
 _RENEW_BEFORE = datetime.timedelta(days=30)
-_CA_LIFETIME = datetime.timedelta(days=3650)
-_LEAF_LIFETIME = datetime.timedelta(days=365)
 
 
 def repo_root() -> Path:
@@ -162,6 +161,11 @@ class ControlPlane:
     @property
     def pki_dir(self) -> Path:
         return self.state_dir / "pki"
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA that signs the API server's serving certificate and the admin client cert."""
+        return self.pki_dir / "ca" / "ca.pem"
 
     @property
     def server_url(self) -> str:
@@ -291,7 +295,7 @@ class ControlPlane:
                 f"--cert-dir={pki}",
                 f"--tls-cert-file={pki / 'apiserver.crt'}",
                 f"--tls-private-key-file={pki / 'apiserver.key'}",
-                f"--client-ca-file={pki / 'ca.crt'}",
+                f"--client-ca-file={self.ca_file}",
                 f"--service-account-key-file={pki / 'sa.pub'}",
                 f"--service-account-signing-key-file={pki / 'sa.key'}",
                 f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
@@ -315,7 +319,7 @@ class ControlPlane:
             return bool(json.load(response).get("health") == "true")
 
     def _apiserver_ready(self) -> bool:
-        context = ssl.create_default_context(cafile=str(self.pki_dir / "ca.crt"))
+        context = ssl.create_default_context(cafile=str(self.ca_file))
         context.load_cert_chain(self.pki_dir / "admin.crt", self.pki_dir / "admin.key")
         opener = urllib.request.build_opener(
             urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
@@ -329,8 +333,8 @@ class ControlPlane:
         ports = self._known_ports()
         pki = self.pki_dir
 
-        def data(name: str) -> str:
-            return base64.b64encode((pki / name).read_bytes()).decode()
+        def data(path: Path) -> str:
+            return base64.b64encode(path.read_bytes()).decode()
 
         config: dict[str, Any] = {
             "apiVersion": "v1",
@@ -340,7 +344,7 @@ class ControlPlane:
                     "name": CONTEXT_NAME,
                     "cluster": {
                         "server": self.server_url,
-                        "certificate-authority-data": data("ca.crt"),
+                        "certificate-authority-data": data(self.ca_file),
                     },
                 }
             ],
@@ -348,8 +352,8 @@ class ControlPlane:
                 {
                     "name": ADMIN_USER,
                     "user": {
-                        "client-certificate-data": data("admin.crt"),
-                        "client-key-data": data("admin.key"),
+                        "client-certificate-data": data(pki / "admin.crt"),
+                        "client-key-data": data(pki / "admin.key"),
                     },
                 }
             ],
@@ -359,7 +363,7 @@ class ControlPlane:
             "current-context": CONTEXT_NAME,
             "preferences": {},
         }
-        _write_private(self.kubeconfig, yaml.safe_dump(config, sort_keys=False).encode())
+        write_private(self.kubeconfig, yaml.safe_dump(config, sort_keys=False).encode())
         state = {
             "host": self.host,
             "ports": {
@@ -412,67 +416,25 @@ def _read_state_ports(state_file: Path) -> _Ports | None:
 
 
 def _ensure_pki(pki: Path, host: str) -> None:
-    """CA, admin client cert and service-account keys (kept if valid), a fresh serving cert."""
-    pki.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.UTC)
-    ca = _load_pair(pki / "ca.crt", pki / "ca.key", now)
-    if ca is None:
-        ca_key = _new_key()
-        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mailward-local-ca")])
-        ca_cert = (
-            _builder(ca_name, ca_name, ca_key.public_key(), now, _CA_LIFETIME)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .sign(ca_key, hashes.SHA256())
-        )
-        _write_pair(pki / "ca.crt", pki / "ca.key", ca_cert, ca_key)
-        ca = (ca_cert, ca_key)
-        # Everything signed by an old CA goes with it.
-        for name in ("admin.crt", "admin.key"):
-            (pki / name).unlink(missing_ok=True)
-    ca_cert, ca_key = ca
-
-    admin = _load_pair(pki / "admin.crt", pki / "admin.key", now)
-    if admin is None or admin[0].issuer != ca_cert.subject:
-        admin_name = x509.Name(
-            [
-                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:masters"),
-                x509.NameAttribute(NameOID.COMMON_NAME, ADMIN_USER),
-            ]
-        )
-        _issue(pki / "admin", admin_name, ca, now, ExtendedKeyUsageOID.CLIENT_AUTH, [])
-
-    sans: list[x509.GeneralName] = [
-        x509.IPAddress(ipaddress.ip_address(host)),
-        x509.DNSName("localhost"),
-        x509.DNSName("kubernetes"),
-        x509.DNSName("kubernetes.default"),
-        x509.DNSName("kubernetes.default.svc"),
-        x509.DNSName("kubernetes.default.svc.cluster.local"),
-        # The `kubernetes` Service's cluster IP: first address of the service range.
-        x509.IPAddress(ipaddress.IPv4Network(SERVICE_CLUSTER_IP_RANGE)[1]),
-    ]
-    if host != "127.0.0.1":
-        sans.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
-    serving_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")])
-    _issue(pki / "apiserver", serving_name, ca, now, ExtendedKeyUsageOID.SERVER_AUTH, sans)
-
+    """CA, admin client cert and service-account keys (kept while valid), a fresh serving cert."""
+    ca = LocalCA.load_or_create(pki / "ca", name="mailward local control plane CA")
+    if not _still_valid(pki / "admin.crt", ca):
+        ca.issue_client_cert(ADMIN_USER, ["system:masters"], out_dir=pki, basename="admin")
+    # The `kubernetes` Service's cluster IP is the first address of the service range.
+    service_ip = str(ipaddress.IPv4Network(SERVICE_CLUSTER_IP_RANGE)[1])
+    names = [host, "127.0.0.1", "localhost", "kubernetes", "kubernetes.default"]
+    names += ["kubernetes.default.svc", "kubernetes.default.svc.cluster.local", service_ip]
+    ca.issue_server_cert(list(dict.fromkeys(names)), out_dir=pki, basename="apiserver")
     if not (pki / "sa.key").is_file() or not (pki / "sa.pub").is_file():
-        sa_key = _new_key()
-        _write_private(pki / "sa.key", _key_pem(sa_key))
+        sa_key = ec.generate_private_key(ec.SECP256R1())
+        write_private(
+            pki / "sa.key",
+            sa_key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+        )
         (pki / "sa.pub").write_bytes(
             sa_key.public_key().public_bytes(
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -480,104 +442,11 @@ def _ensure_pki(pki: Path, host: str) -> None:
         )
 
 
-def _new_key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _builder(
-    subject: x509.Name,
-    issuer: x509.Name,
-    public_key: ec.EllipticCurvePublicKey,
-    now: datetime.datetime,
-    lifetime: datetime.timedelta,
-) -> x509.CertificateBuilder:
-    return (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer)
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        # Tolerate a little clock skew between us and the verifier.
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + lifetime)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-    )
-
-
-def _issue(
-    stem: Path,
-    subject: x509.Name,
-    ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
-    now: datetime.datetime,
-    usage: x509.ObjectIdentifier,
-    sans: list[x509.GeneralName],
-) -> None:
-    ca_cert, ca_key = ca
-    key = _new_key()
-    builder = (
-        _builder(subject, ca_cert.subject, key.public_key(), now, _LEAF_LIFETIME)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
-    )
-    if sans:
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    cert = builder.sign(ca_key, hashes.SHA256())
-    _write_pair(stem.with_suffix(".crt"), stem.with_suffix(".key"), cert, key)
-
-
-def _load_pair(
-    cert_path: Path, key_path: Path, now: datetime.datetime
-) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None:
-    """A certificate and its EC key, unless missing, unreadable or about to expire."""
+def _still_valid(cert_file: Path, ca: LocalCA) -> bool:
+    """Issued by this CA and not about to expire (a copied kubeconfig should keep working)."""
     try:
-        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
     except (OSError, ValueError):
-        return None
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        return None
-    if cert.public_key() != key.public_key() or cert.not_valid_after_utc - now < _RENEW_BEFORE:
-        return None
-    return cert, key
-
-
-def _write_pair(
-    cert_path: Path, key_path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey
-) -> None:
-    _write_private(key_path, _key_pem(key))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def _write_private(path: Path, content: bytes) -> None:
-    """Write a file only its owner can read, replacing any older one atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as file:
-        file.write(content)
-    os.replace(tmp, path)
+        return False
+    remaining = cert.not_valid_after_utc - datetime.datetime.now(datetime.UTC)
+    return cert.issuer == ca.cert.subject and remaining > _RENEW_BEFORE

@@ -62,7 +62,7 @@ import dns.update
 import dns.xfr
 import dns.zone
 
-from mailward.localstack._process import ManagedProcess, StackError, wait_until
+from mailward.localstack._process import ManagedProcess, StackError, wait_until, write_private
 
 __all__ = [
     "PARENT_ZONE",
@@ -109,14 +109,6 @@ def _program(name: str) -> str:
         return _find_program(name)
     except StackError:
         return name
-
-
-def _write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(path, 0o600)
 
 
 def _abs(name: str | dns.name.Name) -> dns.name.Name:
@@ -238,7 +230,7 @@ class TsigKey:
 
     def write_bind_file(self, path: Path) -> Path:
         """Write the BIND `key` statement to `path` with mode 0600."""
-        _write_private(Path(path), self.bind_statement())
+        write_private(Path(path), self.bind_statement())
         return Path(path)
 
     @classmethod
@@ -659,7 +651,7 @@ class AuthoritativeDNS:
             "trust_anchor": self._trust_anchor,
             "added_loopback_address": self._added_address,
         }
-        _write_private(self.state_dir / self.STATE_FILE, json.dumps(state, indent=2) + "\n")
+        write_private(self.state_dir / self.STATE_FILE, json.dumps(state, indent=2) + "\n")
 
     @classmethod
     def attach(cls, state_dir: Path) -> AuthoritativeDNS:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import ipaddress
-import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -28,6 +27,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from mailward.localstack._process import write_private
 
 __all__ = ["DEFAULT_VALIDITY", "IssuedCert", "KeyType", "LocalCA", "PrivateKey", "spki_sha256"]
 
@@ -47,15 +48,6 @@ _CA_CRL = "ca.crl"
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(microsecond=0)
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Write a secret with mode 0600 from the start (never world-readable, not even briefly)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(path, 0o600)
 
 
 def _key_pem(key: PrivateKey) -> bytes:
@@ -118,7 +110,10 @@ class IssuedCert:
 
     @property
     def names(self) -> list[str]:
-        san = self.cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        try:
+            san = self.cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            return []
         return [str(v) for v in san.get_values_for_type(x509.DNSName)] + [
             str(v) for v in san.get_values_for_type(x509.IPAddress)
         ]
@@ -200,7 +195,7 @@ class LocalCA:
             )
             .sign(key, hashes.SHA256())
         )
-        _write_private(directory / _CA_KEY, _key_pem(key))
+        write_private(directory / _CA_KEY, _key_pem(key))
         (directory / _CA_CERT).write_bytes(_cert_pem(cert))
         ca = cls(directory, cert, key)
         slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "ca"
@@ -303,8 +298,58 @@ class LocalCA:
 
         first = names[0].strip().rstrip(".")
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, first[:64])])
+        return self._issue_leaf(
+            subject,
+            general_names,
+            ExtendedKeyUsageOID.SERVER_AUTH,
+            key,
+            start,
+            end,
+            Path(out_dir) if out_dir is not None else self.dir / "issued",
+            basename or _default_basename(first),
+        )
+
+    def issue_client_cert(
+        self,
+        user: str,
+        groups: Sequence[str] = (),
+        *,
+        out_dir: Path | None = None,
+        basename: str | None = None,
+    ) -> IssuedCert:
+        """A TLS client certificate: CN is the user and O the groups, as Kubernetes reads them."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name(
+            [
+                *(x509.NameAttribute(NameOID.ORGANIZATION_NAME, group) for group in groups),
+                x509.NameAttribute(NameOID.COMMON_NAME, user),
+            ]
+        )
+        start = _now() - BACKDATE
+        return self._issue_leaf(
+            subject,
+            [],
+            ExtendedKeyUsageOID.CLIENT_AUTH,
+            key,
+            start,
+            start + DEFAULT_VALIDITY,
+            Path(out_dir) if out_dir is not None else self.dir / "issued",
+            basename or _default_basename(user),
+        )
+
+    def _issue_leaf(
+        self,
+        subject: x509.Name,
+        general_names: list[x509.GeneralName],
+        usage: x509.ObjectIdentifier,
+        key: PrivateKey,
+        start: dt.datetime,
+        end: dt.datetime,
+        directory: Path,
+        base: str,
+    ) -> IssuedCert:
         ca_ski = self.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-        cert = (
+        builder = (
             x509.CertificateBuilder()
             .subject_name(subject)
             .issuer_name(self.cert.subject)
@@ -318,7 +363,7 @@ class LocalCA:
                     digital_signature=True,
                     content_commitment=False,
                     # RSA key transport (TLS 1.2 RSA suites) needs keyEncipherment; ECDSA does not.
-                    key_encipherment=key_type == "rsa",
+                    key_encipherment=isinstance(key, rsa.RSAPrivateKey),
                     data_encipherment=False,
                     key_agreement=False,
                     key_cert_sign=False,
@@ -328,8 +373,7 @@ class LocalCA:
                 ),
                 critical=True,
             )
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.SubjectAlternativeName(general_names), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
             .add_extension(
                 x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
             )
@@ -350,16 +394,18 @@ class LocalCA:
                 ),
                 critical=False,
             )
-            .sign(self.key, hashes.SHA256())
         )
+        if general_names:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName(general_names), critical=False
+            )
+        cert = builder.sign(self.key, hashes.SHA256())
 
-        directory = Path(out_dir) if out_dir is not None else self.dir / "issued"
         directory.mkdir(parents=True, exist_ok=True)
-        base = basename or _default_basename(first)
         cert_file = directory / f"{base}.crt"
         key_file = directory / f"{base}.key"
         chain_file = directory / f"{base}.chain.pem"
-        _write_private(key_file, _key_pem(key))
+        write_private(key_file, _key_pem(key))
         cert_file.write_bytes(_cert_pem(cert))
         chain_file.write_bytes(_cert_pem(cert) + _cert_pem(self.cert))
         return IssuedCert(
