@@ -137,11 +137,15 @@ def down(state_dir: Path) -> None:
 
 def _stop_everything(state_dir: Path) -> list[str]:
     dns_dir = state_dir / "dns"
+    stopped = []
     if (dns_dir / "authoritative" / AuthoritativeDNS.STATE_FILE).exists():
         # Through the object, so that the loopback alias BIND needed is removed too.
         with contextlib.suppress(Exception):
-            DNSStack.attach(dns_dir).stop()
-    return stop_all(state_dir)
+            dns_stack = DNSStack.attach(dns_dir)
+            if dns_stack.authoritative.is_running():
+                stopped.append("dns")
+            dns_stack.stop()
+    return stopped + stop_all(state_dir)
 
 
 def status(state_dir: Path) -> int:
