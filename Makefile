@@ -12,13 +12,13 @@ STATE_DIR := .local/stack
 ENV_FILE := .local/demo.env
 PYTEST_ARGS ?=
 
-.PHONY: help install system-deps venv controlplane crds lint test test-unit test-integration \
+.PHONY: help install system-deps venv controlplane helm crds lint test test-unit test-integration \
         demo down status clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
-install: system-deps venv controlplane ## Debian packages, virtualenv, control-plane build
+install: system-deps venv controlplane helm ## Debian packages, virtualenv, control-plane and helm builds
 
 system-deps: ## Debian packages (BIND, Unbound, Postfix, ...)
 	scripts/install-system-deps.sh
@@ -35,13 +35,18 @@ $(VENV_STAMP): pyproject.toml
 controlplane: ## build etcd, kube-apiserver, kubectl once per machine (cached in ~/.cache/mailward)
 	tools/controlplane/build.sh >/dev/null
 
-crds: venv ## regenerate crds/ from the pydantic models
+helm: ## build helm once per machine (cached in ~/.cache/mailward)
+	tools/helm/build.sh >/dev/null
+
+crds: venv ## regenerate crds/ and the chart's copy from the pydantic models
 	$(BIN)/mailward crds --output crds
+	$(BIN)/mailward crds --output charts/mailward/crds
 
 lint: venv ## ruff, mypy --strict, and CRD drift
 	$(BIN)/ruff check operator tests
 	$(BIN)/mypy
 	$(BIN)/mailward crds --check --output crds
+	$(BIN)/mailward crds --check --output charts/mailward/crds
 
 test-unit: venv ## pure tests, no servers
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
