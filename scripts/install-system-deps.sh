@@ -4,8 +4,10 @@
 set -euo pipefail
 packages=(
   bind9 bind9-utils bind9-dnsutils unbound
-  postfix postfix-pcre swaks
+  postfix postfix-pcre swaks sasl2-bin
   openssl ca-certificates iproute2 procps psmisc util-linux
+  nginx wrk
+  postgresql
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -25,7 +27,7 @@ export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq
 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # The packaged services are not ours: the stack starts its own instances on loopback.
-for svc in named bind9 unbound postfix; do
+for svc in named bind9 unbound postfix postgresql nginx; do
   $sudo systemctl disable --now "$svc" >/dev/null 2>&1 || true
   $sudo service "$svc" stop >/dev/null 2>&1 || true
 done

@@ -1,1 +1,10 @@
-pytest_plugins = ["tests.fixtures_controlplane", "tests.fixtures_dns", "tests.fixtures_operator"]
+pytest_plugins = [
+    "tests.fixtures_controlplane",
+    "tests.fixtures_dns",
+    "tests.fixtures_compliance",
+    "tests.fixtures_operator",
+    "tests.fixtures_dnspublish",
+    "tests.fixtures_mta",
+    "tests.fixtures_tlsrpt",
+    "tests.fixtures_policy",
+]

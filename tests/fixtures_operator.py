@@ -23,6 +23,8 @@ from kubernetes import client, config
 from mailward.api.v1alpha1 import API_GROUP, API_VERSION, PLURAL
 from mailward.localstack._process import free_port, http_ok
 from mailward.localstack.controlplane import ControlPlane, kubectl_path
+from tests.chart import OPERATOR_GROUPS, OPERATOR_USER, RELEASE_NAMESPACE, rbac_documents
+from tests.fixtures_compliance import operator_environment as compliance_operator_environment
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -114,14 +116,27 @@ class OperatorProcess:
 
 
 @pytest.fixture(scope="session")
-def operator(kube: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+def operator(
+    kube: Kube, control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
     log_file = tmp_path_factory.mktemp("operator") / "operator.log"
     env = {
         **os.environ,
         "KUBECONFIG": str(kube.kubeconfig),
         # Tests must not wait the production retry delay for a Secret created a moment later.
         "MAILWARD_TLS_SECRET_RETRY_SECONDS": "2",
+        "MAILWARD_MTA_RETRY_SECONDS": "1",
+        # DNS: retries with backoff from 1 s up to 4 s, and a resync (drift check) every 10 s.
+        "MAILWARD_DNS_RETRY_SECONDS": "1",
+        "MAILWARD_DNS_RETRY_MAX_SECONDS": "4",
+        "MAILWARD_RESYNC_SECONDS": "10",
+        **compliance_operator_environment(tmp_path_factory),
     }
+    # The operator runs with exactly the RBAC rules the Helm chart grants, not as an admin:
+    # a permission the chart lacks fails these tests as it would fail in a cluster.
+    kube.kubectl("create", "namespace", RELEASE_NAMESPACE, check=False)
+    kube.kubectl("apply", "-f", "-", input=rbac_documents())
+    env["KUBECONFIG"] = str(control_plane.kubeconfig_for(OPERATOR_USER, OPERATOR_GROUPS))
     liveness = f"http://127.0.0.1:{free_port('127.0.0.1')}/healthz"
     with log_file.open("wb") as log:
         process = subprocess.Popen(

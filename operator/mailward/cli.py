@@ -33,9 +33,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--check", action="store_true", help="exit 1 if the files differ from the models"
     )
 
+    policies = commands.add_parser(
+        "serve-policies", help="serve MTA-STS policies and autoconfig for every MailDomain"
+    )
+    policies.add_argument(
+        "--https", action="append", default=[], metavar="HOST:PORT", help="TLS listener (SNI)"
+    )
+    policies.add_argument(
+        "--http", action="append", default=[], metavar="HOST:PORT", help="plain listener"
+    )
+    policies.add_argument("--admin", metavar="HOST:PORT", help="/healthz, /readyz, /metrics")
+    policies.add_argument("--tls-namespace", help="where the TLS Secrets are (own namespace)")
+    policies.add_argument("--tls-selector", help="label selector for the TLS Secrets")
+
+    collect = commands.add_parser(
+        "collect-reports", help="run the TLSRPT collector (SMTP + HTTPS intake, RFC 8460)"
+    )
+    collect.add_argument("--config", type=Path, required=True, help="the collector's JSON config")
+    reports = commands.add_parser("reports", help="summary of a domain's TLS reports")
+    reports.add_argument("domain", help="the mail domain, e.g. example.test")
+    reports.add_argument("--collector", help="collector API URL (default http://127.0.0.1:9108)")
+    reports.add_argument(
+        "--database", help="read the database instead: sqlite:///PATH or postgresql://..."
+    )
+    reports.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    from mailward.compliance.cli import add_parser as add_check_parser
+
+    add_check_parser(commands)
+
     stack = commands.add_parser("stack", help="the local stack for tests and the demo")
     stack.add_argument(
-        "action", choices=["up", "down", "status"], help="start, stop or show the stack"
+        "action",
+        choices=["up", "workloads", "down", "status"],
+        help="start the stack, run the example's workloads, stop it, or show it",
     )
     stack.add_argument(
         "--state-dir", type=Path, default=Path(".local/stack"), help="where the stack lives"
@@ -45,10 +76,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     args = parser.parse_args(argv)
+    if args.command == "check":
+        from mailward.compliance.cli import run as run_check
+
+        return run_check(args)
     if args.command == "run":
         return _run(args.namespace, args.liveness)
     if args.command == "crds":
         return _crds(args.output, args.check)
+    if args.command == "serve-policies":
+        return _serve_policies(args)
+    if args.command in ("collect-reports", "reports"):
+        from mailward.tlsrpt import cli as tlsrpt_cli
+
+        if args.command == "collect-reports":
+            return tlsrpt_cli.collect_reports(args.config)
+        return tlsrpt_cli.reports(args.domain, args.collector, args.database, args.json)
     from mailward.localstack.stack import command as stack_command
 
     return stack_command(args.action, args.state_dir, args.env_file)
@@ -67,6 +110,19 @@ def _run(namespaces: list[str], liveness: str | None) -> int:
         liveness_endpoint=liveness,
     )
     return 0
+
+
+def _serve_policies(args: argparse.Namespace) -> int:
+    from mailward.endpoint.main import EndpointConfig, own_namespace, parse_address, run
+
+    config = EndpointConfig(
+        https=tuple(parse_address(a) for a in args.https),
+        http=tuple(parse_address(a) for a in args.http),
+        admin=parse_address(args.admin) if args.admin else None,
+        tls_namespace=args.tls_namespace or own_namespace(),
+        tls_selector=args.tls_selector,
+    )
+    return run(config)
 
 
 def _crds(output: Path, check: bool) -> int:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 import kopf
 
 from mailward.adapters.kube import KubeSecretObserver, load_client_config
+from mailward.adapters.workloads import KubeWorkloadClient
 from mailward.api.v1alpha1 import API_GROUP, API_VERSION, PLURAL, MailDomainStatus
 from mailward.conditions import (
     READY,
@@ -26,10 +28,24 @@ from mailward.conditions import (
 )
 from mailward.parts import Part, PartResult, ReconcileContext
 from mailward.parts.certificate import CertificatePart
+from mailward.parts.compliance import (
+    compliance_part_from_env,
+    compliance_runner,
+    compliance_selected,
+)
+from mailward.parts.dns import dns_part_from_env
+from mailward.parts.mta import MTAPart
+from mailward.parts.mtasts import mtasts_part_from_env
+from mailward.parts.tlsrpt import tlsrpt_part_from_env
 from mailward.reconcile import InvalidSpec, invalid_spec_verdicts, parse_spec, ready_verdict
 
 FINALIZER = f"{API_GROUP}/finalizer"
 RETRY_SECONDS = float(os.environ.get("MAILWARD_TLS_SECRET_RETRY_SECONDS", "30"))
+# How often a StatefulSet that is still rolling out is looked at again (it is not watched).
+MTA_RETRY_SECONDS = float(os.environ.get("MAILWARD_MTA_RETRY_SECONDS", "15"))
+# Level-based resync: what lives outside the cluster (DNS records) drifts without any change
+# to the object, so every MailDomain is reconciled again this often; unchanged, it writes nothing.
+RESYNC_SECONDS = float(os.environ.get("MAILWARD_RESYNC_SECONDS", "300"))
 
 _parts: list[Part] | None = None
 
@@ -39,7 +55,14 @@ def parts() -> list[Part]:
     global _parts
     if _parts is None:
         load_client_config()
-        _parts = [CertificatePart(KubeSecretObserver(), RETRY_SECONDS)]
+        _parts = [
+            CertificatePart(KubeSecretObserver(), RETRY_SECONDS),
+            MTAPart(KubeWorkloadClient(), MTA_RETRY_SECONDS),
+            mtasts_part_from_env(),
+            dns_part_from_env(),
+            tlsrpt_part_from_env(),
+            compliance_part_from_env(),
+        ]
     return _parts
 
 
@@ -56,6 +79,25 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.inactivity_timeout = 360
+
+
+@kopf.daemon(
+    API_GROUP,
+    API_VERSION,
+    PLURAL,
+    id="compliance",
+    cancellation_timeout=10,
+    when=compliance_selected,
+)
+async def compliance(
+    body: kopf.Body,
+    stopped: kopf.DaemonStopped,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    **_: Any,
+) -> None:
+    """Probe the domain from outside every `spec.compliance.interval` (parts/compliance.py)."""
+    parts()  # configures the API client
+    await compliance_runner().run(body, stopped, logger)
 
 
 @kopf.on.resume(API_GROUP, API_VERSION, PLURAL)
@@ -103,7 +145,16 @@ async def reconcile(
             kopf.event(body, type=event.type, reason=event.reason, message=event.message)
     delays = [r.retry_after for r in results if r.retry_after is not None]
     if delays:
-        raise kopf.TemporaryError(verdicts[0].message, delay=min(delays))
+        # Every part that is not there yet, not only the first: the log is where an operator
+        # of the operator sees why a domain keeps being retried.
+        waiting = [f"{v.type}: {v.message}" for v in part_verdicts if v.status != "True"]
+        raise kopf.TemporaryError("; ".join(waiting) or verdicts[0].message, delay=min(delays))
+
+
+@kopf.timer(API_GROUP, API_VERSION, PLURAL, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
+async def resync(**kwargs: Any) -> None:
+    """The same reconcile, on a timer (kopf passes the same keyword arguments)."""
+    await cast(Callable[..., Awaitable[None]], reconcile)(**kwargs)
 
 
 @kopf.on.delete(API_GROUP, API_VERSION, PLURAL)

@@ -16,6 +16,7 @@ from mailward.api.v1alpha1 import ConditionStatus, MailDomainSpec
 from mailward.conditions import READY, Verdict
 
 CERTIFICATE_READY = "CertificateReady"
+OBSERVATIONS = frozenset({"Compliant", "TLSReportsHealthy"})
 
 TLS_SECRET_TYPE = "kubernetes.io/tls"
 
@@ -32,6 +33,8 @@ class TLSSecretObservation:
     found: bool
     type: str | None = None
     keys: frozenset[str] = frozenset()
+    # The PEM chain in `tls.crt` (public data; the key is never read).
+    certificate_pem: bytes = b""
 
 
 def parse_spec(raw: Mapping[str, Any]) -> MailDomainSpec:
@@ -80,11 +83,16 @@ def ready_verdict(spec: MailDomainSpec, parts: list[Verdict]) -> Verdict:
     """`Ready` from the parts' conditions: the first part that is not ready explains why.
 
     Its reason is carried over, so `kubectl get` and kstatus show the cause, not a generic word.
+    Observations of the outside world (`OBSERVATIONS`) have their own conditions and columns and
+    do not make the resource un-Ready: a sender's failure reports or a failed probe say nothing
+    about whether mailward finished its work, and kstatus would otherwise keep a GitOps sync
+    waiting on the internet.
     """
-    for verdict in parts:
+    reconciled = [v for v in parts if v.type not in OBSERVATIONS]
+    for verdict in reconciled:
         if verdict.status != "True":
             status: ConditionStatus = "False" if verdict.status == "False" else "Unknown"
             return Verdict(READY, status, verdict.reason, f"{verdict.type}: {verdict.message}")
     hosts = ", ".join(mx.host for mx in spec.mx)
-    checked = ", ".join(v.type for v in parts)
+    checked = ", ".join(v.type for v in reconciled)
     return Verdict(READY, "True", "Reconciled", f"{spec.domain} (MX {hosts}): {checked} True")

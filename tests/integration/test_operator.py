@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 
 from mailward.api.v1alpha1 import API_GROUP
+from mailward.localstack.pki import LocalCA
+from tests.fixtures_mta import set_statefulset_ready
 from tests.fixtures_operator import Kube, OperatorProcess
 from tests.manifests import INVALID_CASES, valid_maildomain
 
@@ -24,17 +26,48 @@ def _ready(body: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
+_CA: list[LocalCA] = []
+
+
+@pytest.fixture(autouse=True)
+def _session_ca(local_ca: LocalCA) -> None:
+    _CA[:] = [local_ca]
+
+
 def _tls_secret(namespace: str, name: str = "mx-example-test-tls") -> dict[str, Any]:
-    # The operator checks only that the Secret is a TLS Secret with both keys; the DNS and MTA
-    # issues parse the certificate itself.
-    fake = base64.b64encode(b"-----BEGIN CERTIFICATE-----\n").decode()
+    """A TLS Secret with a real chain from the session's CA: the operator parses tls.crt."""
+    cert = _CA[0].issue_server_cert(["mx1.example.test", "mx2.example.test"])
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "type": "kubernetes.io/tls",
         "metadata": {"name": name, "namespace": namespace},
-        "data": {"tls.crt": fake, "tls.key": fake},
+        "data": {
+            "tls.crt": base64.b64encode(cert.chain_file.read_bytes()).decode(),
+            "tls.key": base64.b64encode(cert.key_file.read_bytes()).decode(),
+        },
     }
+
+
+def _maildomain(namespace: str) -> dict[str, Any]:
+    """The valid example without `spec.dns`: these tests are about the operator loop; the DNS
+    part's own tests (test_dns_publish.py) give it a provider."""
+    body = valid_maildomain(namespace=namespace)
+    del body["spec"]["dns"]
+    return body
+
+
+def _run_mta(kube: Kube, namespace: str) -> None:
+    """Play the kubelet for the MTA StatefulSet the operator created (the local control plane
+    has none), so that `MTAReady` and with it `Ready` can become True."""
+    kube.wait_for(
+        "the MTA StatefulSet",
+        lambda: (
+            "example-mta"
+            in kube.kubectl("get", "statefulsets", "-n", namespace, "-o", "name").stdout
+        ),
+    )
+    set_statefulset_ready(kube.api, namespace, "example-mta")
 
 
 def _wait_ready(kube: Kube, namespace: str, status: str, reason: str) -> dict[str, Any]:
@@ -50,7 +83,7 @@ def _wait_ready(kube: Kube, namespace: str, status: str, reason: str) -> dict[st
 
 
 def test_missing_secret_then_ready(kube: Kube, namespace: str, operator: OperatorProcess) -> None:
-    kube.apply(valid_maildomain(namespace=namespace))
+    kube.apply(_maildomain(namespace))
     body = _wait_ready(kube, namespace, "False", "TLSSecretNotFound")
     ready = _ready(body)
     assert ready is not None
@@ -62,6 +95,7 @@ def test_missing_secret_then_ready(kube: Kube, namespace: str, operator: Operato
     assert any(k.startswith(f"{API_GROUP}/") for k in body["metadata"]["annotations"])
 
     kube.apply(_tls_secret(namespace))
+    _run_mta(kube, namespace)
     body = _wait_ready(kube, namespace, "True", "Reconciled")
     assert "mx1.example.test, mx2.example.test" in _ready(body)["message"]  # type: ignore[index]
 
@@ -70,7 +104,9 @@ def test_invalid_spec_is_reported_and_nothing_else_happens(
     kube: Kube, namespace: str, operator: OperatorProcess
 ) -> None:
     (case,) = [c for c in INVALID_CASES if c.tier == "model"]
-    kube.apply(case.manifest(name="example", namespace=namespace))
+    manifest = case.manifest(name="example", namespace=namespace)
+    del manifest["spec"]["dns"]
+    kube.apply(manifest)
     body = _wait_ready(kube, namespace, "False", "InvalidSpec")
     message = _ready(body)["message"]  # type: ignore[index]
     assert case.field in message
@@ -105,6 +141,7 @@ def test_invalid_spec_is_reported_and_nothing_else_happens(
             ]
         ),
     )
+    _run_mta(kube, namespace)
     _wait_ready(kube, namespace, "True", "Reconciled")
 
 
@@ -112,7 +149,8 @@ def test_generation_and_transition_time(
     kube: Kube, namespace: str, operator: OperatorProcess
 ) -> None:
     kube.apply(_tls_secret(namespace))
-    kube.apply(valid_maildomain(namespace=namespace))
+    kube.apply(_maildomain(namespace))
+    _run_mta(kube, namespace)
     first = _ready(_wait_ready(kube, namespace, "True", "Reconciled"))
     assert first is not None
     time.sleep(1.1)  # a new transition would get a later second
@@ -144,7 +182,8 @@ def test_idle_operator_does_not_write(
     kube: Kube, namespace: str, operator: OperatorProcess
 ) -> None:
     kube.apply(_tls_secret(namespace))
-    kube.apply(valid_maildomain(namespace=namespace))
+    kube.apply(_maildomain(namespace))
+    _run_mta(kube, namespace)
     _wait_ready(kube, namespace, "True", "Reconciled")
     time.sleep(2)  # let kopf finish its own bookkeeping after the handler
     before = kube.get_maildomain(namespace, "example")["metadata"]["resourceVersion"]
@@ -158,7 +197,8 @@ def test_delete_releases_the_finalizer(
     kube: Kube, namespace: str, operator: OperatorProcess
 ) -> None:
     kube.apply(_tls_secret(namespace))
-    kube.apply(valid_maildomain(namespace=namespace))
+    kube.apply(_maildomain(namespace))
+    _run_mta(kube, namespace)
     _wait_ready(kube, namespace, "True", "Reconciled")
     kube.kubectl("delete", "maildomain", "example", "-n", namespace, "--wait=true", "--timeout=30s")
     listed = kube.kubectl("get", "maildomains", "-n", namespace, "-o", "name").stdout

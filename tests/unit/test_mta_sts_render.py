@@ -6,8 +6,18 @@ import os
 import re
 from pathlib import Path
 
-from mailward.reconcile import parse_spec
-from mailward.render.mta_sts import policy_for, policy_id, render_policy, sts_txt_record
+import pytest
+
+from mailward.api.v1alpha1 import mx_pattern_matches
+from mailward.reconcile import InvalidSpec, parse_spec
+from mailward.render.mta_sts import (
+    policy_for,
+    policy_id,
+    render_policy,
+    sts_txt_record,
+    withdrawal_policy,
+    withdrawal_seconds,
+)
 from tests.manifests import valid_maildomain
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
@@ -41,3 +51,42 @@ def test_id_is_rfc_shaped_and_changes_exactly_with_the_policy() -> None:
     assert policy_id(one) == policy_id(same)
     assert policy_id(one) != policy_id(other)
     assert sts_txt_record(one) == f"v=STSv1; id={policy_id(one)}"
+
+
+def test_mx_patterns_replace_the_host_list() -> None:
+    body = valid_maildomain()["spec"]
+    body["mtaSts"]["mxPatterns"] = ["*.example.test"]
+    policy = policy_for(parse_spec(body))
+    assert "mx: *.example.test\r\n" in policy
+    assert "mx1.example.test" not in policy
+
+
+def test_mx_patterns_must_cover_every_mx_host() -> None:
+    body = valid_maildomain()["spec"]
+    body["mtaSts"]["mxPatterns"] = ["mx1.example.test"]
+    with pytest.raises(InvalidSpec, match=r"spec\.mx\[1\]\.host"):
+        parse_spec(body)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "host", "matches"),
+    [
+        ("*.example.test", "mx1.example.test", True),
+        ("*.example.test", "example.test", False),
+        ("*.example.test", "a.mx1.example.test", False),
+        ("mx1.example.test", "mx1.example.test", True),
+        ("mx1.example.test", "mx2.example.test", False),
+    ],
+)
+def test_mx_pattern_matching_follows_rfc_8461(pattern: str, host: str, matches: bool) -> None:
+    assert mx_pattern_matches(pattern, host) is matches
+
+
+def test_withdrawal_is_mode_none_with_a_short_max_age() -> None:
+    spec = parse_spec(valid_maildomain()["spec"])
+    withdrawal = withdrawal_policy(spec)
+    assert withdrawal.startswith("version: STSv1\r\nmode: none\r\n")
+    assert withdrawal.endswith("max_age: 86400\r\n")
+    assert policy_id(withdrawal) != policy_id(policy_for(spec))
+    # Senders may hold the enforced policy for its max_age after the withdrawal is served.
+    assert withdrawal_seconds(spec) == 604800

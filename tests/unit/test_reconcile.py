@@ -72,3 +72,14 @@ def test_ready_true_names_the_domain_and_the_parts() -> None:
     assert (ready.status, ready.reason) == ("True", "Reconciled")
     assert "mx1.example.test, mx2.example.test" in ready.message
     assert "CertificateReady" in ready.message
+
+
+def test_observations_of_the_outside_world_do_not_make_it_unready() -> None:
+    parts = [
+        Verdict("CertificateReady", "True", "SecretPresent", "ok"),
+        Verdict("TLSReportsHealthy", "False", "FailureRatioExceeded", "senders fail"),
+        Verdict("Compliant", "False", "MustChecksFailed", "TR-DANE-02"),
+    ]
+    ready = ready_verdict(SPEC, parts)
+    assert (ready.status, ready.reason) == ("True", "Reconciled")
+    assert "Compliant" not in ready.message

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 from typing import Protocol
 
 from kubernetes import client, config
@@ -40,4 +41,7 @@ class KubeSecretObserver:
                 return TLSSecretObservation(name=name, found=False)
             raise
         keys = frozenset(k for k, v in (secret.data or {}).items() if v)
-        return TLSSecretObservation(name=name, found=True, type=secret.type, keys=keys)
+        chain = base64.b64decode((secret.data or {}).get("tls.crt") or "")
+        return TLSSecretObservation(
+            name=name, found=True, type=secret.type, keys=keys, certificate_pem=chain
+        )

@@ -129,10 +129,63 @@ def maildomain_crd() -> JSONSchema:
     }
 
 
+def dns_provider_crd(*, cluster: bool) -> JSONSchema:
+    """DNSProvider (namespaced) or ClusterDNSProvider: spec only, as cert-manager's issuers."""
+    from mailward.api import dnsprovider
+
+    if cluster:
+        kind = dnsprovider.CLUSTER_DNS_PROVIDER_KIND
+        plural = dnsprovider.CLUSTER_DNS_PROVIDER_PLURAL
+        spec_model: type[BaseModel] = dnsprovider.ClusterDNSProviderSpec
+    else:
+        kind, plural = dnsprovider.DNS_PROVIDER_KIND, dnsprovider.DNS_PROVIDER_PLURAL
+        spec_model = dnsprovider.DNSProviderSpec
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{v1alpha1.API_GROUP}"},
+        "spec": {
+            "group": v1alpha1.API_GROUP,
+            "scope": "Cluster" if cluster else "Namespaced",
+            "names": {
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": kind.lower(),
+                "categories": ["mailward"],
+            },
+            "versions": [
+                {
+                    "name": v1alpha1.API_VERSION,
+                    "served": True,
+                    "storage": True,
+                    "additionalPrinterColumns": dnsprovider.ProviderResource.printer_columns,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": (spec_model.__doc__ or "").strip(),
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": structural_schema(spec_model),
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
 def render_crds() -> dict[str, str]:
     """File name → YAML text of every CRD mailward defines."""
     header = "# Generated from operator/mailward/api by `make crds`; do not edit.\n"
     crds = {f"{v1alpha1.API_GROUP}_{v1alpha1.PLURAL}.yaml": maildomain_crd()}
+    for cluster in (False, True):
+        crd = dns_provider_crd(cluster=cluster)
+        crds[f"{v1alpha1.API_GROUP}_{crd['spec']['names']['plural']}.yaml"] = crd
     return {
         name: header + yaml.safe_dump(crd, sort_keys=False, width=100, allow_unicode=True)
         for name, crd in crds.items()

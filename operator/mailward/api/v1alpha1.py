@@ -15,8 +15,18 @@ from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
+
+from mailward.api.compliance_status import ComplianceStatus
+from mailward.api.tlsrpt_status import TLSRPTStatus
 
 API_GROUP = "mailward.io"
 API_VERSION = "v1alpha1"
@@ -222,12 +232,198 @@ class ProviderReference(_Model):
     name: ObjectName = Field(description="Name of the provider object.")
 
 
+# RFC 7208 §4.5/§12: an SPF record; TR-03182 (TR-AUTH-01) wants it to end in `-all` or `~all`.
+SPF_PATTERN = r"^v=spf1( [!-~]+)*? [-~]all$"
+# RFC 6376 §3.1: a DKIM selector is one or more dot-separated labels.
+_DNS_LABEL = r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?"
+DKIM_SELECTOR_PATTERN = rf"^{_DNS_LABEL}(?:\.{_DNS_LABEL})*$"
+BASE64_PATTERN = r"^[A-Za-z0-9+/]+={0,2}$"
+# TLSA: TR-03108 §4.1.5 suggests a short TTL (600 s) so that a key rollover is quick; the rest
+# changes rarely. BIND's dnssec-policy caps zone TTLs at max-zone-ttl (one day by default).
+DNS_TTL_MIN = 60
+DNS_TTL_MAX = 86400
+DEFAULT_RECORD_TTL = 3600
+DEFAULT_TLSA_TTL = 600
+
+
+class DNSTTLs(_Model):
+    """TTLs of the published records, in seconds."""
+
+    default: int = Field(
+        default=DEFAULT_RECORD_TTL,
+        ge=DNS_TTL_MIN,
+        le=DNS_TTL_MAX,
+        description=(
+            "TTL of every record except TLSA: MX, A/AAAA, TXT (MTA-STS, TLSRPT, SPF, DMARC, "
+            "DKIM) and SRV. 60 to 86400. Default 3600."
+        ),
+    )
+    tlsa: int = Field(
+        default=DEFAULT_TLSA_TTL,
+        ge=DNS_TTL_MIN,
+        le=DNS_TTL_MAX,
+        description=(
+            "TTL of the TLSA records. Short, so that a key rollover waits little (BSI TR-03108 "
+            "§4.1.5 suggests 600 s; RFC 7671 §8.1 waits two TTLs). 60 to 86400. Default 600."
+        ),
+    )
+
+
+class SPFSpec(_Model):
+    """The SPF record of the domain (RFC 7208), a TXT record at `<domain>`."""
+
+    enabled: bool = Field(default=True, description="Publish the SPF record. Default true.")
+    record: str = Field(
+        default="v=spf1 mx -all",
+        min_length=11,
+        max_length=450,
+        pattern=SPF_PATTERN,
+        description=(
+            "The whole record, starting `v=spf1` and ending in `-all` or `~all` (BSI TR-03182 "
+            "forbids `?all` and `+all`). Default `v=spf1 mx -all`: only the MX hosts send."
+        ),
+    )
+
+
+class DMARCSpec(_Model):
+    """The DMARC policy of the domain (RFC 7489), a TXT record at `_dmarc.<domain>`."""
+
+    enabled: bool = Field(default=True, description="Publish the DMARC record. Default true.")
+    policy: Literal["reject", "quarantine", "none"] = Field(
+        default="reject",
+        description=(
+            "`p=`: what receivers do with mail failing DMARC. BSI TR-03182 wants `reject` "
+            "(`quarantine` tolerated). Default `reject`."
+        ),
+    )
+    rua: Annotated[list[ReportURI], AfterValidator(_unique)] = Field(
+        default_factory=list,
+        max_length=4,
+        json_schema_extra=_LIST_SET,
+        description=(
+            "Aggregate report URIs (`rua=`). BSI TR-03182 makes them a MUST; commas and `!` "
+            "must be percent-encoded."
+        ),
+    )
+
+
+class DKIMKey(_Model):
+    """One DKIM public key, published at `<selector>._domainkey.<domain>` (RFC 6376 §3.6)."""
+
+    selector: str = Field(
+        min_length=1,
+        max_length=63,
+        pattern=DKIM_SELECTOR_PATTERN,
+        description="The selector (`s=` of the signatures), lower case.",
+    )
+    key_type: Literal["rsa", "ed25519"] = Field(
+        default="rsa", description="`k=`: `rsa` or `ed25519` (RFC 8463). Default `rsa`."
+    )
+    public_key: str = Field(
+        min_length=40,
+        max_length=1024,
+        pattern=BASE64_PATTERN,
+        description="`p=`: the public key in base64 (RSA: DER SubjectPublicKeyInfo).",
+    )
+
+
+class SRVTarget(_Model):
+    """Where a mail client finds a service (RFC 6186)."""
+
+    target: Hostname = Field(description="Host name offering the service.")
+    port: int = Field(ge=1, le=65535, description="TCP port of the service.")
+
+
+class MUASRVSpec(_Model):
+    """SRV records for mail clients (RFC 6186, RFC 8314); an omitted service is published with target `.`, "not offered here"."""  # noqa: E501
+
+    submissions: SRVTarget | None = Field(
+        default=None, description="`_submissions._tcp`: implicit-TLS submission, usually 465."
+    )
+    submission: SRVTarget | None = Field(
+        default=None, description="`_submission._tcp`: STARTTLS submission, usually 587."
+    )
+    imaps: SRVTarget | None = Field(default=None, description="`_imaps._tcp`, usually 993.")
+    pop3s: SRVTarget | None = Field(
+        default=None, alias="pop3s", description="`_pop3s._tcp`, usually 995."
+    )
+
+
+class MTASTSEndpoint(_Model):
+    """Where `mta-sts.<domain>` and `autoconfig.<domain>` point: the HTTPS server of the
+    MTA-STS policy, which also serves the mail-client autoconfig document."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.addresses) != has(self.cname)",
+                    "message": "set exactly one of addresses or cname",
+                }
+            ]
+        }
+    )
+
+    addresses: Annotated[list[IPAddress], AfterValidator(_unique)] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=8,
+        json_schema_extra=_LIST_SET,
+        description="A/AAAA records for `mta-sts.<domain>`.",
+    )
+    cname: Hostname | None = Field(
+        default=None, description="A CNAME for `mta-sts.<domain>` (RFC 8461 §3.3 allows it)."
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> MTASTSEndpoint:
+        if (self.addresses is None) == (self.cname is None):
+            raise ValueError("set exactly one of addresses or cname")
+        return self
+
+
 class DNSSpec(_Model):
     """How the domain's records (MX, TLSA, MTA-STS, TLSRPT, SPF, DMARC, SRV) are published."""
 
     provider_ref: ProviderReference = Field(
         description="The DNS provider that owns the zone of `spec.domain`."
     )
+    ttl: DNSTTLs = Field(
+        default_factory=DNSTTLs, description=DNSTTLs.__doc__, json_schema_extra=_EMPTY_DEFAULT
+    )
+    spf: SPFSpec = Field(
+        default_factory=SPFSpec, description=SPFSpec.__doc__, json_schema_extra=_EMPTY_DEFAULT
+    )
+    dmarc: DMARCSpec = Field(
+        default_factory=DMARCSpec, description=DMARCSpec.__doc__, json_schema_extra=_EMPTY_DEFAULT
+    )
+    dkim: list[DKIMKey] = Field(
+        default_factory=list,
+        max_length=4,
+        description="DKIM public keys to publish; none by default.",
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["selector"],
+        },
+    )
+    srv: MUASRVSpec = Field(
+        default_factory=MUASRVSpec,
+        description=MUASRVSpec.__doc__,
+        json_schema_extra=_EMPTY_DEFAULT,
+    )
+    mta_sts_endpoint: MTASTSEndpoint | None = Field(
+        default=None,
+        description=(
+            "Where `mta-sts.<domain>` and `autoconfig.<domain>` point (the policy endpoint). "
+            "Without it, no record is published for those names."
+        ),
+    )
+
+    @field_validator("dkim")
+    @classmethod
+    def _dkim_selectors_unique(cls, keys: list[DKIMKey]) -> list[DKIMKey]:
+        _unique([key.selector for key in keys])
+        return keys
 
 
 class DANESpec(_Model):
@@ -240,6 +436,14 @@ class DANESpec(_Model):
             "disable only while the zone cannot be signed. Default true."
         ),
     )
+
+
+# RFC 8461 §3.2 `mx` pattern: a host name, or `*.` and a host name (wildcard as a whole label).
+MX_PATTERN_PATTERN = r"^(?:\*\.)?" + HOSTNAME_PATTERN[1:]
+MXPattern = Annotated[
+    str,
+    Field(min_length=1, max_length=HOSTNAME_MAX_LENGTH, pattern=MX_PATTERN_PATTERN),
+]
 
 
 class MTASTSSpec(_Model):
@@ -262,6 +466,42 @@ class MTASTSSpec(_Model):
             "Weeks are expected in production. Default 604800 (one week)."
         ),
     )
+    mx_patterns: Annotated[list[MXPattern], AfterValidator(_unique)] = Field(
+        default_factory=list,
+        max_length=10,
+        json_schema_extra=_LIST_SET,
+        description=(
+            "The policy's `mx:` lines (RFC 8461 §3.2): host names or `*.`-prefixed patterns "
+            "(the wildcard only as the whole left-most label), lower case, A-labels. Empty "
+            "(default): one line per host in `spec.mx`. Every host in `spec.mx` must match one."
+        ),
+    )
+
+
+def mx_pattern_matches(pattern: str, host: str) -> bool:
+    """RFC 8461 §4.1: `*.example.net` matches exactly one more label, not the bare name."""
+    if pattern.startswith("*."):
+        label, _, rest = host.partition(".")
+        return bool(label) and rest == pattern[2:]
+    return host == pattern
+
+
+class MTASTSStatus(_Model):
+    """What the MTA-STS policy endpoint serves for the domain (written by the mtasts part)."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True, strict=False
+    )
+
+    policy_id: str | None = Field(
+        default=None,
+        max_length=32,
+        pattern=r"^[A-Za-z0-9]{1,32}$",
+        description=(
+            "The id of the policy the endpoint was last seen serving; the `_mta-sts` TXT record "
+            "announces this id, never one that is not served yet."
+        ),
+    )
 
 
 class TLSRPTSpec(_Model):
@@ -275,6 +515,16 @@ class TLSRPTSpec(_Model):
             "Report URIs published in `_smtp._tls.<domain>`, `mailto:` or `https:` (RFC 8460 "
             "§3). BSI TR-03108 requires a `mailto:` URI and no `https:` one. Commas, `!` and `;` "
             "must be percent-encoded."
+        ),
+    )
+    failure_threshold_percent: int = Field(
+        default=5,
+        ge=0,
+        le=100,
+        description=(
+            "`TLSReportsHealthy` turns False when more than this percentage of the reported TLS "
+            "sessions failed (last 24 hours, or 7 days when no report covers the last day). "
+            "Default 5."
         ),
     )
 
@@ -295,8 +545,128 @@ class ComplianceSpec(_Model):
     )
 
 
+# Kubernetes resource quantities (a subset: plain numbers, milli, binary and decimal suffixes).
+QUANTITY_PATTERN = r"^[0-9]+(?:\.[0-9]+)?(?:m|k|M|G|T|Ki|Mi|Gi|Ti)?$"
+STORAGE_PATTERN = r"^[0-9]+(?:Mi|Gi|Ti)$"
+# An OCI image reference: [registry[:port]/]path[:tag][@sha256:digest].
+IMAGE_PATTERN = (
+    r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
+)
+DEFAULT_MTA_IMAGE = "mailward/mta:0.1.0"
+
+
+class MTAResources(_Model):
+    """CPU and memory of each MTA pod (requests; memory is also the limit)."""
+
+    cpu: str = Field(
+        default="100m",
+        max_length=16,
+        pattern=QUANTITY_PATTERN,
+        description="CPU request, a Kubernetes quantity such as `100m` or `1`. Default `100m`.",
+    )
+    memory: str = Field(
+        default="256Mi",
+        max_length=16,
+        pattern=QUANTITY_PATTERN,
+        description="Memory request and limit, e.g. `256Mi`. Default `256Mi`.",
+    )
+
+
+class MTAStorage(_Model):
+    """The PersistentVolume of each MTA pod: its mail queue and mailboxes survive restarts."""
+
+    size: str = Field(
+        default="1Gi",
+        max_length=16,
+        pattern=STORAGE_PATTERN,
+        description="Size of the queue volume, e.g. `1Gi` (Mi, Gi or Ti). Default `1Gi`.",
+    )
+    storage_class_name: ObjectName | None = Field(
+        default=None, description="StorageClass of the volume; the cluster default when unset."
+    )
+
+
+class MTASpec(_Model):
+    """The Postfix MTA that mailward runs for the domain (a StatefulSet)."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Run an MTA for the domain. Disable when the MX hosts are run elsewhere.",
+    )
+    replicas: int = Field(
+        default=1, ge=1, le=10, description="Number of MTA pods, 1 to 10. Default 1."
+    )
+    image: str = Field(
+        default=DEFAULT_MTA_IMAGE,
+        min_length=1,
+        max_length=512,
+        pattern=IMAGE_PATTERN,
+        description=(
+            "The MTA image, built from `images/mta/` (Debian's Postfix and the DANE-first "
+            f"TLS policy sidecar). Default `{DEFAULT_MTA_IMAGE}`."
+        ),
+    )
+    resources: MTAResources = Field(
+        default_factory=MTAResources,
+        description=MTAResources.__doc__,
+        json_schema_extra=_EMPTY_DEFAULT,
+    )
+    storage: MTAStorage = Field(
+        default_factory=MTAStorage,
+        description=MTAStorage.__doc__,
+        json_schema_extra=_EMPTY_DEFAULT,
+    )
+    accounts_secret_name: ObjectName | None = Field(
+        default=None,
+        description=(
+            "A Secret in the MailDomain's namespace with one key per account: the key is the "
+            "local part (`alice` for alice@<domain>), the value its password. Each account may "
+            "submit mail on 465/587 as itself and has a mailbox. Without it only postmaster@ "
+            "and abuse@ exist and nobody can submit."
+        ),
+    )
+    message_size_limit: int = Field(
+        default=25 * 1024 * 1024,
+        ge=1024 * 1024,
+        le=200 * 1024 * 1024,
+        description="Largest message accepted, in bytes: 1 MiB to 200 MiB. Default 25 MiB.",
+    )
+    hide_submission_client: bool = Field(
+        default=True,
+        description=(
+            "Drop the submitting client's address and reverse name from the Received header "
+            "of submitted mail (RFC 5321 §7.6). Default true."
+        ),
+    )
+    mta_sts_fallback: bool = Field(
+        default=True,
+        description=(
+            "Authenticate outbound TLS by MTA-STS (RFC 8461) for destinations that have no "
+            "DNSSEC-signed TLSA records; DANE always wins where it exists. Default true."
+        ),
+    )
+
+
 class MailDomainSpec(_Model):
     """The desired state of a mail domain: its MX hosts, certificate, DNS provider and policies."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": (
+                        "!has(self.mtaSts) || !has(self.mtaSts.mxPatterns) || "
+                        "self.mtaSts.mxPatterns.size() == 0 || self.mx.all(m, "
+                        "self.mtaSts.mxPatterns.exists(p, p == m.host || (p.startsWith('*.') "
+                        "&& m.host.indexOf('.') > 0 "
+                        "&& m.host.substring(m.host.indexOf('.') + 1) == p.substring(2))))"
+                    ),
+                    "message": "every spec.mx host must match one of spec.mtaSts.mxPatterns",
+                }
+            ]
+        }
+    )
 
     domain: Hostname = Field(
         description=(
@@ -349,6 +719,21 @@ class MailDomainSpec(_Model):
         description=ComplianceSpec.__doc__,
         json_schema_extra=_EMPTY_DEFAULT,
     )
+    mta: MTASpec = Field(
+        default_factory=MTASpec, description=MTASpec.__doc__, json_schema_extra=_EMPTY_DEFAULT
+    )
+
+    @model_validator(mode="after")
+    def _mx_covered_by_mta_sts_patterns(self) -> MailDomainSpec:
+        # An enforced policy that names no pattern for one of the MX hosts makes senders refuse
+        # to deliver to that host (RFC 8461 §4.1).
+        patterns = self.mta_sts.mx_patterns
+        for index, entry in enumerate(self.mx):
+            if patterns and not any(mx_pattern_matches(p, entry.host) for p in patterns):
+                raise ValueError(
+                    f"spec.mx[{index}].host {entry.host!r} matches no spec.mtaSts.mxPatterns entry"
+                )
+        return self
 
 
 ConditionStatus = Literal["True", "False", "Unknown"]
@@ -382,6 +767,42 @@ class Condition(_Model):
     )
 
 
+class DNSStatus(_Model):
+    """What the DNS part published for the domain, in short."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True, strict=False
+    )
+
+    provider: str = Field(
+        default="", max_length=300, description="The provider used, e.g. `DNSProvider/local-bind`."
+    )
+    zone: str = Field(default="", max_length=254, description="The zone the records live in.")
+    record_sets: int = Field(
+        default=0,
+        ge=0,
+        description="How many RRsets (name and type) mailward owns there.",
+    )
+    records: int = Field(default=0, ge=0, description="How many records those RRsets hold.")
+    last_change_time: datetime | None = Field(
+        default=None, description="When mailward last changed the zone for this domain."
+    )
+    conflicts: list[Annotated[str, Field(max_length=300)]] = Field(
+        default_factory=list,
+        max_length=32,
+        description=(
+            "RRsets mailward wants but does not own (`<name> <type>`): they are left as they are."
+        ),
+    )
+    unpublished: list[Annotated[str, Field(max_length=300)]] = Field(
+        default_factory=list,
+        max_length=32,
+        description=(
+            "Records that cannot be published with this provider or zone (`<name> <type>: why`)."
+        ),
+    )
+
+
 class MailDomainStatus(_Model):
     """The observed state of the mail domain, written by the operator only."""
 
@@ -400,6 +821,18 @@ class MailDomainStatus(_Model):
             "x-kubernetes-list-type": "map",
             "x-kubernetes-list-map-keys": ["type"],
         },
+    )
+    dns: DNSStatus | None = Field(
+        default=None, description="The domain's records in DNS (written by the DNS part)."
+    )
+    mta_sts: MTASTSStatus | None = Field(
+        default=None, description="The MTA-STS policy being served (written by the mtasts part)."
+    )
+    tls_rpt: TLSRPTStatus | None = Field(
+        default=None, description="What the received TLS reports say (written by the tlsrpt part)."
+    )
+    compliance: ComplianceStatus | None = Field(
+        default=None, description="The last check from outside (written by the compliance part)."
     )
 
 

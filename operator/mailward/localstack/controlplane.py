@@ -34,7 +34,7 @@ import ssl
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -329,10 +329,27 @@ class ControlPlane:
 
     # -- outputs -----------------------------------------------------------------------------
 
-    def _write_kubeconfig(self) -> None:
-        ports = self._known_ports()
-        pki = self.pki_dir
+    def kubeconfig_for(self, user: str, groups: Sequence[str] = ()) -> Path:
+        """A kubeconfig that authenticates as `user` (in `groups`) with a client certificate.
 
+        Tests use it to run the operator with exactly the RBAC rules of the Helm chart, e.g. as
+        `system:serviceaccount:mailward-system:mailward`.
+        """
+        slug = "".join(c if c.isalnum() else "-" for c in user).strip("-")
+        ca = LocalCA.load(self.pki_dir / "ca")
+        cert = ca.issue_client_cert(user, groups, out_dir=self.pki_dir / "users", basename=slug)
+        path = self.state_dir / "users" / f"{slug}.kubeconfig"
+        self._write_kubeconfig_file(path, user, cert.cert_file, cert.key_file)
+        return path
+
+    def _write_kubeconfig(self) -> None:
+        pki = self.pki_dir
+        self._write_kubeconfig_file(
+            self.kubeconfig, ADMIN_USER, pki / "admin.crt", pki / "admin.key"
+        )
+        self._save_state()
+
+    def _write_kubeconfig_file(self, path: Path, user: str, cert: Path, key: Path) -> None:
         def data(path: Path) -> str:
             return base64.b64encode(path.read_bytes()).decode()
 
@@ -350,20 +367,23 @@ class ControlPlane:
             ],
             "users": [
                 {
-                    "name": ADMIN_USER,
+                    "name": user,
                     "user": {
-                        "client-certificate-data": data(pki / "admin.crt"),
-                        "client-key-data": data(pki / "admin.key"),
+                        "client-certificate-data": data(cert),
+                        "client-key-data": data(key),
                     },
                 }
             ],
             "contexts": [
-                {"name": CONTEXT_NAME, "context": {"cluster": CONTEXT_NAME, "user": ADMIN_USER}}
+                {"name": CONTEXT_NAME, "context": {"cluster": CONTEXT_NAME, "user": user}}
             ],
             "current-context": CONTEXT_NAME,
             "preferences": {},
         }
-        write_private(self.kubeconfig, yaml.safe_dump(config, sort_keys=False).encode())
+        write_private(path, yaml.safe_dump(config, sort_keys=False).encode())
+
+    def _save_state(self) -> None:
+        ports = self._known_ports()
         state = {
             "host": self.host,
             "ports": {

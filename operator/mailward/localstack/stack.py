@@ -30,6 +30,11 @@ from mailward.localstack._process import (
     wait_until,
 )
 from mailward.localstack.controlplane import ControlPlane, kubectl_path, repo_root
+from mailward.localstack.demo_compliance import operator_environment as compliance_environment
+from mailward.localstack.demo_dns import create_dns_provider
+from mailward.localstack.demo_mta import start_demo_mta
+from mailward.localstack.demo_policy import start_policy_endpoint
+from mailward.localstack.demo_tlsrpt import start_tlsrpt_collector
 from mailward.localstack.dns import AuthoritativeDNS, DNSStack, ZoneSpec
 from mailward.localstack.pki import LocalCA
 
@@ -41,10 +46,30 @@ class DemoLayout:
     apiserver: str = "127.77.0.1"
     authoritative: str = "127.77.0.53"
     resolver: str = "127.77.0.54"
+    mta: str = "127.77.0.25"
+    tlsrpt_collector: str = "127.77.0.26"
+    policy_endpoint: str = "127.77.0.44"
     domain: str = "example.test"
     namespace: str = "default"
+    maildomain: str = "example"
     tls_secret: str = "mx-example-test-tls"
     mx_hosts: tuple[str, ...] = ("mx1.example.test",)
+
+    @property
+    def tlsrpt_host(self) -> str:
+        return f"tlsrpt.{self.domain}"
+
+    @property
+    def hand_managed_records(self) -> tuple[str, ...]:
+        """Records a platform team would keep by hand: the TLSRPT collector's mail host.
+
+        The example's `rua` is `mailto:tlsrpt@tlsrpt.example.test`, so reports go straight to
+        the collector; TR-RPT-02 wants that host without TLSA or MTA-STS enforcement.
+        """
+        return (
+            f"tlsrpt IN A {self.tlsrpt_collector}",
+            "tlsrpt IN MX 10 tlsrpt",
+        )
 
 
 def up(state_dir: Path, env_file: Path, layout: DemoLayout = DemoLayout()) -> None:
@@ -65,7 +90,7 @@ def up(state_dir: Path, env_file: Path, layout: DemoLayout = DemoLayout()) -> No
         state_dir / "dns",
         auth_address=layout.authoritative,
         resolver_address=layout.resolver,
-        zones=[ZoneSpec(layout.domain)],
+        zones=[ZoneSpec(layout.domain, records=layout.hand_managed_records)],
     )
     try:
         dns_stack.start()
@@ -80,7 +105,9 @@ def up(state_dir: Path, env_file: Path, layout: DemoLayout = DemoLayout()) -> No
     kubectl = _Kubectl(plane.kubeconfig)
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(repo_root() / "crds"))
     kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{PLURAL}.{API_GROUP}")
-    cert = ca.issue_server_cert(list(layout.mx_hosts), out_dir=state_dir / "certs")
+    cert = ca.issue_server_cert(
+        [*layout.mx_hosts, layout.tlsrpt_host], out_dir=state_dir / "certs"
+    )
     secret = kubectl(
         "create",
         "secret",
@@ -96,13 +123,30 @@ def up(state_dir: Path, env_file: Path, layout: DemoLayout = DemoLayout()) -> No
     )
     kubectl("apply", "-f", "-", input=secret)
     _say(f"TLS Secret {layout.namespace}/{layout.tls_secret} for {', '.join(layout.mx_hosts)}")
+    create_dns_provider(plane.kubeconfig, state_dir / "dns", layout.namespace)
+    policy = start_policy_endpoint(
+        state_dir / "policy", plane.kubeconfig, ca, domain=layout.domain,
+        address=layout.policy_endpoint,
+    )
+    _say(f"MTA-STS policy endpoint (mailward serve-policies): {policy.url}")
 
     liveness = f"http://{layout.apiserver}:{free_port(layout.apiserver)}/healthz"
     operator = ManagedProcess(
         "operator",
         [sys.executable, "-m", "mailward", "run", "--all-namespaces", "--liveness", liveness],
         state_dir / "operator",
-        extra_env={"KUBECONFIG": str(plane.kubeconfig)},
+        extra_env={
+            "KUBECONFIG": str(plane.kubeconfig),
+            **policy.operator_env,
+            "MAILWARD_TLSRPT_COLLECTOR_URL": f"http://{layout.tlsrpt_collector}:9108",
+            # A person watching the demo should not wait the production retry delays.
+            "MAILWARD_TLSRPT_RETRY_SECONDS": "5",
+            "MAILWARD_MTA_RETRY_SECONDS": "3",
+            # The compliance probes ask the demo's validating resolver and trust its CA.
+            **compliance_environment(
+                layout.resolver, ca.ca_file, metrics_address=f"{layout.apiserver}:9108"
+            ),
+        },
     )
     operator.start()
     wait_until(lambda: http_ok(liveness), timeout=60, what="the operator", process=operator)
@@ -110,9 +154,13 @@ def up(state_dir: Path, env_file: Path, layout: DemoLayout = DemoLayout()) -> No
 
     bin_dir = state_dir.parent / "bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
-    link = bin_dir / "kubectl"
-    link.unlink(missing_ok=True)
-    link.symlink_to(kubectl_path())
+    for name, target in (
+        ("kubectl", kubectl_path()),
+        ("mailward", Path(sys.executable).with_name("mailward")),
+    ):
+        link = bin_dir / name
+        link.unlink(missing_ok=True)
+        link.symlink_to(target)
     _write_env(
         env_file,
         {
@@ -121,12 +169,38 @@ def up(state_dir: Path, env_file: Path, layout: DemoLayout = DemoLayout()) -> No
             "MAILWARD_AUTHORITATIVE_DNS": layout.authoritative,
             "MAILWARD_CA_FILE": str(ca.ca_file),
             "MAILWARD_TSIG_KEY_FILE": str(dns_stack.authoritative.tsig_file),
+            "MAILWARD_POLICY_ENDPOINT": layout.policy_endpoint,
+            "MAILWARD_MTA": layout.mta,
+            "MAILWARD_TLSRPT_COLLECTOR": layout.tlsrpt_collector,
             "DEMO_DOMAIN": layout.domain,
             "DEMO_NAMESPACE": layout.namespace,
             "PATH": f"{bin_dir}:$PATH",
         },
     )
     _say(f"wrote {env_file}")
+
+
+def workloads(state_dir: Path, layout: DemoLayout = DemoLayout()) -> None:
+    """Run what the operator rendered for the example, as a kubelet would (there is none here).
+
+    Called once the example MailDomain exists: the MTA from its StatefulSet and ConfigMap, the
+    TLSRPT collector from its rendered configuration, both read back from the API server.
+    """
+    state_dir = state_dir.resolve()
+    kubeconfig = ControlPlane.attach(state_dir / "controlplane").kubeconfig
+    line = start_demo_mta(
+        state_dir / "mta",
+        kubeconfig,
+        namespace=layout.namespace,
+        maildomain=layout.maildomain,
+        address=layout.mta,
+        resolver=layout.resolver,
+    )
+    _say(line)
+    collector = start_tlsrpt_collector(
+        state_dir, kubeconfig, namespace=layout.namespace, address=layout.tlsrpt_collector
+    )
+    _say(f"TLSRPT collector: SMTP {collector.smtp[0]}:{collector.smtp[1]}, API {collector.api_url}")
 
 
 def down(state_dir: Path) -> None:
@@ -166,6 +240,8 @@ def command(action: str, state_dir: Path, env_file: Path) -> int:
     try:
         if action == "up":
             up(state_dir, env_file)
+        elif action == "workloads":
+            workloads(state_dir)
         elif action == "down":
             down(state_dir)
         else:

@@ -16,6 +16,10 @@ from typing import Any, Protocol
 from mailward.api.v1alpha1 import MailDomainSpec, MailDomainStatus
 from mailward.conditions import Verdict
 
+# Fact (bool) a part sets when it changed what the world sees of the domain in this pass (the DNS
+# part after an UPDATE): the compliance part then probes at once, not at the next interval.
+RECORDS_CHANGED = "compliance.records_changed"
+
 
 @dataclass
 class ReconcileContext:

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+from cryptography import x509
+
 from mailward.adapters.kube import SecretObserver
+from mailward.conditions import Verdict
 from mailward.parts import PartResult, ReconcileContext
-from mailward.reconcile import certificate_verdict
+from mailward.reconcile import CERTIFICATE_READY, certificate_verdict
+
+# ctx.facts key: the served chain (leaf first) as parsed `x509.Certificate`s; the DNS part pins
+# the leaf's key in TLSA records.
+CERTIFICATE_CHAIN = "certificate.chain"
+
+
+def parse_chain(pem: bytes) -> list[x509.Certificate]:
+    """The certificates of a PEM `tls.crt`, leaf first; ValueError if there is none or one is
+    malformed."""
+    return x509.load_pem_x509_certificates(pem)
 
 
 class CertificatePart:
@@ -22,6 +35,17 @@ class CertificatePart:
             # Secrets are not watched (that would need list/watch on every Secret of the
             # cluster), so a missing one is looked for again after a while.
             return PartResult([verdict], retry_after=self._retry_seconds, blocking=True)
+        try:
+            ctx.facts[CERTIFICATE_CHAIN] = parse_chain(observation.certificate_pem)
+        except ValueError as error:
+            invalid = Verdict(
+                CERTIFICATE_READY,
+                "False",
+                "TLSSecretInvalid",
+                f"tls.crt of Secret {secret_name!r} (spec.tls.secretName) is not a PEM "
+                f"certificate chain: {error}",
+            )
+            return PartResult([invalid], retry_after=self._retry_seconds, blocking=True)
         return PartResult([verdict])
 
     async def release(self, ctx: ReconcileContext) -> None:

@@ -31,7 +31,30 @@ def render_policy(mode: str, mx_patterns: Sequence[str], max_age: int) -> str:
 
 
 def policy_for(spec: MailDomainSpec) -> str:
-    return render_policy(spec.mta_sts.mode, [mx.host for mx in spec.mx], spec.mta_sts.max_age)
+    """The policy of `spec`: its `mxPatterns` if given, one line per MX host otherwise."""
+    patterns = spec.mta_sts.mx_patterns or [mx.host for mx in spec.mx]
+    return render_policy(spec.mta_sts.mode, patterns, spec.mta_sts.max_age)
+
+
+# RFC 8461 §8.3 suggests "a small max_age (e.g., one day)" for the policy that withdraws one.
+WITHDRAWAL_MAX_AGE = 86400
+
+
+def withdrawal_policy(spec: MailDomainSpec) -> str:
+    """What a MailDomain being deleted serves (RFC 8461 §8.3): mode `none`, the same `mx`
+    lines, and a short max_age, until every sender's cached copy of the old policy expired.
+
+    How long that is comes from `withdrawal_seconds`: the old policy's max_age, counted from
+    the moment the withdrawal is first served.
+    """
+    patterns = spec.mta_sts.mx_patterns or [mx.host for mx in spec.mx]
+    return render_policy("none", patterns, min(WITHDRAWAL_MAX_AGE, spec.mta_sts.max_age))
+
+
+def withdrawal_seconds(spec: MailDomainSpec) -> int:
+    """How long the withdrawal must be served before the `_mta-sts` record and the policy go:
+    senders may hold the old policy for its max_age (0 when the old mode was already `none`)."""
+    return 0 if spec.mta_sts.mode == "none" else spec.mta_sts.max_age
 
 
 def policy_id(policy: str) -> str:

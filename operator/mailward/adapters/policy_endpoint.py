@@ -1,0 +1,125 @@
+"""I/O of the mtasts part: fetching what the policy endpoint serves, and applying its objects.
+
+The fetch is what a sending MTA does (RFC 8461 §3.3), aimed at the endpoint's Service (or, in
+the demo and the tests, the local process) rather than at the public name: TLS with SNI
+`mta-sts.<domain>`, the certificate verified for that name, Host `mta-sts.<domain>`, redirects
+not followed. The operator thereby knows the exact bytes served before the DNS part may
+announce their id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import ssl
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import aiohttp
+from kubernetes import client, dynamic
+from kubernetes.client.exceptions import ApiException
+
+POLICY_PATH = "/.well-known/mta-sts.txt"
+# RFC 8461 §3.3 suggests at most 64 KiB and one minute; the operator waits less than a sender.
+MAX_POLICY_BYTES = 64 * 1024
+FIELD_MANAGER = "mailward"
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """One fetch: an HTTP status and body, or the reason no answer came."""
+
+    status: int | None
+    body: bytes = b""
+    error: str | None = None
+
+
+class PolicyFetcher(Protocol):
+    async def fetch(self, domain: str) -> Fetched: ...
+
+
+class EndpointFetcher:
+    """GET the policy from `base_url` (`https://host:port` or `http://host:port`)."""
+
+    def __init__(self, base_url: str, ca_file: str | None = None, timeout: float = 5.0) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ValueError(f"{base_url!r}: expected https://HOST[:PORT] or http://HOST[:PORT]")
+        self._base = f"{parts.scheme}://{parts.netloc}"
+        self._tls = parts.scheme == "https"
+        self._context = ssl.create_default_context(cafile=ca_file) if self._tls else None
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+
+    async def fetch(self, domain: str) -> Fetched:
+        host = f"mta-sts.{domain}"
+        extra: dict[str, Any] = {}
+        if self._tls:
+            extra = {"ssl": self._context, "server_hostname": host}
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=self._timeout) as session,
+                session.get(
+                    self._base + POLICY_PATH,
+                    headers={"Host": host},
+                    allow_redirects=False,
+                    **extra,
+                ) as response,
+            ):
+                body = await response.content.read(MAX_POLICY_BYTES + 1)
+                return Fetched(response.status, body)
+        except (aiohttp.ClientError, TimeoutError, ssl.SSLError, OSError) as error:
+            return Fetched(None, error=f"{type(error).__name__}: {error}"[:300])
+
+
+class ObjectApplier(Protocol):
+    async def apply(self, obj: dict[str, Any]) -> None: ...
+
+    async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None: ...
+
+
+class KubeObjectApplier:
+    """Server-side apply with the official client; an object already applied in the same form
+    by this process is not sent again (no idle writes, no API load per reconcile)."""
+
+    def __init__(self, api: client.ApiClient | None = None) -> None:
+        self._api = api
+        self._client: dynamic.DynamicClient | None = None
+        self._applied: dict[tuple[str, str, str], str] = {}
+
+    def _dynamic(self) -> dynamic.DynamicClient:
+        if self._client is None:
+            self._client = dynamic.DynamicClient(self._api or client.ApiClient())  # type: ignore[no-untyped-call]
+        return self._client
+
+    async def apply(self, obj: dict[str, Any]) -> None:
+        meta = obj["metadata"]
+        key = (obj["kind"], meta.get("namespace", ""), meta["name"])
+        digest = hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+        if self._applied.get(key) == digest:
+            return
+        await asyncio.to_thread(self._apply, obj)
+        self._applied[key] = digest
+
+    def _apply(self, obj: dict[str, Any]) -> None:
+        resource = self._dynamic().resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+        resource.server_side_apply(
+            body=obj,
+            name=obj["metadata"]["name"],
+            namespace=obj["metadata"].get("namespace"),
+            field_manager=FIELD_MANAGER,
+            force_conflicts=True,
+        )
+
+    async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        self._applied.pop((kind, namespace, name), None)
+        await asyncio.to_thread(self._delete, api_version, kind, namespace, name)
+
+    def _delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        resource = self._dynamic().resources.get(api_version=api_version, kind=kind)
+        try:
+            resource.delete(name=name, namespace=namespace)
+        except ApiException as error:
+            if error.status != 404:
+                raise

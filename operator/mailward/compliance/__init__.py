@@ -1,0 +1,21 @@
+"""Compliance checking of a mail domain from outside (BSI TR-03108 v2.0, TR-03116-4, RFCs).
+
+`check_domain()` probes one domain and returns a `Report`; `mailward check` prints it and the
+operator's compliance part writes it onto the MailDomain. See `catalog.py` for the checks.
+"""
+
+from mailward.compliance.catalog import CATALOG, DEFAULT_PROFILE, PROFILES
+from mailward.compliance.engine import Engine, check_domain
+from mailward.compliance.model import CheckResult, Level, Report, Result
+
+__all__ = [
+    "CATALOG",
+    "DEFAULT_PROFILE",
+    "PROFILES",
+    "CheckResult",
+    "Engine",
+    "Level",
+    "Report",
+    "Result",
+    "check_domain",
+]

@@ -1,0 +1,137 @@
+"""DNS through one given validating resolver, with the DNSSEC verdict of every answer.
+
+The engine never trusts its own validation: it asks the resolver (the one the MTAs use) with the
+DO bit and reads the AD bit, and a bogus answer shows up as SERVFAIL with an Extended DNS Error
+(RFC 8914) that names the reason. Answers are cached for the duration of one domain's check, so
+the many checks asking for the same MX or TLSA cost one query each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import dns.asyncquery
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdatatype
+
+
+class ResolverUnreachable(RuntimeError):
+    """The resolver did not answer at all: the check as a whole cannot run."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    name: str
+    rdtype: str
+    rcode: str  # NOERROR, NXDOMAIN, SERVFAIL, ... or TIMEOUT
+    secure: bool  # AD bit
+    records: tuple[str, ...] = ()  # rdata in presentation form, of the queried type only
+    ttl: int = 0
+    ede: tuple[str, ...] = ()  # Extended DNS Errors, e.g. "6 DNSSEC Bogus: ..."
+
+    @property
+    def ok(self) -> bool:
+        return self.rcode == "NOERROR"
+
+    @property
+    def bogus(self) -> bool:
+        return self.rcode == "SERVFAIL"
+
+    def describe(self) -> str:
+        flags = "AD" if self.secure else "no AD"
+        ede = f", EDE {'; '.join(self.ede)}" if self.ede else ""
+        data = f": {', '.join(self.records[:4])}" if self.records else ""
+        return f"{self.name} {self.rdtype}: {self.rcode} ({flags}{ede}){data}"
+
+
+class DNSClient(Protocol):
+    async def query(self, name: str, rdtype: str) -> Answer: ...
+
+
+@dataclass
+class ValidatingResolverClient:
+    """Queries one resolver (address, port); answers cached per instance."""
+
+    address: str
+    port: int = 53
+    timeout: float = 3.0
+    _cache: dict[tuple[str, str], asyncio.Future[Answer]] = field(default_factory=dict)
+
+    async def query(self, name: str, rdtype: str) -> Answer:
+        key = (name.lower().rstrip("."), rdtype.upper())
+        if key not in self._cache:
+            self._cache[key] = asyncio.ensure_future(self._query(*key))
+        return await asyncio.shield(self._cache[key])
+
+    async def _query(self, name: str, rdtype: str) -> Answer:
+        qname = dns.name.from_text(name)
+        request = dns.message.make_query(qname, rdtype, want_dnssec=True, use_edns=0, payload=1232)
+        response: dns.message.Message | None = None
+        for _ in range(2):
+            try:
+                response, _tcp = await dns.asyncquery.udp_with_fallback(
+                    request, self.address, timeout=self.timeout, port=self.port
+                )
+                break
+            except (dns.exception.Timeout, OSError):
+                continue
+        if response is None:
+            return Answer(name, rdtype, "TIMEOUT", False)
+        wanted = dns.rdatatype.from_text(rdtype)
+        records: list[str] = []
+        ttl = 0
+        for rrset in response.answer:
+            if rrset.rdtype == wanted:
+                records.extend(r.to_text() for r in rrset)
+                ttl = rrset.ttl
+        ede = tuple(
+            f"{int(e.code)} {e.code.name if hasattr(e.code, 'name') else ''}"
+            + (f": {e.text}" if e.text else "")
+            for e in response.extended_errors()
+        )
+        return Answer(
+            name=name,
+            rdtype=rdtype,
+            rcode=dns.rcode.to_text(response.rcode()),
+            secure=bool(response.flags & dns.flags.AD),
+            records=tuple(records),
+            ttl=ttl,
+            ede=ede,
+        )
+
+    async def reachable(self) -> bool:
+        """Whether the resolver answers at all (any rcode) for the root SOA."""
+        answer = await self._query(".", "SOA")
+        return answer.rcode != "TIMEOUT"
+
+
+def txt_strings(record: str) -> str:
+    """A TXT rdata in presentation form (`"a" "b"`) as its concatenated value (RFC 7208 §3.3)."""
+    parts: list[str] = []
+    i = 0
+    while i < len(record):
+        if record[i] == '"':
+            j = i + 1
+            buf = []
+            while j < len(record) and record[j] != '"':
+                if record[j] == "\\" and j + 1 < len(record):
+                    if record[j + 1 : j + 4].isdigit():
+                        buf.append(chr(int(record[j + 1 : j + 4])))
+                        j += 4
+                        continue
+                    buf.append(record[j + 1])
+                    j += 2
+                    continue
+                buf.append(record[j])
+                j += 1
+            parts.append("".join(buf))
+            i = j + 1
+        else:
+            i += 1
+    return "".join(parts)

@@ -1,0 +1,159 @@
+"""The demo's DNS provider: the operator publishes the example's records into the demo BIND.
+
+`create_dns_provider` creates the TSIG Secret and the `DNSProvider local-bind` that
+`examples/maildomain.yaml` names, from the TSIG key the demo's BIND was started with. `check`
+then shows, through the validating resolver, that every record the example wants resolves with
+the AD bit (`python -m mailward.localstack.demo_dns check`, for scripts/demo.sh).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dns.flags
+import dns.rcode
+import dns.rdatatype
+
+from mailward.localstack._process import StackError
+from mailward.localstack.controlplane import kubectl_path
+from mailward.localstack.dns import DNSStack
+from mailward.parts.certificate import CERTIFICATE_CHAIN, parse_chain
+from mailward.parts.dns import SERVED_POLICY_ID, desired_for
+from mailward.reconcile import parse_spec
+
+PROVIDER_NAME = "local-bind"
+TSIG_SECRET_NAME = "local-bind-tsig"
+
+
+def _kubectl(kubeconfig: Path, *args: str, input: str | None = None) -> str:
+    result = subprocess.run(
+        [str(kubectl_path()), "--kubeconfig", str(kubeconfig), *args],
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if result.returncode != 0:
+        raise StackError(f"kubectl {' '.join(args[:3])} failed: {result.stderr.strip()}")
+    return result.stdout
+
+
+def provider_manifests(stack: DNSStack, namespace: str) -> list[dict[str, object]]:
+    tsig = stack.tsig
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": TSIG_SECRET_NAME, "namespace": namespace},
+            "data": {"secret": base64.b64encode(tsig.secret.encode()).decode()},
+        },
+        {
+            "apiVersion": "mailward.io/v1alpha1",
+            "kind": "DNSProvider",
+            "metadata": {"name": PROVIDER_NAME, "namespace": namespace},
+            "spec": {
+                "rfc2136": {
+                    "nameserver": {
+                        "host": stack.authoritative.address,
+                        "port": stack.authoritative.port,
+                    },
+                    "tsigKeyName": tsig.name,
+                    "tsigAlgorithm": tsig.algorithm,
+                    "tsigSecretRef": {"name": TSIG_SECRET_NAME, "key": "secret"},
+                }
+            },
+        },
+    ]
+
+
+def create_dns_provider(kubeconfig: Path, dns_state_dir: Path, namespace: str = "default") -> None:
+    """After the CRDs are applied: the TSIG Secret and DNSProvider for the demo's BIND.
+
+    `dns_state_dir` is where the DNS stack lives (`state_dir / "dns"` in stack.py).
+    """
+    stack = DNSStack.attach(dns_state_dir)
+    _kubectl(
+        kubeconfig,
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/dnsproviders.mailward.io",
+    )
+    for manifest in provider_manifests(stack, namespace):
+        _kubectl(kubeconfig, "apply", "-f", "-", input=json.dumps(manifest))
+    print(
+        f"[stack] DNSProvider {namespace}/{PROVIDER_NAME}: RFC 2136 to "
+        f"{stack.authoritative.address}, TSIG key {stack.tsig.name} in Secret {TSIG_SECRET_NAME}",
+        flush=True,
+    )
+
+
+def check(kubeconfig: Path, dns_state_dir: Path, namespace: str, name: str, timeout: float) -> int:
+    """Print every record the MailDomain wants as the resolver answers it, with its AD flag;
+    1 if one is missing, different or not validated."""
+    stack = DNSStack.attach(dns_state_dir)
+    body = json.loads(
+        _kubectl(kubeconfig, "get", "maildomain", name, "-n", namespace, "-o", "json")
+    )
+    spec = parse_spec(body["spec"])
+    secret = json.loads(
+        _kubectl(kubeconfig, "get", "secret", spec.tls.secret_name, "-n", namespace, "-o", "json")
+    )
+    facts: dict[str, object] = {
+        CERTIFICATE_CHAIN: parse_chain(base64.b64decode(secret["data"]["tls.crt"]))
+    }
+    served = _served_policy_id(stack, spec.domain)
+    if served:
+        facts[SERVED_POLICY_ID] = served  # whatever the policy endpoint serves, as the operator
+    failures = 0
+    for rrset in desired_for(spec, facts):
+        deadline = time.monotonic() + timeout
+        while True:
+            response = stack.resolver.query(rrset.name, rrset.type)
+            rdtype = dns.rdatatype.from_text(rrset.type)
+            answer = [a for a in response.answer if a.rdtype == rdtype]
+            data = tuple(sorted(r.to_text() for r in answer[0])) if answer else ()
+            secure = bool(response.flags & dns.flags.AD)
+            ok = response.rcode() == dns.rcode.NOERROR and secure and data == rrset.rdata
+            if ok or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        flag = "ad" if secure else "--"
+        shown = " | ".join(data) if data else dns.rcode.to_text(response.rcode())
+        print(f"  {'ok ' if ok else 'BAD'} [{flag}] {rrset.name} {rrset.type} {shown}"[:200])
+        failures += not ok
+    return 1 if failures else 0
+
+
+def _served_policy_id(stack: DNSStack, domain: str) -> str | None:
+    response = stack.resolver.query(f"_mta-sts.{domain}", "TXT")
+    for rrset in response.answer:
+        for rdata in rrset:
+            text = b"".join(getattr(rdata, "strings", ())).decode("ascii", "replace")
+            if text.startswith("v=STSv1;") and "id=" in text:
+                return text.split("id=", 1)[1].strip().rstrip(";")
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mailward.localstack.demo_dns")
+    parser.add_argument("action", choices=["check"])
+    parser.add_argument("--state-dir", type=Path, default=Path(".local/stack"))
+    parser.add_argument("--kubeconfig", type=Path, default=None)
+    parser.add_argument("-n", "--namespace", default="default")
+    parser.add_argument("--name", default="example")
+    parser.add_argument("--timeout", type=float, default=30.0)
+    args = parser.parse_args(argv)
+    kubeconfig = args.kubeconfig or args.state_dir / "controlplane" / "kubeconfig"
+    dns_state_dir = args.state_dir.resolve() / "dns"
+    return check(kubeconfig, dns_state_dir, args.namespace, args.name, args.timeout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

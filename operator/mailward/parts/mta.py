@@ -1,0 +1,102 @@
+"""The MTA part: the MailDomain's Postfix StatefulSet and its companions, and `MTAReady`.
+
+It renders the objects (render/mta_objects.py), applies them by server-side apply, and reads
+the StatefulSet's status back. StatefulSets are not watched by the operator, so while the MTA
+is not ready yet the part asks to be run again after a short delay.
+
+Facts it leaves for later parts (`ctx.facts`):
+- `mta.service`: `<namespace>/<name>` of the Service that receives mail on 25/465/587;
+- `mta.config_hash`: the digest of the rendered Postfix configuration.
+"""
+
+from __future__ import annotations
+
+from mailward.adapters.workloads import StatefulSetObservation, WorkloadClient
+from mailward.conditions import Verdict
+from mailward.parts import RECORDS_CHANGED, Event, PartResult, ReconcileContext
+from mailward.render.mta_objects import (
+    CONFIG_HASH_ANNOTATION,
+    Owner,
+    mta_name,
+    render_mta_objects,
+)
+
+MTA_READY = "MTAReady"
+
+
+def mta_verdict(observed: StatefulSetObservation, name: str) -> Verdict:
+    """`MTAReady` from the StatefulSet's status (by the kstatus rules for StatefulSets)."""
+    what = f"StatefulSet {name}"
+    if not observed.found:
+        return Verdict(MTA_READY, "Unknown", "MTAPending", f"{what} does not exist yet")
+    if observed.observed_generation < observed.generation:
+        return Verdict(
+            MTA_READY,
+            "Unknown",
+            "MTAPending",
+            f"{what}: generation {observed.generation} not yet observed by its controller",
+        )
+    counts = f"{observed.ready_replicas}/{observed.replicas} ready"
+    if observed.updated_replicas < observed.replicas or (
+        observed.update_revision and observed.current_revision != observed.update_revision
+    ):
+        return Verdict(
+            MTA_READY,
+            "False",
+            "MTARollingOut",
+            f"{what}: {observed.updated_replicas}/{observed.replicas} updated, {counts}",
+        )
+    if observed.ready_replicas < observed.replicas:
+        return Verdict(MTA_READY, "False", "MTANotReady", f"{what}: {counts}")
+    return Verdict(MTA_READY, "True", "MTARunning", f"{what}: {counts}")
+
+
+class MTAPart:
+    name = "mta"
+
+    def __init__(self, workloads: WorkloadClient, retry_seconds: float = 15.0) -> None:
+        self._workloads = workloads
+        self._retry_seconds = retry_seconds
+
+    async def reconcile(self, ctx: ReconcileContext) -> PartResult:
+        spec = ctx.spec
+        if not spec.mta.enabled:
+            return PartResult(
+                [Verdict(MTA_READY, "True", "MTANotManaged", "spec.mta.enabled is false")]
+            )
+        accounts: list[str] = []
+        if spec.mta.accounts_secret_name:
+            keys = await self._workloads.secret_keys(ctx.namespace, spec.mta.accounts_secret_name)
+            if keys is None:
+                message = (
+                    f"Secret {spec.mta.accounts_secret_name!r} (spec.mta.accountsSecretName) "
+                    "does not exist"
+                )
+                return PartResult(
+                    [Verdict(MTA_READY, "False", "AccountsSecretNotFound", message)],
+                    retry_after=self._retry_seconds,
+                )
+            accounts = keys
+        owner = Owner(ctx.name, ctx.namespace, ctx.uid)
+        objects = render_mta_objects(owner, spec, accounts)
+        for manifest in objects:
+            await self._workloads.apply(manifest)
+        name = mta_name(owner)
+        statefulset = next(o for o in objects if o["kind"] == "StatefulSet")
+        ctx.facts["mta.service"] = f"{ctx.namespace}/{name}"
+        ctx.facts["mta.config_hash"] = statefulset["spec"]["template"]["metadata"]["annotations"][
+            CONFIG_HASH_ANNOTATION
+        ]
+        observed = await self._workloads.observe_statefulset(ctx.namespace, name)
+        verdict = mta_verdict(observed, name)
+        events = []
+        previous = next((c for c in ctx.status.conditions if c.type == MTA_READY), None)
+        if verdict.status == "True" and (previous is None or previous.status != "True"):
+            events.append(Event("Normal", verdict.reason, verdict.message))
+            # The MTA answers now: what an outside probe sees changed, so check it at once.
+            ctx.facts[RECORDS_CHANGED] = True
+        retry = None if verdict.status == "True" else self._retry_seconds
+        return PartResult([verdict], retry_after=retry, events=events)
+
+    async def release(self, ctx: ReconcileContext) -> None:
+        """The objects carry owner references: the garbage collector removes them."""

@@ -1,0 +1,73 @@
+"""The collector's configuration: what the operator renders into its ConfigMap.
+
+One collector serves every MailDomain: it accepts reports whose policy domain is one of
+`domains`, by mail to any mailbox at one of `mailboxDomains`, and by HTTPS POST.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from mailward.tlsrpt.parse import Limits
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class Listen(_Config):
+    address: str = "0.0.0.0"
+    port: int = Field(ge=0, le=65535)
+
+
+class Certificate(_Config):
+    cert_file: str
+    key_file: str
+
+
+class IntakeLimits(_Config):
+    # A day's report of a very large sender is a few hundred KiB gzipped; 10 MiB is ample.
+    message_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    compressed_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    inflated_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    json_depth: int = Field(default=16, ge=5, le=64)
+    json_elements: int = Field(default=200_000, ge=100)
+    # Per sending address: a sender delivers one report per domain and day (RFC 8460 §4.1),
+    # so even a large provider's MTA pool sends a handful per minute.
+    reports_per_minute: float = Field(default=60.0, gt=0)
+    burst: int = Field(default=120, ge=1)
+
+    def parse_limits(self) -> Limits:
+        return Limits(
+            compressed_bytes=self.compressed_bytes,
+            inflated_bytes=self.inflated_bytes,
+            json_depth=self.json_depth,
+            json_elements=self.json_elements,
+        )
+
+
+class CollectorConfig(_Config):
+    hostname: str = Field(description="The name the collector greets with (the rua MX host).")
+    domains: list[str] = Field(description="Policy domains whose reports are accepted.")
+    mailbox_domains: list[str] = Field(
+        description="Domains of the rua mailboxes; mail to other domains is refused at RCPT."
+    )
+    smtp: Listen = Listen(port=25)
+    https: Listen = Listen(port=443)
+    api: Listen = Listen(port=9108)
+    certificates: list[Certificate] = Field(default_factory=list)
+    database: str = "sqlite:////var/lib/mailward-tlsrpt/reports.db"
+    retention_days: int = Field(default=400, ge=1, le=3650)
+    limits: IntakeLimits = IntakeLimits()
+    dkim_resolver: str | None = Field(
+        default=None, description="Resolver for DKIM key lookups; the system's when unset."
+    )
+
+    @classmethod
+    def load(cls, path: Path) -> CollectorConfig:
+        return cls.model_validate_json(path.read_text())

@@ -1,0 +1,147 @@
+"""The compliance engine against real servers: a compliant domain and its broken twins.
+
+Each variant must fail exactly the check IDs listed in `VARIANTS` (and no other check may fail
+or end in `error`); the compliant domain passes every MUST.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from mailward.compliance import Report, Result, check_domain
+from tests.fixtures_compliance import VARIANTS, ComplianceLab
+
+pytestmark = pytest.mark.dnsstack
+
+SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "compliance-report.schema.json"
+
+
+@pytest.fixture(scope="module")
+def lab_reports(compliance_lab: ComplianceLab) -> dict[str, Report]:
+    async def run() -> dict[str, Report]:
+        limit = asyncio.Semaphore(8)
+        reports = await asyncio.gather(
+            *(
+                check_domain(
+                    zone,
+                    resolver=compliance_lab.resolver,
+                    cafile=compliance_lab.ca_file,
+                    limit=limit,
+                )
+                for zone in VARIANTS
+            )
+        )
+        return dict(zip(VARIANTS, reports, strict=True))
+
+    return asyncio.run(run())
+
+
+def _explain(report: Report) -> str:
+    return "\n".join(
+        f"{c.id} {c.result}: {c.message}" for c in report.checks if c.result is not Result.PASS
+    )
+
+
+def test_compliant_domain_passes_every_must(lab_reports: dict[str, Report]) -> None:
+    report = lab_reports["good.test"]
+    assert report.fatal is None
+    assert report.ids(Result.FAIL) == [], _explain(report)
+    assert report.ids(Result.ERROR) == [], _explain(report)
+    must = [c for c in report.checks if c.level.value == "MUST"]
+    assert must
+    assert all(c.result is Result.PASS for c in must), _explain(report)
+    assert report.compliant
+    assert report.exit_code == 0
+
+
+@pytest.mark.parametrize("zone", [z for z in VARIANTS if z != "good.test"])
+def test_broken_variant_fails_exactly_the_expected_checks(
+    lab_reports: dict[str, Report], zone: str
+) -> None:
+    report = lab_reports[zone]
+    assert report.fatal is None
+    assert set(report.ids(Result.FAIL)) == set(VARIANTS[zone]), _explain(report)
+    assert report.ids(Result.ERROR) == [], _explain(report)
+    assert not report.compliant
+    assert report.exit_code == 1
+
+
+def test_pkix_usage_is_flagged(lab_reports: dict[str, Report]) -> None:
+    checks = lab_reports["tlsa-usage1.test"].by_id()
+    assert checks["TR-DANE-05"].result is Result.WARN
+    assert "PKIX" in checks["TR-DANE-05"].message
+
+
+def test_bogus_zone_reported_as_bogus(lab_reports: dict[str, Report]) -> None:
+    dane = lab_reports["bogus.test"].by_id()["TR-DANE-01"]
+    assert "bogus" in dane.message
+    assert "SERVFAIL" in dane.message
+
+
+def test_tls10_on_port_25_would_only_warn(lab_reports: dict[str, Report]) -> None:
+    # The same version rule on an opportunistic port: TLS-01 passes on :25 of tls10.test,
+    # the failure is the SUBMISSIONS port.
+    tls = lab_reports["tls10.test"].by_id()["TR-TLS-01"]
+    assert "mx.tls10.test:465" in tls.message
+    assert "TLSv1" in tls.message
+
+
+def test_baseline_profile_relaxes_tr_only_rules(compliance_lab: ComplianceLab) -> None:
+    report = asyncio.run(
+        check_domain(
+            "wildcard.test",
+            resolver=compliance_lab.resolver,
+            cafile=compliance_lab.ca_file,
+            profile="baseline",
+        )
+    )
+    assert report.by_id()["TR-CERT-01"].result is Result.WARN
+    assert report.ids(Result.FAIL) == []
+    assert report.exit_code == 0
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mailward", "check", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_cli_json_validates_against_the_schema(compliance_lab: ComplianceLab) -> None:
+    schema = json.loads(SCHEMA.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    common = ["--resolver", compliance_lab.resolver, "--ca-file", compliance_lab.ca_file, "--json"]
+    good = _cli("good.test", *common)
+    assert good.returncode == 0, good.stderr
+    document = json.loads(good.stdout)
+    jsonschema.validate(document, schema)
+    assert document["compliant"] is True
+    broken = _cli("openrelay.test", *common)
+    assert broken.returncode == 1, broken.stderr
+    document = json.loads(broken.stdout)
+    jsonschema.validate(document, schema)
+    assert document["failingMust"] == ["TR-SMTP-03"]
+
+
+def test_cli_table_and_exit_codes(compliance_lab: ComplianceLab) -> None:
+    result = _cli("vrfy250.test", "--resolver", compliance_lab.resolver,
+                  "--ca-file", compliance_lab.ca_file)  # fmt: skip
+    print(result.stdout)
+    assert result.returncode == 1
+    assert "FAIL  TR-SMTP-04" in result.stdout
+    assert "NOT COMPLIANT" in result.stdout
+    assert "\033[" not in result.stdout  # no colour when not a terminal
+    # A resolver that does not answer: the check could not run.
+    dead = _cli("good.test", "--resolver", "127.255.255.1:53")
+    assert dead.returncode == 2
+    assert "could not run" in dead.stdout

@@ -1,0 +1,151 @@
+"""The compliance loop in the operator, against the real API server and the compliance lab.
+
+A MailDomain for the lab's compliant zone turns `Compliant=True`; deleting its TLSA record by
+hand in the zone turns it `False` (naming TR-DANE-02) within one interval, with one Warning
+Event; putting the record back turns it `True` again. A spec change is checked at once.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Any
+
+import dns.rdata
+import pytest
+
+from tests.fixtures_compliance import LAB_LABEL, OPERATED_ZONE, ComplianceLab
+from tests.fixtures_operator import Kube, OperatorProcess
+
+pytestmark = [pytest.mark.controlplane, pytest.mark.dnsstack]
+
+INTERVAL_SECONDS = 60
+# One interval with its +10 % jitter, plus the check itself and the first check's random delay.
+WITHIN_ONE_INTERVAL = INTERVAL_SECONDS * 1.1 + 45
+
+
+def _maildomain(namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "mailward.io/v1alpha1",
+        "kind": "MailDomain",
+        "metadata": {"name": "operated", "namespace": namespace, "labels": {LAB_LABEL: "true"}},
+        "spec": {
+            "domain": OPERATED_ZONE,
+            "mx": [{"host": f"mx.{OPERATED_ZONE}", "priority": 10}],
+            "tls": {"secretName": "mx-operated-tls"},
+            "compliance": {"profile": "tr-03108", "interval": f"{INTERVAL_SECONDS}s"},
+        },
+    }
+
+
+def _secret(namespace: str, lab: ComplianceLab) -> dict[str, Any]:
+    cert = lab.certs[OPERATED_ZONE]
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/tls",
+        "metadata": {"name": "mx-operated-tls", "namespace": namespace},
+        "data": {
+            "tls.crt": base64.b64encode(cert.chain_file.read_bytes()).decode(),
+            "tls.key": base64.b64encode(cert.key_file.read_bytes()).decode(),
+        },
+    }
+
+
+def _compliant(body: dict[str, Any]) -> dict[str, Any] | None:
+    for condition in body.get("status", {}).get("conditions", []):
+        if condition["type"] == "Compliant":
+            return dict(condition)
+    return None
+
+
+def _wait_compliant(kube: Kube, namespace: str, status: str, timeout: float) -> dict[str, Any]:
+    def probe() -> dict[str, Any] | None:
+        body = kube.get_maildomain(namespace, "operated")
+        condition = _compliant(body)
+        return body if condition and condition["status"] == status else None
+
+    body: dict[str, Any] = kube.wait_for(f"Compliant={status}", probe, timeout=timeout, interval=1)
+    return body
+
+
+def _warnings(kube: Kube, namespace: str) -> list[dict[str, Any]]:
+    events = kube.core.list_namespaced_event(namespace).items
+    return [
+        {"reason": e.reason, "message": e.message}
+        for e in events
+        if e.type == "Warning" and e.reason == "NonCompliant"
+    ]
+
+
+def test_tlsa_deleted_by_hand_turns_compliant_false_and_back(
+    kube: Kube, namespace: str, operator: OperatorProcess, compliance_lab: ComplianceLab
+) -> None:
+    kube.apply(_secret(namespace, compliance_lab))
+    kube.apply(_maildomain(namespace))
+    body = _wait_compliant(kube, namespace, "True", timeout=120)
+    compliance = body["status"]["compliance"]
+    assert compliance["failingMust"] == []
+    assert compliance["profile"] == "tr-03108"
+    assert {c["id"] for c in compliance["checks"]} >= {"TR-DANE-02", "TR-TLS-01", "TR-SMTP-03"}
+    assert 0 < compliance["score"] <= 100
+    wide = kube.kubectl("get", "maildomains", "-n", namespace, "-o", "wide").stdout
+    header, row = wide.splitlines()[:2]
+    assert "COMPLIANT" in header
+    assert row.split()[header.split().index("COMPLIANT")] == "True"
+    assert _warnings(kube, namespace) == []
+
+    # Break it by hand: the TLSA RRset of the MX disappears from the signed zone.
+    auth = compliance_lab.dns.authoritative
+    tlsa_name = f"_25._tcp.mx.{OPERATED_ZONE}."
+    original = auth.query(tlsa_name, "TLSA", tcp=True).answer[0]
+    update = auth.new_update(OPERATED_ZONE)
+    update.delete(tlsa_name, "TLSA")
+    auth.send_update(update)
+    broken_at = time.monotonic()
+    body = _wait_compliant(kube, namespace, "False", timeout=WITHIN_ONE_INTERVAL)
+    took = time.monotonic() - broken_at
+    print(f"Compliant=False {took:.0f}s after the TLSA deletion (interval {INTERVAL_SECONDS}s)")
+    condition = _compliant(body)
+    assert condition is not None
+    assert condition["reason"] == "MustChecksFailing"
+    assert "TR-DANE-02" in condition["message"]
+    assert body["status"]["compliance"]["failingMust"] == ["TR-DANE-02"]
+    assert took <= WITHIN_ONE_INTERVAL
+    warnings = kube.wait_for("the NonCompliant event", lambda: _warnings(kube, namespace))
+    assert len(warnings) == 1
+    assert "TR-DANE-02" in warnings[0]["message"]
+
+    # Repair by hand (this MailDomain has no spec.dns: nobody else publishes its records).
+    update = auth.new_update(OPERATED_ZONE)
+    update.replace(
+        tlsa_name,
+        original.ttl,
+        *[dns.rdata.from_text("IN", "TLSA", r.to_text()) for r in original],
+    )
+    auth.send_update(update)
+    repaired_at = time.monotonic()
+    body = _wait_compliant(kube, namespace, "True", timeout=WITHIN_ONE_INTERVAL)
+    print(f"Compliant=True {time.monotonic() - repaired_at:.0f}s after the repair")
+    assert body["status"]["compliance"]["failingMust"] == []
+    # Still one warning: events are posted on the transition to non-compliant only.
+    assert len(_warnings(kube, namespace)) == 1
+
+
+def test_spec_change_is_checked_at_once(
+    kube: Kube, namespace: str, operator: OperatorProcess, compliance_lab: ComplianceLab
+) -> None:
+    kube.apply(_secret(namespace, compliance_lab))
+    manifest = _maildomain(namespace)
+    manifest["spec"]["compliance"]["interval"] = "168h"
+    kube.apply(manifest)
+    _wait_compliant(kube, namespace, "True", timeout=120)
+    manifest["spec"]["compliance"]["profile"] = "baseline"
+    kube.apply(manifest)
+
+    def baseline() -> bool:
+        body = kube.get_maildomain(namespace, "operated")
+        return body["status"].get("compliance", {}).get("profile") == "baseline"
+
+    # Far less than the interval (a week): the edit itself triggered the check.
+    kube.wait_for("a check with the new profile", baseline, timeout=90, interval=1)
