@@ -95,6 +95,25 @@ def kubectl_path() -> Path:
 
 
 @functools.cache
+def kubectl(
+    kubeconfig: Path, *args: str, input: str | None = None, check: bool = True
+) -> str:
+    """Run the pinned kubectl against `kubeconfig`, as a person would; its standard output.
+
+    With `check`, a failure raises StackError with kubectl's own message.
+    """
+    result = subprocess.run(
+        [str(kubectl_path()), "--kubeconfig", str(kubeconfig), *args],
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if check and result.returncode != 0:
+        raise StackError(f"kubectl {' '.join(args[:3])} failed: {result.stderr.strip()}")
+    return result.stdout
+
+
 def _built_bin_dir() -> Path:
     script = repo_root() / "tools" / "controlplane" / "build.sh"
     if not script.is_file():

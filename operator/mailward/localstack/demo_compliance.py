@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from mailward.localstack.controlplane import kubectl_path
+from mailward.localstack.controlplane import kubectl
 
 
 def operator_environment(
@@ -33,17 +33,6 @@ def operator_environment(
     if metrics_address:
         env["MAILWARD_METRICS_ADDRESS"] = metrics_address
     return env
-
-
-def _kubectl(kubeconfig: Path, *args: str) -> str:
-    result = subprocess.run(
-        [str(kubectl_path()), "--kubeconfig", str(kubeconfig), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return result.stdout
 
 
 def show(
@@ -59,7 +48,7 @@ def show(
     compliance = None
     while time.monotonic() < deadline:
         body = json.loads(
-            _kubectl(kubeconfig, "get", "maildomain", name, "-n", namespace, "-o", "json")
+            kubectl(kubeconfig, "get", "maildomain", name, "-n", namespace, "-o", "json")
         )
         compliance = body.get("status", {}).get("compliance")
         if compliance:
@@ -69,7 +58,7 @@ def show(
         print(f"no compliance verdict on {namespace}/{name} after {timeout:.0f}s", file=sys.stderr)
     else:
         print(f"$ kubectl get maildomain {name} -o wide")
-        print(_kubectl(kubeconfig, "get", "maildomain", name, "-n", namespace, "-o", "wide"))
+        print(kubectl(kubeconfig, "get", "maildomain", name, "-n", namespace, "-o", "wide"))
     command = [
         sys.executable, "-m", "mailward", "check", domain,
         "--resolver", resolver, "--ca-file", str(ca_file),

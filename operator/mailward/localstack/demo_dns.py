@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,8 +19,7 @@ import dns.flags
 import dns.rcode
 import dns.rdatatype
 
-from mailward.localstack._process import StackError
-from mailward.localstack.controlplane import kubectl_path
+from mailward.localstack.controlplane import kubectl
 from mailward.localstack.dns import DNSStack
 from mailward.parts.certificate import CERTIFICATE_CHAIN, parse_chain
 from mailward.parts.dns import SERVED_POLICY_ID, desired_for
@@ -29,19 +27,6 @@ from mailward.reconcile import parse_spec
 
 PROVIDER_NAME = "local-bind"
 TSIG_SECRET_NAME = "local-bind-tsig"
-
-
-def _kubectl(kubeconfig: Path, *args: str, input: str | None = None) -> str:
-    result = subprocess.run(
-        [str(kubectl_path()), "--kubeconfig", str(kubeconfig), *args],
-        input=input,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    if result.returncode != 0:
-        raise StackError(f"kubectl {' '.join(args[:3])} failed: {result.stderr.strip()}")
-    return result.stdout
 
 
 def provider_manifests(stack: DNSStack, namespace: str) -> list[dict[str, object]]:
@@ -78,7 +63,7 @@ def create_dns_provider(kubeconfig: Path, dns_state_dir: Path, namespace: str = 
     `dns_state_dir` is where the DNS stack lives (`state_dir / "dns"` in stack.py).
     """
     stack = DNSStack.attach(dns_state_dir)
-    _kubectl(
+    kubectl(
         kubeconfig,
         "wait",
         "--for=condition=Established",
@@ -86,7 +71,7 @@ def create_dns_provider(kubeconfig: Path, dns_state_dir: Path, namespace: str = 
         "crd/dnsproviders.mailward.io",
     )
     for manifest in provider_manifests(stack, namespace):
-        _kubectl(kubeconfig, "apply", "-f", "-", input=json.dumps(manifest))
+        kubectl(kubeconfig, "apply", "-f", "-", input=json.dumps(manifest))
     print(
         f"[stack] DNSProvider {namespace}/{PROVIDER_NAME}: RFC 2136 to "
         f"{stack.authoritative.address}, TSIG key {stack.tsig.name} in Secret {TSIG_SECRET_NAME}",
@@ -99,11 +84,11 @@ def check(kubeconfig: Path, dns_state_dir: Path, namespace: str, name: str, time
     1 if one is missing, different or not validated."""
     stack = DNSStack.attach(dns_state_dir)
     body = json.loads(
-        _kubectl(kubeconfig, "get", "maildomain", name, "-n", namespace, "-o", "json")
+        kubectl(kubeconfig, "get", "maildomain", name, "-n", namespace, "-o", "json")
     )
     spec = parse_spec(body["spec"])
     secret = json.loads(
-        _kubectl(kubeconfig, "get", "secret", spec.tls.secret_name, "-n", namespace, "-o", "json")
+        kubectl(kubeconfig, "get", "secret", spec.tls.secret_name, "-n", namespace, "-o", "json")
     )
     facts: dict[str, object] = {
         CERTIFICATE_CHAIN: parse_chain(base64.b64decode(secret["data"]["tls.crt"]))

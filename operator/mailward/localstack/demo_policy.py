@@ -21,13 +21,12 @@ import json
 import os
 import socket
 import ssl
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from mailward.localstack._process import ManagedProcess, StackError, http_ok, wait_until
-from mailward.localstack.controlplane import kubectl_path
+from mailward.localstack._process import ManagedProcess, http_ok, wait_until
+from mailward.localstack.controlplane import kubectl
 from mailward.localstack.pki import LocalCA
 from mailward.render.policy_objects import (
     NAME,
@@ -51,19 +50,6 @@ class DemoPolicyEndpoint:
     admin_url: str
     operator_env: dict[str, str]
     """What the operator needs in its environment to manage and verify this endpoint."""
-
-
-def _kubectl(kubeconfig: Path, *args: str, input: str | None = None, check: bool = True) -> str:
-    result = subprocess.run(
-        [str(kubectl_path()), "--kubeconfig", str(kubeconfig), *args],
-        input=input,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    if check and result.returncode != 0:
-        raise StackError(f"kubectl {' '.join(args[:3])} failed: {result.stderr.strip()}")
-    return result.stdout
 
 
 def local_command(args: list[str], address: str, admin_port: int = ADMIN_PORT) -> list[str]:
@@ -101,10 +87,10 @@ def start_policy_endpoint(
     """
     settings = settings or EndpointSettings(namespace=NAMESPACE)
     namespace = settings.namespace
-    if _kubectl(kubeconfig, "get", "namespace", namespace, check=False) == "":
-        _kubectl(kubeconfig, "create", "namespace", namespace)
+    if kubectl(kubeconfig, "get", "namespace", namespace, check=False) == "":
+        kubectl(kubeconfig, "create", "namespace", namespace)
     objects = {"apiVersion": "v1", "kind": "List", "items": render_shared_objects(settings)}
-    _kubectl(
+    kubectl(
         kubeconfig,
         "apply",
         "--server-side",
@@ -115,7 +101,7 @@ def start_policy_endpoint(
         input=json.dumps(objects),
     )
     cert = ca.issue_server_cert(policy_hosts(domain), out_dir=state_dir / "certs")
-    secret = _kubectl(
+    secret = kubectl(
         kubeconfig,
         "create",
         "secret",
@@ -129,10 +115,10 @@ def start_policy_endpoint(
         "-o",
         "json",
     )
-    _kubectl(kubeconfig, "apply", "-f", "-", input=secret)
+    kubectl(kubeconfig, "apply", "-f", "-", input=secret)
 
     deployment = json.loads(
-        _kubectl(kubeconfig, "get", "deployment", NAME, "-n", namespace, "-o", "json")
+        kubectl(kubeconfig, "get", "deployment", NAME, "-n", namespace, "-o", "json")
     )
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     args = local_command(list(container["args"]), address)

@@ -15,7 +15,6 @@ import gzip
 import json
 import smtplib
 import ssl
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from mailward.localstack._process import (
     port_is_free,
     wait_until,
 )
-from mailward.localstack.controlplane import kubectl_path
+from mailward.localstack.controlplane import kubectl
 from mailward.reconcile import parse_spec
 from mailward.render.tlsrpt_objects import (
     CONFIG_KEY,
@@ -62,19 +61,6 @@ class DemoCollector:
         return {"MAILWARD_TLSRPT_COLLECTOR_URL": self.api_url}
 
 
-def _kubectl(kubeconfig: Path, *args: str, input: str | None = None) -> str:
-    result = subprocess.run(
-        [str(kubectl_path()), "--kubeconfig", str(kubeconfig), *args],
-        input=input,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    if result.returncode != 0:
-        raise StackError(f"kubectl {' '.join(args[:3])} failed: {result.stderr.strip()}")
-    return result.stdout
-
-
 def start_tlsrpt_collector(
     state_dir: Path,
     kubeconfig: Path,
@@ -89,7 +75,7 @@ def start_tlsrpt_collector(
     """Render, apply and read back the collector's configuration; run it; feed a sample."""
     state_dir = state_dir.resolve() / "tlsrpt"
     state_dir.mkdir(parents=True, exist_ok=True)
-    listing = json.loads(_kubectl(kubeconfig, "get", "maildomains", "-A", "-o", "json"))
+    listing = json.loads(kubectl(kubeconfig, "get", "maildomains", "-A", "-o", "json"))
     # Secret volumes cannot cross namespaces: the collector serves the MailDomains of its own.
     domains = [
         (item["metadata"]["namespace"], parse_spec(item["spec"]))
@@ -101,15 +87,15 @@ def start_tlsrpt_collector(
     settings = CollectorSettings(namespace=namespace, image="mailward:local")
     objects = render_collector([spec for _, spec in domains], settings)
     for manifest in objects:
-        _kubectl(kubeconfig, "apply", "-f", "-", input=json.dumps(manifest))
+        kubectl(kubeconfig, "apply", "-f", "-", input=json.dumps(manifest))
 
     # From here on, only what the API server holds: the ConfigMap and the Secrets.
     configmap = json.loads(
-        _kubectl(kubeconfig, "get", "configmap", NAME, "-n", namespace, "-o", "json")
+        kubectl(kubeconfig, "get", "configmap", NAME, "-n", namespace, "-o", "json")
     )
     config = CollectorConfig.model_validate_json(configmap["data"][CONFIG_KEY])
     statefulset = json.loads(
-        _kubectl(kubeconfig, "get", "statefulset", NAME, "-n", namespace, "-o", "json")
+        kubectl(kubeconfig, "get", "statefulset", NAME, "-n", namespace, "-o", "json")
     )
     pod = statefulset["spec"]["template"]["spec"]
     secret_of_volume = {
@@ -118,7 +104,7 @@ def start_tlsrpt_collector(
     tls_dir = state_dir / "tls"
     for volume, secret_name in secret_of_volume.items():
         secret = json.loads(
-            _kubectl(kubeconfig, "get", "secret", secret_name, "-n", namespace, "-o", "json")
+            kubectl(kubeconfig, "get", "secret", secret_name, "-n", namespace, "-o", "json")
         )
         target = tls_dir / volume
         target.mkdir(parents=True, exist_ok=True)

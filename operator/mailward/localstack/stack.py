@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from mailward.localstack._process import (
     stop_all,
     wait_until,
 )
-from mailward.localstack.controlplane import ControlPlane, kubectl_path, repo_root
+from mailward.localstack.controlplane import ControlPlane, kubectl, kubectl_path, repo_root
 from mailward.localstack.demo_compliance import operator_environment as compliance_environment
 from mailward.localstack.demo_dns import create_dns_provider
 from mailward.localstack.demo_mta import start_demo_mta
@@ -102,13 +101,25 @@ def up(state_dir: Path, env_file: Path, layout: DemoLayout = DemoLayout()) -> No
         f"validating resolver (Unbound): {layout.resolver}"
     )
 
-    kubectl = _Kubectl(plane.kubeconfig)
-    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(repo_root() / "crds"))
-    kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{PLURAL}.{API_GROUP}")
-    cert = ca.issue_server_cert(
-        [*layout.mx_hosts, layout.tlsrpt_host], out_dir=state_dir / "certs"
+    kubectl(
+        plane.kubeconfig,
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        str(repo_root() / "crds"),
     )
+    kubectl(
+        plane.kubeconfig,
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        f"crd/{PLURAL}.{API_GROUP}",
+    )
+    _no_pods_running(plane.kubeconfig)
+    cert = ca.issue_server_cert([*layout.mx_hosts, layout.tlsrpt_host], out_dir=state_dir / "certs")
     secret = kubectl(
+        plane.kubeconfig,
         "create",
         "secret",
         "tls",
@@ -121,11 +132,14 @@ def up(state_dir: Path, env_file: Path, layout: DemoLayout = DemoLayout()) -> No
         "-o",
         "json",
     )
-    kubectl("apply", "-f", "-", input=secret)
+    kubectl(plane.kubeconfig, "apply", "-f", "-", input=secret)
     _say(f"TLS Secret {layout.namespace}/{layout.tls_secret} for {', '.join(layout.mx_hosts)}")
     create_dns_provider(plane.kubeconfig, state_dir / "dns", layout.namespace)
     policy = start_policy_endpoint(
-        state_dir / "policy", plane.kubeconfig, ca, domain=layout.domain,
+        state_dir / "policy",
+        plane.kubeconfig,
+        ca,
+        domain=layout.domain,
         address=layout.policy_endpoint,
     )
     _say(f"MTA-STS policy endpoint (mailward serve-policies): {policy.url}")
@@ -203,6 +217,30 @@ def workloads(state_dir: Path, layout: DemoLayout = DemoLayout()) -> None:
     _say(f"TLSRPT collector: SMTP {collector.smtp[0]}:{collector.smtp[1]}, API {collector.api_url}")
 
 
+def _no_pods_running(kubeconfig: Path) -> None:
+    """Tell the truth about workloads after a restart: none runs until `workloads` starts them.
+
+    The demo's stand-in for the kubelet wrote ready replicas into StatefulSet statuses during the
+    last run; etcd kept them, but the processes are gone. A kubelet would report that at once.
+    """
+    listing = json.loads(kubectl(kubeconfig, "get", "statefulsets", "-A", "-o", "json"))
+    idle = {"replicas": 0, "readyReplicas": 0, "availableReplicas": 0, "currentReplicas": 0}
+    for item in listing["items"]:
+        meta = item["metadata"]
+        kubectl(
+            kubeconfig,
+            "patch",
+            "statefulset",
+            meta["name"],
+            "-n",
+            meta["namespace"],
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            json.dumps({"status": {**idle, "updatedReplicas": 0}}),
+        )
+
+
 def down(state_dir: Path) -> None:
     state_dir = state_dir.resolve()
     stopped = _stop_everything(state_dir)
@@ -250,23 +288,6 @@ def command(action: str, state_dir: Path, env_file: Path) -> int:
         print(f"mailward stack {action}: {error}", file=sys.stderr)
         return 2
     return 0
-
-
-class _Kubectl:
-    def __init__(self, kubeconfig: Path) -> None:
-        self._kubeconfig = kubeconfig
-
-    def __call__(self, *args: str, input: str | None = None) -> str:
-        result = subprocess.run(
-            [str(kubectl_path()), "--kubeconfig", str(self._kubeconfig), *args],
-            input=input,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        if result.returncode != 0:
-            raise StackError(f"kubectl {' '.join(args[:3])} failed: {result.stderr.strip()}")
-        return result.stdout
 
 
 def _write_env(path: Path, values: dict[str, str]) -> None:
