@@ -18,8 +18,6 @@ import asyncio
 import base64
 import binascii
 import logging
-import socket
-import struct
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -45,6 +43,7 @@ from mailward.adapters.dns_provider import (
     PublishResult,
     UpdateRefused,
 )
+from mailward.adapters.wire import dns_exchange_tcp
 from mailward.plan.records import Key, Owner, Plan, calculate, decode_registry, registry_name
 from mailward.render.dns_records import RRset, absolute
 
@@ -116,31 +115,8 @@ _copies: dict[tuple[str, int, str, str], _ZoneCopy] = {}
 _copies_lock = threading.Lock()
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise ConnectionError("connection closed in the middle of a DNS message")
-        data += chunk
-    return data
-
-
 def _exchange_tcp(config: RFC2136Config, message: dns.message.Message) -> dns.message.Message:
-    """Send over TCP; a response reporting a TSIG error comes back unsigned and is returned, not
-    raised, so that its rcode and TSIG error can be told to a person."""
-    wire = message.to_wire()
-    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.settimeout(config.timeout)
-        sock.connect((config.host, config.port))
-        sock.sendall(struct.pack("!H", len(wire)) + wire)
-        (length,) = struct.unpack("!H", _recv_exact(sock, 2))
-        data = _recv_exact(sock, length)
-    try:
-        return dns.message.from_wire(data, keyring=message.keyring, request_mac=message.mac)
-    except dns.tsig.PeerError:
-        return dns.message.from_wire(data, keyring=False)
+    return dns_exchange_tcp(config.host, config.port, message, config.timeout)
 
 
 # RFC 8945 §4.3 TSIG error codes. dnspython's rcode table names 16 BADVERS (the EDNS meaning of

@@ -32,6 +32,8 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from mailward.adapters.wire import recv_exact
+
 TIMEOUT = 10.0
 _DER: int = getattr(ssl, "_ssl").ENCODING_DER  # noqa: B009 (private module, no stub)
 PROBE_HELO = "compliance-probe.mailward.invalid"
@@ -413,16 +415,6 @@ def client_hello(server_name: str) -> bytes:
     return b"\x16\x03\x01" + struct.pack("!H", len(handshake_msg)) + handshake_msg
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise ConnectionError("closed")
-        data += chunk
-    return data
-
-
 def hello_probe(ep: Endpoint) -> tuple[int | None, bool | None, str]:
     """(compression method chosen, renegotiation_info echoed, error) from a raw ServerHello."""
     try:
@@ -434,9 +426,9 @@ def hello_probe(ep: Endpoint) -> tuple[int | None, bool | None, str]:
         sock.sendall(client_hello(ep.host))
         buffer = b""
         while len(buffer) < 4:
-            header = _recv_exact(sock, 5)
+            header = recv_exact(sock, 5)
             kind, _version, length = struct.unpack("!BHH", header)
-            payload = _recv_exact(sock, length)
+            payload = recv_exact(sock, length)
             if kind == 0x15:
                 return None, None, f"alert {payload.hex()}"
             if kind != 0x16:
@@ -446,8 +438,8 @@ def hello_probe(ep: Endpoint) -> tuple[int | None, bool | None, str]:
             return None, None, f"unexpected handshake type {buffer[0]}"
         length = int.from_bytes(buffer[1:4], "big")
         while len(buffer) < 4 + length:
-            header = _recv_exact(sock, 5)
-            buffer += _recv_exact(sock, struct.unpack("!BHH", header)[2])
+            header = recv_exact(sock, 5)
+            buffer += recv_exact(sock, struct.unpack("!BHH", header)[2])
         hello = buffer[4 : 4 + length]
         pos = 2 + 32
         pos += 1 + hello[pos]

@@ -34,7 +34,6 @@ import re
 import secrets
 import shutil
 import socket
-import struct
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -62,6 +61,7 @@ import dns.update
 import dns.xfr
 import dns.zone
 
+from mailward.adapters.wire import dns_exchange_tcp
 from mailward.localstack._process import ManagedProcess, StackError, wait_until, write_private
 
 __all__ = [
@@ -287,16 +287,6 @@ def query(
     return response
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise ConnectionError("connection closed in the middle of a DNS message")
-        data += chunk
-    return data
-
-
 def send_update(
     server: str, port: int, message: dns.message.Message, *, timeout: float = 5.0
 ) -> dns.message.Message:
@@ -307,18 +297,7 @@ def send_update(
     `tsig[0].error` says which TSIG error. A response whose own TSIG does not verify still
     raises.
     """
-    wire = message.to_wire()
-    family = socket.AF_INET6 if _is_ipv6(server) else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        sock.connect((server, port))
-        sock.sendall(struct.pack("!H", len(wire)) + wire)
-        (length,) = struct.unpack("!H", _recv_exact(sock, 2))
-        data = _recv_exact(sock, length)
-    try:
-        return dns.message.from_wire(data, keyring=message.keyring, request_mac=message.mac)
-    except dns.tsig.PeerError:
-        return dns.message.from_wire(data, keyring=False)
+    return dns_exchange_tcp(server, port, message, timeout)
 
 
 def zone_signature_problems(zone: dns.zone.Zone) -> list[str]:
