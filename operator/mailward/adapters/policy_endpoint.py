@@ -9,7 +9,6 @@ announce their id.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import ssl
@@ -18,13 +17,13 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
-from kubernetes import client, dynamic
-from kubernetes.client.exceptions import ApiException
+from kubernetes import client
+
+from mailward.adapters.apply import ServerSideApplier
 
 POLICY_PATH = "/.well-known/mta-sts.txt"
 # RFC 8461 §3.3 suggests at most 64 KiB and one minute; the operator waits less than a sender.
 MAX_POLICY_BYTES = 64 * 1024
-FIELD_MANAGER = "mailward"
 
 
 @dataclass(frozen=True)
@@ -80,18 +79,12 @@ class ObjectApplier(Protocol):
 
 
 class KubeObjectApplier:
-    """Server-side apply with the official client; an object already applied in the same form
-    by this process is not sent again (no idle writes, no API load per reconcile)."""
+    """Server-side apply; an object already applied in the same form by this process is not
+    sent again (no API load per reconcile for objects that change only with the spec)."""
 
     def __init__(self, api: client.ApiClient | None = None) -> None:
-        self._api = api
-        self._client: dynamic.DynamicClient | None = None
+        self._applier = ServerSideApplier(api)
         self._applied: dict[tuple[str, str, str], str] = {}
-
-    def _dynamic(self) -> dynamic.DynamicClient:
-        if self._client is None:
-            self._client = dynamic.DynamicClient(self._api or client.ApiClient())  # type: ignore[no-untyped-call]
-        return self._client
 
     async def apply(self, obj: dict[str, Any]) -> None:
         meta = obj["metadata"]
@@ -99,27 +92,10 @@ class KubeObjectApplier:
         digest = hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
         if self._applied.get(key) == digest:
             return
-        await asyncio.to_thread(self._apply, obj)
+        await self._applier.apply(obj)
         self._applied[key] = digest
-
-    def _apply(self, obj: dict[str, Any]) -> None:
-        resource = self._dynamic().resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
-        resource.server_side_apply(
-            body=obj,
-            name=obj["metadata"]["name"],
-            namespace=obj["metadata"].get("namespace"),
-            field_manager=FIELD_MANAGER,
-            force_conflicts=True,
-        )
 
     async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
         self._applied.pop((kind, namespace, name), None)
-        await asyncio.to_thread(self._delete, api_version, kind, namespace, name)
+        await self._applier.delete(api_version, kind, namespace, name)
 
-    def _delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
-        resource = self._dynamic().resources.get(api_version=api_version, kind=kind)
-        try:
-            resource.delete(name=name, namespace=namespace)
-        except ApiException as error:
-            if error.status != 404:
-                raise

@@ -12,10 +12,10 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from kubernetes import client, dynamic
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-FIELD_MANAGER = "mailward"
+from mailward.adapters.apply import ServerSideApplier
 
 
 @dataclass(frozen=True)
@@ -43,33 +43,13 @@ class WorkloadClient(Protocol):
 class KubeWorkloadClient:
     def __init__(self, api: client.ApiClient | None = None) -> None:
         self._api = api or client.ApiClient()
-        self._dynamic: dynamic.DynamicClient | None = None
+        self._applier = ServerSideApplier(self._api)
+        # One apply at a time: the objects of one MTA are written in order.
         self._lock = asyncio.Lock()
-
-    def _client(self) -> dynamic.DynamicClient:
-        # Discovery happens once, on first use, not at import.
-        if self._dynamic is None:
-            self._dynamic = dynamic.DynamicClient(self._api)  # type: ignore[no-untyped-call]
-        return self._dynamic
 
     async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
         async with self._lock:
-            return await asyncio.to_thread(self._apply, manifest)
-
-    def _apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        resource = self._client().resources.get(
-            api_version=manifest["apiVersion"], kind=manifest["kind"]
-        )
-        meta = manifest["metadata"]
-        applied = resource.server_side_apply(
-            body=manifest,
-            name=meta["name"],
-            namespace=meta.get("namespace"),
-            field_manager=FIELD_MANAGER,
-            force_conflicts=True,
-        )
-        result: dict[str, Any] = applied.to_dict()
-        return result
+            return await self._applier.apply(manifest)
 
     async def secret_keys(self, namespace: str, name: str) -> list[str] | None:
         """The key names of a Secret (never its values), or None if it does not exist."""
