@@ -25,11 +25,12 @@ system-deps: ## Debian packages (BIND, Unbound, Postfix, ...)
 
 venv: $(VENV_STAMP) ## the Python virtualenv with mailward installed (editable)
 
+# Installed into the existing virtualenv (a running demo keeps working), created if missing.
 $(VENV_STAMP): pyproject.toml
-	rm -rf $(VENV)
-	$(PYTHON) -m venv $(VENV)
+	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-*
 	touch $@
 
 controlplane: ## build etcd, kube-apiserver, kubectl once per machine (cached in ~/.cache/mailward)
