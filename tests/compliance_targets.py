@@ -104,7 +104,10 @@ class PostfixTarget:
             "virtual_gid_maps": "static:105",
             "smtpd_relay_restrictions": relay,
             "smtpd_banner": "$myhostname ESMTP",
-            "disable_vrfy_command": "yes",
+            # RFC 5321 §7.3: a site that does not verify answers VRFY (and EXPN) with 252, as
+            # mailward's own MTA does; every command is rewritten into one such VRFY.
+            "disable_vrfy_command": "no",
+            "smtpd_command_filter": f"pcre:{d}/command_filter",
             "alias_maps": "",
             "alias_database": "",
             "local_recipient_maps": "",
@@ -125,10 +128,6 @@ class PostfixTarget:
             "tls_config_file": f"{d}/openssl.cnf",
             "tls_config_name": "postfix",
         }
-        if self.vrfy_answers_250:
-            # A server that "verifies" anything: VRFY is rewritten into NOOP, answered 250.
-            lines["disable_vrfy_command"] = "no"
-            lines["smtpd_command_filter"] = f"pcre:{d}/command_filter"
         return "".join(f"{k} = {v}\n" for k, v in lines.items())
 
     def _master_cf(self) -> str:
@@ -174,7 +173,11 @@ class PostfixTarget:
         (d / "vmailbox").write_text(
             "".join(f"postmaster@{dom} {dom}/postmaster/\n" for dom in self.domains)
         )
-        (d / "command_filter").write_text("/^VRFY\\s.*/ NOOP\n")
+        if self.vrfy_answers_250:
+            # A server that "verifies" anything: VRFY is rewritten into NOOP, answered 250.
+            (d / "command_filter").write_text("/^VRFY\\s.*/ NOOP\n")
+        else:
+            (d / "command_filter").write_text("/^(VRFY|EXPN)\\s.*/ VRFY postmaster\n")
         (d / "openssl.cnf").write_text(
             "postfix = postfix_settings\n"
             "[postfix_settings]\nssl_conf = postfix_ssl_settings\n"

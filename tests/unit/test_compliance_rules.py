@@ -223,3 +223,25 @@ def test_part_wakes_the_loop_on_spec_change_or_published_records() -> None:
     runner._wakeups["uid-1"].clear()
     asyncio.run(part.reconcile(ctx(3, changed=True)))
     assert runner._wakeups["uid-1"].is_set()
+
+
+@pytest.mark.parametrize(
+    ("known", "random", "expected"),
+    [
+        ("252 2.0.0 postmaster", "252 2.0.0 postmaster", Result.PASS),
+        ("250 2.0.0 <postmaster@d.test>", "550 5.1.1 unknown", Result.PASS),
+        ("252 2.0.0 postmaster", "250 2.0.0 <x7q@d.test>", Result.FAIL),
+        ("550 5.1.1 unknown", "550 5.1.1 unknown", Result.FAIL),
+        # Postfix's disable_vrfy_command answers 502; RFC 5321 §7.3 requires 252 then.
+        ("502 5.5.1 VRFY command is disabled", "502 5.5.1 VRFY command is disabled", Result.FAIL),
+    ],
+)
+def test_vrfy_judged_by_rfc_5321_section_7_3(known: str, random: str, expected: Result) -> None:
+    from mailward.compliance.engine import _Findings, _judge_vrfy
+    from mailward.compliance.tlsprobe import SMTPObservation
+
+    findings = _Findings("tr-03108")
+    smtp = SMTPObservation(vrfy={"postmaster@d.test": known, "x7q@d.test": random})
+    _judge_vrfy(findings, "d.test", smtp, "mx.d.test:25")
+    (finding,) = findings.items["TR-SMTP-04"]
+    assert finding.result == expected, finding.message

@@ -97,7 +97,7 @@ CATALOG: tuple[Check, ...] = (
     _c(
         "TR-SMTP-04",
         "SMTP",
-        "VRFY never verifies falsely (252 or disabled)",
+        "VRFY never verifies falsely; a disabled VRFY answers 252",
         M,
         M,
         "Answer VRFY with 252 or disable it; never answer 250 for an address that was not "

@@ -467,6 +467,14 @@ def _judge_vrfy(f: _Findings, domain: str, smtp: SMTPObservation, subject: str) 
         f.unmet("TR-SMTP-04", f"false verification of a made-up address: {seen}", subject)
     elif known_reply[:3] in ("550", "551", "553"):
         f.unmet("TR-SMTP-04", f"postmaster (RFC 5321 §4.5.1) denied: {seen}", subject)
+    elif any(reply[:3] in ("500", "502", "504") for reply in (known_reply, random_reply)):
+        # RFC 5321 §7.3: "If a site disables these commands for security reasons, the SMTP
+        # server MUST return a 252 response" (Postfix's disable_vrfy_command answers 502).
+        f.unmet(
+            "TR-SMTP-04",
+            f"VRFY disabled without the 252 answer RFC 5321 §7.3 requires: {seen}",
+            subject,
+        )
     else:
         f.ok("TR-SMTP-04", seen, subject)
 
