@@ -90,6 +90,11 @@ class ValidatingResolverClient:
             if rrset.rdtype == wanted:
                 records.extend(r.to_text() for r in rrset)
                 ttl = rrset.ttl
+        # A resolver hands out what is left of its cached TTL (and may cap it); the zone's own
+        # TTL is the signature's Original TTL field (RFC 4034 §3.1.4), when the answer is signed.
+        for rrset in response.answer:
+            if rrset.rdtype == dns.rdatatype.RRSIG and rrset.covers == wanted:
+                ttl = max(int(getattr(sig, "original_ttl", ttl)) for sig in rrset)
         ede = tuple(
             f"{int(e.code)} {e.code.name if hasattr(e.code, 'name') else ''}"
             + (f": {e.text}" if e.text else "")
