@@ -40,7 +40,8 @@ from mailward.parts.tlsrpt import tlsrpt_part_from_env
 from mailward.reconcile import InvalidSpec, invalid_spec_verdicts, parse_spec, ready_verdict
 
 FINALIZER = f"{API_GROUP}/finalizer"
-RETRY_SECONDS = float(os.environ.get("MAILWARD_TLS_SECRET_RETRY_SECONDS", "30"))
+# How often a missing TLS Secret is looked for again (Secrets are not watched).
+TLS_SECRET_RETRY_SECONDS = float(os.environ.get("MAILWARD_TLS_SECRET_RETRY_SECONDS", "30"))
 # How often a StatefulSet that is still rolling out is looked at again (it is not watched).
 MTA_RETRY_SECONDS = float(os.environ.get("MAILWARD_MTA_RETRY_SECONDS", "15"))
 # Level-based resync: what lives outside the cluster (DNS records) drifts without any change
@@ -56,7 +57,7 @@ def parts() -> list[Part]:
     if _parts is None:
         load_client_config()
         _parts = [
-            CertificatePart(KubeSecretObserver(), RETRY_SECONDS),
+            CertificatePart(KubeSecretObserver(), TLS_SECRET_RETRY_SECONDS),
             MTAPart(KubeWorkloadClient(), MTA_RETRY_SECONDS),
             mtasts_part_from_env(),
             dns_part_from_env(),
