@@ -19,6 +19,7 @@ import dns.name
 import dns.rdatatype
 import pytest
 
+from mailward.localstack.controlplane import wait_established
 from mailward.localstack.dns import DNSStack
 from mailward.localstack.pki import IssuedCert, LocalCA
 from mailward.render.dns_records import RRset
@@ -159,9 +160,4 @@ def dnsendpoint_crd(kube: Kube) -> None:
     kube.kubectl(
         "apply", "-f", str(REPO / "tests" / "crds" / "externaldns.k8s.io_dnsendpoints.yaml")
     )
-    kube.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "--timeout=30s",
-        "crd/dnsendpoints.externaldns.k8s.io",
-    )
+    wait_established(kube.kubeconfig, "dnsendpoints.externaldns.k8s.io")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,10 +20,11 @@ import pytest
 from kubernetes import client, config
 
 from mailward.api.v1alpha1 import API_GROUP, API_VERSION, PLURAL
-from mailward.localstack._process import free_port, http_ok
-from mailward.localstack.controlplane import ControlPlane, kubectl_path
+from mailward.localstack._process import free_port
+from mailward.localstack.controlplane import ControlPlane, kubectl_path, wait_established
 from tests.chart import OPERATOR_GROUPS, OPERATOR_USER, RELEASE_NAMESPACE, rbac_documents
 from tests.fixtures_compliance import operator_environment as compliance_operator_environment
+from tests.processes import mailward_process
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -91,9 +91,7 @@ def kube(control_plane: ControlPlane) -> Iterator[Kube]:
     api = config.new_client_from_config(config_file=str(control_plane.kubeconfig))
     handle = Kube(control_plane.kubeconfig, api)
     handle.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-    handle.kubectl(
-        "wait", "--for=condition=Established", "--timeout=30s", "crd", f"{PLURAL}.{API_GROUP}"
-    )
+    wait_established(control_plane.kubeconfig, f"{PLURAL}.{API_GROUP}")
     yield handle
     api.close()
 
@@ -138,26 +136,11 @@ def operator(
     kube.kubectl("apply", "-f", "-", input=rbac_documents())
     env["KUBECONFIG"] = str(control_plane.kubeconfig_for(OPERATOR_USER, OPERATOR_GROUPS))
     liveness = f"http://127.0.0.1:{free_port('127.0.0.1')}/healthz"
-    with log_file.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "mailward", "run", "--all-namespaces", "--liveness", liveness],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    handle = OperatorProcess(process, log_file)
-    try:
-        kube.wait_for(
-            "the operator to start watching",
-            lambda: process.poll() is not None or http_ok(liveness),
-            timeout=60,
-        )
-        assert process.poll() is None, f"operator exited:\n{handle.log()}"
-        yield handle
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with mailward_process(
+        ["run", "--all-namespaces", "--liveness", liveness],
+        env=env,
+        log_file=log_file,
+        ready_url=liveness,
+        what="the operator",
+    ) as process:
+        yield OperatorProcess(process, log_file)

@@ -14,18 +14,19 @@ import os
 import socket
 import ssl
 import subprocess
-import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from mailward.localstack._process import free_port, http_ok
+from mailward.localstack._process import free_port
 from mailward.localstack.pki import LocalCA
 from mailward.render.policy_objects import EndpointSettings, policy_server_args
 from tests.fixtures_operator import Kube
 from tests.net import addr
+from tests.processes import mailward_process
 
 POLICY_ADDRESS = addr(44)
 POLICY_NAMESPACE = "mailward-system"
@@ -94,53 +95,50 @@ class PolicyEndpoint:
             connection.close()
 
 
+@contextmanager
+def running_policy_endpoint(
+    kube: Kube, ca: LocalCA, address: str, log_file: Path
+) -> Iterator[PolicyEndpoint]:
+    """`mailward serve-policies` on `address` (443, 80, and an admin port), as its Deployment
+    runs it, watching the API server behind `kube`; stopped when the block ends."""
+    if kube.kubectl("get", "namespace", POLICY_NAMESPACE, check=False).returncode != 0:
+        kube.kubectl("create", "namespace", POLICY_NAMESPACE)
+    admin_port = free_port(address)
+    settings = EndpointSettings(namespace=POLICY_NAMESPACE)
+    argv = policy_server_args(
+        settings,
+        https=f"{address}:443",
+        http=f"{address}:80",
+        admin=f"{address}:{admin_port}",
+    )
+    env = {**os.environ, "KUBECONFIG": str(kube.kubeconfig)}
+    admin_url = f"http://{address}:{admin_port}"
+    with mailward_process(
+        argv,
+        env=env,
+        log_file=log_file,
+        ready_url=f"{admin_url}/readyz",
+        what="the policy endpoint",
+        timeout=30,
+    ) as process:
+        yield PolicyEndpoint(
+            address=address,
+            https_port=443,
+            http_port=80,
+            admin_url=admin_url,
+            ca=ca,
+            kube=kube,
+            log_file=log_file,
+            process=process,
+        )
+
+
 @pytest.fixture(scope="session")
 def policy_endpoint(
     kube: Kube, local_ca: LocalCA, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[PolicyEndpoint]:
     if os.geteuid() != 0:
         pytest.skip("the policy endpoint listens on port 443 (root)")
-    if kube.kubectl("get", "namespace", POLICY_NAMESPACE, check=False).returncode != 0:
-        kube.kubectl("create", "namespace", POLICY_NAMESPACE)
-    admin_port = free_port(POLICY_ADDRESS)
-    settings = EndpointSettings(namespace=POLICY_NAMESPACE)
-    argv = policy_server_args(
-        settings,
-        https=f"{POLICY_ADDRESS}:443",
-        http=f"{POLICY_ADDRESS}:80",
-        admin=f"{POLICY_ADDRESS}:{admin_port}",
-    )
     log_file = tmp_path_factory.mktemp("policy-endpoint") / "serve-policies.log"
-    env = {**os.environ, "KUBECONFIG": str(kube.kubeconfig)}
-    with log_file.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "mailward", *argv],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    endpoint = PolicyEndpoint(
-        address=POLICY_ADDRESS,
-        https_port=443,
-        http_port=80,
-        admin_url=f"http://{POLICY_ADDRESS}:{admin_port}",
-        ca=local_ca,
-        kube=kube,
-        log_file=log_file,
-        process=process,
-    )
-    try:
-        kube.wait_for(
-            "the policy endpoint to be ready",
-            lambda: process.poll() is not None or http_ok(f"{endpoint.admin_url}/readyz"),
-            timeout=30,
-        )
-        assert process.poll() is None, f"serve-policies exited:\n{endpoint.log()}"
+    with running_policy_endpoint(kube, local_ca, POLICY_ADDRESS, log_file) as endpoint:
         yield endpoint
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from mailward.localstack._process import free_port, http_ok
+from mailward.localstack.controlplane import wait_established
 from mailward.localstack.pki import IssuedCert, LocalCA
 from tests.net import addr
 
@@ -299,9 +300,7 @@ def tlsrpt_operator(
     api = kube_config.new_client_from_config(config_file=str(tlsrpt_control_plane.kubeconfig))
     kube = Kube(tlsrpt_control_plane.kubeconfig, api)
     kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    kube.kubectl(
-        "wait", "--for=condition=Established", "--timeout=30s", "crd", f"{PLURAL}.{API_GROUP}"
-    )
+    wait_established(kube.kubeconfig, f"{PLURAL}.{API_GROUP}")
     processes: list[subprocess.Popen[bytes]] = []
 
     def start(collector_api: str) -> TLSRptCluster:

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from mailward.localstack._process import free_port, http_ok, start_watchdog
-from mailward.localstack.controlplane import ControlPlane, kubectl_path, repo_root
+from mailward.localstack.controlplane import ControlPlane, kubectl_path, repo_root, wait_established
 from mailward.localstack.pki import LocalCA
 from mailward.reconcile import parse_spec
 from mailward.render.mta_sts import policy_for
@@ -196,17 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         plane.start()
         kubeconfig = plane.kubeconfig
         _kubectl(kubeconfig, "apply", "--server-side", "-f", str(repo_root() / "crds"))
-        for attempt in range(50):
-            # Right after the apply the CRD may have no conditions yet; kubectl wait refuses that.
-            try:
-                _kubectl(
-                    kubeconfig, "wait", "--for=condition=Established", "crd/maildomains.mailward.io"
-                )
-                break
-            except subprocess.CalledProcessError:
-                if attempt == 49:
-                    raise
-                time.sleep(0.2)
+        wait_established(kubeconfig, "maildomains.mailward.io")
         _kubectl(kubeconfig, "create", "namespace", NAMESPACE)
         ca = LocalCA.create(work / "ca")
         cert = ca.issue_server_cert([HOST, f"autoconfig.{DOMAIN}"], out_dir=work / "certs")

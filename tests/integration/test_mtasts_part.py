@@ -12,8 +12,6 @@ import base64
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,22 +22,21 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
-from mailward.localstack._process import free_port, http_ok, start_watchdog
-from mailward.localstack.controlplane import ControlPlane
+from mailward.localstack._process import free_port, start_watchdog
+from mailward.localstack.controlplane import ControlPlane, wait_established
 from mailward.localstack.pki import LocalCA
 from mailward.reconcile import parse_spec
 from mailward.render.mta_sts import policy_for, policy_id
 from mailward.render.policy_objects import (
     NAME,
-    EndpointSettings,
     ingress_name,
-    policy_server_args,
     tls_secret_name,
 )
 from tests.fixtures_mta import set_statefulset_ready
 from tests.fixtures_operator import REPO, Kube
-from tests.fixtures_policy import POLICY_NAMESPACE, PolicyEndpoint
+from tests.fixtures_policy import POLICY_NAMESPACE, PolicyEndpoint, running_policy_endpoint
 from tests.net import addr
+from tests.processes import mailward_process
 
 pytestmark = pytest.mark.controlplane
 
@@ -55,22 +52,6 @@ class PolicyCluster:
     operator_log: Path
 
 
-def _start(argv: list[str], env: dict[str, str], log_file: Path) -> subprocess.Popen[bytes]:
-    with log_file.open("wb") as log:
-        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGCONT)
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 @pytest.fixture(scope="module")
 def policy_cluster(
     tmp_path_factory: pytest.TempPathFactory, local_ca: LocalCA
@@ -80,56 +61,16 @@ def policy_cluster(
     state = tmp_path_factory.mktemp("mtasts-cluster")
     plane = ControlPlane(state / "controlplane", host=APISERVER_ADDRESS)
     watchdog = start_watchdog(plane.state_dir)
-    processes: list[subprocess.Popen[bytes]] = []
     try:
         plane.start()
         api = config.new_client_from_config(config_file=str(plane.kubeconfig))
         kube = Kube(plane.kubeconfig, api)
         kube.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-        # Right after the apply the CRD may have no conditions yet, which `kubectl wait` refuses.
-        kube.wait_for(
-            "the MailDomain CRD",
-            lambda: (
-                kube.kubectl(
-                    "wait",
-                    "--for=condition=Established",
-                    "--timeout=5s",
-                    "crd/maildomains.mailward.io",
-                    check=False,
-                ).returncode
-                == 0
-            ),
-        )
-        kube.kubectl("create", "namespace", POLICY_NAMESPACE)
-        env = {**os.environ, "KUBECONFIG": str(plane.kubeconfig)}
-
-        admin_port = free_port(ENDPOINT_ADDRESS)
-        settings = EndpointSettings(namespace=POLICY_NAMESPACE)
-        argv = policy_server_args(
-            settings,
-            https=f"{ENDPOINT_ADDRESS}:443",
-            http=f"{ENDPOINT_ADDRESS}:80",
-            admin=f"{ENDPOINT_ADDRESS}:{admin_port}",
-        )
-        server = _start([sys.executable, "-m", "mailward", *argv], env, state / "serve.log")
-        processes.append(server)
-        endpoint = PolicyEndpoint(
-            address=ENDPOINT_ADDRESS,
-            https_port=443,
-            http_port=80,
-            admin_url=f"http://{ENDPOINT_ADDRESS}:{admin_port}",
-            ca=local_ca,
-            kube=kube,
-            log_file=state / "serve.log",
-            process=server,
-        )
-        kube.wait_for(
-            "the policy endpoint", lambda: http_ok(f"{endpoint.admin_url}/readyz"), timeout=30
-        )
-
+        wait_established(plane.kubeconfig, "maildomains.mailward.io")
         liveness = f"http://127.0.0.1:{free_port('127.0.0.1')}/healthz"
         operator_env = {
-            **env,
+            **os.environ,
+            "KUBECONFIG": str(plane.kubeconfig),
             "MAILWARD_TLS_SECRET_RETRY_SECONDS": "2",
             "MAILWARD_MTA_RETRY_SECONDS": "1",
             "MAILWARD_POLICY_ENDPOINT_URL": f"https://{ENDPOINT_ADDRESS}:443",
@@ -138,17 +79,20 @@ def policy_cluster(
             "MAILWARD_POLICY_INGRESS_CLASS": INGRESS_CLASS,
             "MAILWARD_POLICY_RETRY_SECONDS": "1",
         }
-        operator = _start(
-            [sys.executable, "-m", "mailward", "run", "--all-namespaces", "--liveness", liveness],
-            operator_env,
-            state / "operator.log",
-        )
-        processes.append(operator)
-        kube.wait_for("the operator", lambda: http_ok(liveness), timeout=60)
-        yield PolicyCluster(kube, endpoint, state / "operator.log")
+        with (
+            running_policy_endpoint(
+                kube, local_ca, ENDPOINT_ADDRESS, state / "serve.log"
+            ) as endpoint,
+            mailward_process(
+                ["run", "--all-namespaces", "--liveness", liveness],
+                env=operator_env,
+                log_file=state / "operator.log",
+                ready_url=liveness,
+                what="the operator",
+            ),
+        ):
+            yield PolicyCluster(kube, endpoint, state / "operator.log")
     finally:
-        for process in processes:
-            _stop(process)
         plane.stop()
         watchdog.terminate()
         watchdog.wait()

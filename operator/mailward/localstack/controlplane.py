@@ -114,6 +114,24 @@ def kubectl(
     return result.stdout
 
 
+def wait_established(kubeconfig: Path, *crds: str, timeout: float = 60) -> None:
+    """Wait until every named CRD (e.g. `maildomains.mailward.io`) is Established.
+
+    Polls the condition rather than using `kubectl wait`: right after an apply a CRD can have no
+    conditions yet, and `kubectl wait` then fails at once instead of waiting.
+    """
+    jsonpath = '{.status.conditions[?(@.type=="Established")].status}'
+
+    def established() -> bool:
+        return all(
+            kubectl(kubeconfig, "get", "crd", crd, "-o", f"jsonpath={jsonpath}", check=False)
+            == "True"
+            for crd in crds
+        )
+
+    wait_until(established, timeout=timeout, what=f"CRDs {', '.join(crds)} to be Established")
+
+
 def _built_bin_dir() -> Path:
     script = repo_root() / "tools" / "controlplane" / "build.sh"
     if not script.is_file():

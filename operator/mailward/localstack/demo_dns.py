@@ -19,7 +19,7 @@ import dns.flags
 import dns.rcode
 import dns.rdatatype
 
-from mailward.localstack.controlplane import kubectl
+from mailward.localstack.controlplane import kubectl, wait_established
 from mailward.localstack.dns import DNSStack
 from mailward.parts.certificate import CERTIFICATE_CHAIN, parse_chain
 from mailward.parts.dns import SERVED_POLICY_ID, desired_for
@@ -63,13 +63,7 @@ def create_dns_provider(kubeconfig: Path, dns_state_dir: Path, namespace: str = 
     `dns_state_dir` is where the DNS stack lives (`state_dir / "dns"` in stack.py).
     """
     stack = DNSStack.attach(dns_state_dir)
-    kubectl(
-        kubeconfig,
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/dnsproviders.mailward.io",
-    )
+    wait_established(kubeconfig, "dnsproviders.mailward.io")
     for manifest in provider_manifests(stack, namespace):
         kubectl(kubeconfig, "apply", "-f", "-", input=json.dumps(manifest))
     print(

@@ -28,7 +28,13 @@ from mailward.localstack._process import (
     stop_all,
     wait_until,
 )
-from mailward.localstack.controlplane import ControlPlane, kubectl, kubectl_path, repo_root
+from mailward.localstack.controlplane import (
+    ControlPlane,
+    kubectl,
+    kubectl_path,
+    repo_root,
+    wait_established,
+)
 from mailward.localstack.demo_compliance import operator_environment as compliance_environment
 from mailward.localstack.demo_dns import create_dns_provider
 from mailward.localstack.demo_mta import start_demo_mta
@@ -109,13 +115,7 @@ def up(state_dir: Path, env_file: Path, layout: DemoLayout = DemoLayout()) -> No
         "-f",
         str(repo_root() / "crds"),
     )
-    kubectl(
-        plane.kubeconfig,
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        f"crd/{PLURAL}.{API_GROUP}",
-    )
+    wait_established(plane.kubeconfig, f"{PLURAL}.{API_GROUP}")
     _no_pods_running(plane.kubeconfig)
     cert = ca.issue_server_cert([*layout.mx_hosts, layout.tlsrpt_host], out_dir=state_dir / "certs")
     secret = kubectl(
