@@ -17,7 +17,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from mailward.localstack._process import StackError
-from mailward.localstack.controlplane import ADMIN_USER, ControlPlane, kubectl_path
+from mailward.localstack.controlplane import ADMIN_USER, ControlPlane, kubectl, kubectl_path
 
 pytestmark = pytest.mark.controlplane
 
@@ -265,3 +265,12 @@ def _processes_mentioning(path: Path) -> list[int]:
         except OSError:
             continue
     return pids
+
+
+def test_kubectl_helper_answers_afresh_each_call(control_plane: ControlPlane) -> None:
+    """Callers poll with it (wait_established, the demo): a cached answer would never change."""
+    name = f"fresh-{uuid.uuid4().hex[:8]}"
+    args = ("get", "namespace", name, "-o", "name")
+    assert kubectl(control_plane.kubeconfig, *args, check=False) == ""
+    kubectl(control_plane.kubeconfig, "create", "namespace", name)
+    assert kubectl(control_plane.kubeconfig, *args, check=False).strip() == f"namespace/{name}"

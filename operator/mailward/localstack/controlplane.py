@@ -94,7 +94,6 @@ def kubectl_path() -> Path:
     return controlplane_bin_dir() / "kubectl"
 
 
-@functools.cache
 def kubectl(
     kubeconfig: Path, *args: str, input: str | None = None, check: bool = True
 ) -> str:
@@ -132,6 +131,7 @@ def wait_established(kubeconfig: Path, *crds: str, timeout: float = 60) -> None:
     wait_until(established, timeout=timeout, what=f"CRDs {', '.join(crds)} to be Established")
 
 
+@functools.cache
 def _built_bin_dir() -> Path:
     script = repo_root() / "tools" / "controlplane" / "build.sh"
     if not script.is_file():
