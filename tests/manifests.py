@@ -137,6 +137,16 @@ INVALID_CASES: list[InvalidCase] = [
     InvalidCase(
         "dns-provider-name-missing", _delete("dns.providerRef.name"), "spec.dns.providerRef.name"
     ),
+    InvalidCase(
+        "dns-tlsrpt-collector-both",
+        _set("dns.tlsRptCollector", {"addresses": ["192.0.2.26"], "cname": "c.example.test"}),
+        "spec.dns.tlsRptCollector",
+    ),
+    InvalidCase(
+        "dns-tlsrpt-collector-address-invalid",
+        _set("dns.tlsRptCollector", {"addresses": ["192.0.2.300"]}),
+        "spec.dns.tlsRptCollector.addresses[0]",
+    ),
     InvalidCase("dane-enabled-not-boolean", _set("dane.enabled", "yes"), "spec.dane.enabled"),
     InvalidCase("mta-sts-mode-unknown", _set("mtaSts.mode", "strict"), "spec.mtaSts.mode"),
     InvalidCase("mta-sts-max-age-too-large", _set("mtaSts.maxAge", 31557601), "spec.mtaSts.maxAge"),

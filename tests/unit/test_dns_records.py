@@ -96,6 +96,33 @@ def test_tlsrpt_lists_mailto_first() -> None:
     assert record == "v=TLSRPTv1; rua=mailto:a@example.test,https://r.example.test/"
 
 
+def test_empty_rua_publishes_the_collector_mailbox() -> None:
+    spec = _spec().model_copy(update={"tls_rpt": _spec().tls_rpt.model_copy(update={"rua": []})})
+    by_key = {r.key: r for r in _desired(spec)}
+    assert by_key[("_smtp._tls.example.test.", "TXT")].rdata == (
+        '"v=TLSRPTv1; rua=mailto:tlsrpt@tlsrpt.example.test"',
+    )
+    # The mailbox's host is published only when the collector's address is known.
+    assert not [key for key in by_key if key[0] == "tlsrpt.example.test."]
+
+
+def test_collector_addresses_give_tlsrpt_host_an_mx_and_no_tlsa() -> None:
+    spec = _spec(tlsRptCollector={"addresses": ["192.0.2.26", "2001:db8::26"]})
+    by_key = {r.key: r for r in _desired(spec)}
+    host = "tlsrpt.example.test."
+    assert by_key[(host, "MX")].rdata == (f"10 {host}",)
+    assert by_key[(host, "A")].rdata == ("192.0.2.26",)
+    assert by_key[(host, "AAAA")].rdata == ("2001:db8::26",)
+    # TR-03108-10-M: the report mailbox should not enforce DANE.
+    assert not [r for r in by_key.values() if r.name.endswith(f"._tcp.{host}")]
+
+
+def test_collector_cname_is_the_only_record_at_its_name() -> None:
+    spec = _spec(tlsRptCollector={"cname": "collector.provider.test"})
+    at_host = [r for r in _desired(spec) if r.name == "tlsrpt.example.test."]
+    assert [(r.type, r.rdata) for r in at_host] == [("CNAME", ("collector.provider.test.",))]
+
+
 def test_sts_id_follows_the_policy() -> None:
     first = _spec()
     changed = first.model_copy(
@@ -124,6 +151,9 @@ def test_long_dkim_key_is_split_into_255_octet_strings() -> None:
         {"ttl": {"tlsa": 10}},
         {"mtaStsEndpoint": {}},
         {"mtaStsEndpoint": {"addresses": ["192.0.2.1"], "cname": "x.example.test"}},
+        {"tlsRptCollector": {}},
+        {"tlsRptCollector": {"addresses": ["192.0.2.1"], "cname": "x.example.test"}},
+        {"tlsRptCollector": {"addresses": ["not-an-address"]}},
         {
             "dkim": [
                 {"selector": "a", "publicKey": "A" * 44},

@@ -349,9 +349,8 @@ class MUASRVSpec(_Model):
     )
 
 
-class MTASTSEndpoint(_Model):
-    """Where `mta-sts.<domain>` and `autoconfig.<domain>` point: the HTTPS server of the
-    MTA-STS policy, which also serves the mail-client autoconfig document."""
+class HostTarget(_Model):
+    """Where one name of the domain points: its own A/AAAA records, or a CNAME."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -369,14 +368,15 @@ class MTASTSEndpoint(_Model):
         min_length=1,
         max_length=8,
         json_schema_extra=_LIST_SET,
-        description="A/AAAA records for `mta-sts.<domain>`.",
+        description="A/AAAA records for the name.",
     )
     cname: Hostname | None = Field(
-        default=None, description="A CNAME for `mta-sts.<domain>` (RFC 8461 §3.3 allows it)."
+        default=None,
+        description="A CNAME for the name, when the service has a name of its own elsewhere.",
     )
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> MTASTSEndpoint:
+    def _exactly_one(self) -> HostTarget:
         if (self.addresses is None) == (self.cname is None):
             raise ValueError("set exactly one of addresses or cname")
         return self
@@ -411,11 +411,22 @@ class DNSSpec(_Model):
         description=MUASRVSpec.__doc__,
         json_schema_extra=_EMPTY_DEFAULT,
     )
-    mta_sts_endpoint: MTASTSEndpoint | None = Field(
+    mta_sts_endpoint: HostTarget | None = Field(
         default=None,
         description=(
-            "Where `mta-sts.<domain>` and `autoconfig.<domain>` point (the policy endpoint). "
-            "Without it, no record is published for those names."
+            "Where `mta-sts.<domain>` and `autoconfig.<domain>` point (the policy endpoint, "
+            "RFC 8461 §3.3 allows a CNAME). Without it, no record is published for those names."
+        ),
+    )
+    tls_rpt_collector: HostTarget | None = Field(
+        default=None,
+        description=(
+            "Where `tlsrpt.<domain>`, the host of the default TLSRPT mailbox "
+            "(`mailto:tlsrpt@tlsrpt.<domain>`), points: the public address of the namespace's "
+            "TLSRPT collector. With addresses, `tlsrpt.<domain>` gets A/AAAA records and an MX "
+            "naming itself; with a CNAME, mail follows the alias (RFC 5321 §5.1). No TLSA is "
+            "published there: the report mailbox should not enforce DANE (TR-03108-10-M). "
+            "Without it, no record is published for that name."
         ),
     )
 
@@ -513,8 +524,10 @@ class TLSRPTSpec(_Model):
         json_schema_extra=_LIST_SET,
         description=(
             "Report URIs published in `_smtp._tls.<domain>`, `mailto:` or `https:` (RFC 8460 "
-            "§3). BSI TR-03108 requires a `mailto:` URI and no `https:` one. Commas, `!` and `;` "
-            "must be percent-encoded."
+            "§3). Empty (the default): the mailbox of the namespace's TLSRPT collector, "
+            "`mailto:tlsrpt@tlsrpt.<domain>` (see `spec.dns.tlsRptCollector`). BSI TR-03108 "
+            "requires a `mailto:` URI and no `https:` one. Commas, `!` and `;` must be "
+            "percent-encoded."
         ),
     )
     failure_threshold_percent: int = Field(

@@ -18,7 +18,8 @@ import dns.rdatatype
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from mailward.api.v1alpha1 import MailDomainSpec, SRVTarget
+from mailward.api.v1alpha1 import HostTarget, MailDomainSpec, SRVTarget
+from mailward.tlsrpt.rua import collector_host, effective_rua
 
 # RFC 1035 §3.3.14: one character-string holds at most 255 octets; longer TXT data is split
 # into several strings, which SPF (RFC 7208 §3.3), DKIM and MTA-STS readers concatenate.
@@ -153,12 +154,10 @@ def desired_rrsets(
             rrsets.append(
                 make_rrset(tlsa_name(mx.host), "TLSA", tlsa_ttl, (f"3 1 1 {d}" for d in digests))
             )
-    if spec.tls_rpt.rua:
-        rrsets.append(
-            make_rrset(
-                f"_smtp._tls.{domain}", "TXT", ttl, [txt_data(tlsrpt_record(spec.tls_rpt.rua))]
-            )
-        )
+    # TLSRPT is a MUST of TR-03108, so the record is always there: without `rua` it names the
+    # collector's mailbox.
+    rua = effective_rua(spec)
+    rrsets.append(make_rrset(f"_smtp._tls.{domain}", "TXT", ttl, [txt_data(tlsrpt_record(rua))]))
     if dns_spec is not None:
         if dns_spec.spf.enabled:
             rrsets.append(make_rrset(domain, "TXT", ttl, [txt_data(dns_spec.spf.record)]))
@@ -175,14 +174,24 @@ def desired_rrsets(
             rrsets.append(make_rrset(f"{label}.{domain}", "SRV", ttl, [_srv(service)]))
         # One HTTPS service answers for both names: the MTA-STS policy and the Mozilla-style
         # autoconfig document for mail clients (TR-MUA-02).
-        endpoint = dns_spec.mta_sts_endpoint
-        for label in ("mta-sts", "autoconfig"):
-            if endpoint is not None and endpoint.cname is not None:
-                target = [absolute(endpoint.cname)]
-                rrsets.append(make_rrset(f"{label}.{domain}", "CNAME", ttl, target))
-            elif endpoint is not None and endpoint.addresses:
-                rrsets += _address_rrsets(f"{label}.{domain}", endpoint.addresses, ttl)
+        if dns_spec.mta_sts_endpoint is not None:
+            for label in ("mta-sts", "autoconfig"):
+                rrsets += _host_rrsets(f"{label}.{domain}", dns_spec.mta_sts_endpoint, ttl)
+        if dns_spec.tls_rpt_collector is not None:
+            host = collector_host(domain)
+            rrsets += _host_rrsets(host, dns_spec.tls_rpt_collector, ttl)
+            # An explicit MX beside the addresses: implicit MX (RFC 5321 §5.1) works too, but
+            # some senders treat a name without MX as not accepting mail. A CNAME owner can
+            # hold no other record, so the alias alone routes the mail then.
+            if dns_spec.tls_rpt_collector.cname is None:
+                rrsets.append(make_rrset(host, "MX", ttl, [f"10 {absolute(host)}"]))
     return sorted(_merge(rrsets))
+
+
+def _host_rrsets(name: str, target: HostTarget, ttl: int) -> list[RRset]:
+    if target.cname is not None:
+        return [make_rrset(name, "CNAME", ttl, [absolute(target.cname)])]
+    return _address_rrsets(name, target.addresses or (), ttl)
 
 
 def _merge(rrsets: Iterable[RRset]) -> list[RRset]:
