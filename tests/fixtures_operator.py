@@ -128,6 +128,9 @@ def operator(
         "MAILWARD_DNS_RETRY_SECONDS": "1",
         "MAILWARD_DNS_RETRY_MAX_SECONDS": "4",
         "MAILWARD_RESYNC_SECONDS": "10",
+        # As the chart installs it: a TLSRPT collector per namespace with MailDomains.
+        "MAILWARD_TLSRPT_DEPLOY": "true",
+        "MAILWARD_TLSRPT_IMAGE": "ghcr.io/mailward/operator:test",
         **compliance_operator_environment(tmp_path_factory),
     }
     # The operator runs with exactly the RBAC rules the Helm chart grants, not as an admin:

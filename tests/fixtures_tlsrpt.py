@@ -310,6 +310,7 @@ def tlsrpt_operator(
             **os.environ,
             "KUBECONFIG": str(tlsrpt_control_plane.kubeconfig),
             "MAILWARD_TLSRPT_COLLECTOR_URL": collector_api,
+            "MAILWARD_TLSRPT_DEPLOY": "true",
             "MAILWARD_TLSRPT_RETRY_SECONDS": "2",
             "MAILWARD_TLS_SECRET_RETRY_SECONDS": "2",
             "MAILWARD_RESYNC_SECONDS": "3",

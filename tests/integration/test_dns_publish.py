@@ -368,7 +368,8 @@ def test_demo_provider_publishes_the_example(
     example["metadata"]["namespace"] = namespace
     example["spec"]["domain"] = domain
     example["spec"]["mx"] = [{"host": f"mx1.{domain}", "priority": 10, "addresses": [addr(25)]}]
-    example["spec"]["tlsRpt"]["rua"] = [f"mailto:tlsrpt@{domain}"]
+    # rua stays empty (the collector's mailbox), its host points at an address of this test.
+    example["spec"]["dns"]["tlsRptCollector"] = {"addresses": [addr(26)]}
     cert = local_ca.issue_server_cert([f"mx1.{domain}"])
     kube.apply(tls_secret_manifest(namespace, cert, example["spec"]["tls"]["secretName"]))
     kube.apply(example)
@@ -377,6 +378,10 @@ def test_demo_provider_publishes_the_example(
     shown = capsys.readouterr().out
     assert "BAD" not in shown
     assert f"_25._tcp.mx1.{domain}. TLSA 3 1 1 {spki_sha256(cert.cert)}" in shown
+    assert f'_smtp._tls.{domain}. TXT "v=TLSRPTv1; rua=mailto:tlsrpt@tlsrpt.{domain}"' in shown
+    assert f"tlsrpt.{domain}. MX 10 tlsrpt.{domain}." in shown
+    assert f"tlsrpt.{domain}. A {addr(26)}" in shown
+    assert f"_25._tcp.tlsrpt.{domain}" not in shown
 
 
 def test_cluster_dns_provider_with_a_secret_in_another_namespace(

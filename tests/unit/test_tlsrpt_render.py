@@ -1,4 +1,5 @@
-"""The collector's objects and configuration, against a golden file, and the default rua."""
+"""The collector's objects and configuration, against a golden file; the default rua; which
+MailDomains a namespace's collector serves."""
 
 from __future__ import annotations
 
@@ -8,22 +9,36 @@ from pathlib import Path
 
 import yaml
 
+import pytest
+
+from mailward.parts.tlsrpt import served_domains
 from mailward.reconcile import parse_spec
-from mailward.render.tlsrpt_objects import CONFIG_KEY, CollectorSettings, render_collector
+from mailward.render.tlsrpt_objects import (
+    API_SERVICE,
+    CONFIG_KEY,
+    NAME,
+    CollectorSettings,
+    ServedDomain,
+    render_collector,
+)
 from mailward.tlsrpt.config import CollectorConfig
 from mailward.tlsrpt.rua import effective_rua
 from tests.manifests import minimal_maildomain, valid_maildomain
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
-SETTINGS = CollectorSettings(namespace="mailward-system", image="ghcr.io/mailward/mailward:0.1.0")
+SETTINGS = CollectorSettings(image="ghcr.io/mailward/mailward:0.1.0")
+NAMESPACE = "mail"
 
 
-def _specs():  # type: ignore[no-untyped-def]
-    return [parse_spec(valid_maildomain()["spec"]), parse_spec(minimal_maildomain()["spec"])]
+def _served() -> list[ServedDomain]:
+    return [
+        ServedDomain("example", "uid-example", parse_spec(valid_maildomain()["spec"])),
+        ServedDomain("minimal", "uid-minimal", parse_spec(minimal_maildomain()["spec"])),
+    ]
 
 
 def test_objects_match_the_golden_file() -> None:
-    text = yaml.safe_dump_all(render_collector(_specs(), SETTINGS), sort_keys=False)
+    text = yaml.safe_dump_all(render_collector(NAMESPACE, _served(), SETTINGS), sort_keys=False)
     golden = GOLDEN / "tlsrpt-collector.yaml"
     if os.environ.get("UPDATE_GOLDEN"):
         golden.write_text(text)
@@ -31,7 +46,7 @@ def test_objects_match_the_golden_file() -> None:
 
 
 def test_the_rendered_configuration_is_what_the_collector_reads() -> None:
-    configmap, statefulset, service = render_collector(_specs(), SETTINGS)
+    configmap, statefulset, public, internal = render_collector(NAMESPACE, _served(), SETTINGS)
     config = CollectorConfig.model_validate_json(configmap["data"][CONFIG_KEY])
     assert config.domains == ["example.test", "minimal.test"]
     # example.test names its own mailbox; minimal.test gets the collector's by default.
@@ -43,7 +58,10 @@ def test_the_rendered_configuration_is_what_the_collector_reads() -> None:
     }
     for certificate in config.certificates:
         assert str(Path(certificate.cert_file).parent) in mounted
-    assert {p["port"] for p in service["spec"]["ports"]} == {25, 443, 9108}
+    # The internet side never carries the evaluation API.
+    assert {p["port"] for p in public["spec"]["ports"]} == {25, 443}
+    assert {p["port"] for p in internal["spec"]["ports"]} == {9108}
+    assert (public["metadata"]["name"], internal["metadata"]["name"]) == (NAME, API_SERVICE)
     assert statefulset["spec"]["volumeClaimTemplates"][0]["spec"]["accessModes"] == [
         "ReadWriteOnce"
     ]
@@ -51,8 +69,8 @@ def test_the_rendered_configuration_is_what_the_collector_reads() -> None:
 
 
 def test_a_changed_configuration_rolls_the_pod() -> None:
-    one = render_collector(_specs(), SETTINGS)[1]
-    two = render_collector(_specs()[:1], SETTINGS)[1]
+    one = render_collector(NAMESPACE, _served(), SETTINGS)[1]
+    two = render_collector(NAMESPACE, _served()[:1], SETTINGS)[1]
     key = "mailward.io/config-hash"
     assert (
         one["spec"]["template"]["metadata"]["annotations"][key]
@@ -65,3 +83,55 @@ def test_rua_defaults_to_the_collector_mailbox() -> None:
     assert effective_rua(minimal) == ["mailto:tlsrpt@tlsrpt.minimal.test"]
     example = parse_spec(valid_maildomain()["spec"])
     assert effective_rua(example) == list(example.tls_rpt.rua)
+
+
+def test_every_object_is_owned_by_every_served_maildomain() -> None:
+    for manifest in render_collector(NAMESPACE, _served(), SETTINGS):
+        owners = manifest["metadata"]["ownerReferences"]
+        assert [(o["kind"], o["name"], o["uid"]) for o in owners] == [
+            ("MailDomain", "example", "uid-example"),
+            ("MailDomain", "minimal", "uid-minimal"),
+        ]
+        # Several owners: none is the controller, and the last one gone takes the object.
+        assert not any(o.get("controller") for o in owners)
+        assert manifest["metadata"]["namespace"] == NAMESPACE
+
+
+def test_the_container_needs_no_capability_and_keeps_its_volume() -> None:
+    statefulset = render_collector(NAMESPACE, _served(), SETTINGS)[1]
+    container = statefulset["spec"]["template"]["spec"]["containers"][0]
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert all(p["containerPort"] > 1024 for p in container["ports"])
+    assert statefulset["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Retain"
+
+
+def _item(name: str, spec: dict, **meta: object) -> dict:  # type: ignore[type-arg]
+    return {"metadata": {"name": name, "uid": f"uid-{name}", **meta}, "spec": spec}
+
+
+def test_served_domains_leave_out_the_deleting_and_the_invalid() -> None:
+    invalid = dict(minimal_maildomain()["spec"], domain="Not A Domain")
+    items = [
+        _item("minimal", minimal_maildomain()["spec"]),
+        _item("example", valid_maildomain()["spec"], deletionTimestamp="2026-11-27T00:00:00Z"),
+        _item("broken", invalid),
+    ]
+    assert [(d.name, d.spec.domain) for d in served_domains(items)] == [
+        ("minimal", "minimal.test")
+    ]
+
+
+def test_settings_from_the_environment() -> None:
+    settings = CollectorSettings.from_environment(
+        {
+            "MAILWARD_TLSRPT_IMAGE": "registry.example/mailward:1",
+            "MAILWARD_TLSRPT_RETENTION_DAYS": "30",
+            "MAILWARD_TLSRPT_SERVICE_TYPE": "LoadBalancer",
+        }
+    )
+    assert (settings.image, settings.retention_days) == ("registry.example/mailward:1", 30)
+    public = render_collector(NAMESPACE, _served(), settings)[2]
+    assert public["spec"]["type"] == "LoadBalancer"
+    assert public["spec"]["externalTrafficPolicy"] == "Local"
+    with pytest.raises(ValueError, match="MAILWARD_TLSRPT_SERVICE_TYPE"):
+        CollectorSettings.from_environment({"MAILWARD_TLSRPT_SERVICE_TYPE": "Ingress"})

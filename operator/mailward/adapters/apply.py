@@ -9,6 +9,8 @@ object is the desired state.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 from typing import Any
 
 from kubernetes import client, dynamic
@@ -58,3 +60,25 @@ class ServerSideApplier:
         except ApiException as error:
             if error.status != 404:
                 raise
+
+
+class KubeObjectApplier:
+    """Server-side apply; an object already applied in the same form by this process is not
+    sent again (no API load per reconcile for objects that change only with the spec)."""
+
+    def __init__(self, api: client.ApiClient | None = None) -> None:
+        self._applier = ServerSideApplier(api)
+        self._applied: dict[tuple[str, str, str], str] = {}
+
+    async def apply(self, obj: dict[str, Any]) -> None:
+        meta = obj["metadata"]
+        key = (obj["kind"], meta.get("namespace", ""), meta["name"])
+        digest = hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+        if self._applied.get(key) == digest:
+            return
+        await self._applier.apply(obj)
+        self._applied[key] = digest
+
+    async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        self._applied.pop((kind, namespace, name), None)
+        await self._applier.delete(api_version, kind, namespace, name)

@@ -9,17 +9,12 @@ announce their id.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import ssl
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
-from kubernetes import client
-
-from mailward.adapters.apply import ServerSideApplier
 
 POLICY_PATH = "/.well-known/mta-sts.txt"
 # RFC 8461 §3.3 suggests at most 64 KiB and one minute; the operator waits less than a sender.
@@ -76,26 +71,3 @@ class ObjectApplier(Protocol):
     async def apply(self, obj: dict[str, Any]) -> None: ...
 
     async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None: ...
-
-
-class KubeObjectApplier:
-    """Server-side apply; an object already applied in the same form by this process is not
-    sent again (no API load per reconcile for objects that change only with the spec)."""
-
-    def __init__(self, api: client.ApiClient | None = None) -> None:
-        self._applier = ServerSideApplier(api)
-        self._applied: dict[tuple[str, str, str], str] = {}
-
-    async def apply(self, obj: dict[str, Any]) -> None:
-        meta = obj["metadata"]
-        key = (obj["kind"], meta.get("namespace", ""), meta["name"])
-        digest = hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
-        if self._applied.get(key) == digest:
-            return
-        await self._applier.apply(obj)
-        self._applied[key] = digest
-
-    async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
-        self._applied.pop((kind, namespace, name), None)
-        await self._applier.delete(api_version, kind, namespace, name)
-

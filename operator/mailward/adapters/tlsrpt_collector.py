@@ -19,18 +19,24 @@ class CollectorUnavailable(RuntimeError):
 
 
 class ReportSummarySource(Protocol):
-    async def summary(self, domain: str) -> DomainSummary | None:
-        """The domain's evaluation; None when the collector does not collect for the domain."""
+    async def summary(self, namespace: str, domain: str) -> DomainSummary | None:
+        """The domain's evaluation by the collector of its namespace; None when that collector
+        does not collect for the domain."""
         ...
 
 
 class CollectorAPI:
+    """`base_url` may name the namespace as `{namespace}`: each namespace has its collector
+    (e.g. `http://mailward-tlsrpt-api.{namespace}.svc:9108`)."""
+
     def __init__(self, base_url: str, timeout: float = 10.0) -> None:
         self._base = base_url.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._base.format(namespace="probe")  # a malformed template fails at start, not later
 
-    async def summary(self, domain: str) -> DomainSummary | None:
-        url = f"{self._base}/api/v1/domains/{domain}/summary"
+    async def summary(self, namespace: str, domain: str) -> DomainSummary | None:
+        base = self._base.format(namespace=namespace)
+        url = f"{base}/api/v1/domains/{domain}/summary"
         try:
             async with (
                 aiohttp.ClientSession(timeout=self._timeout) as session,

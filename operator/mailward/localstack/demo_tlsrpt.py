@@ -1,11 +1,13 @@
 """The demo's TLSRPT collector: run on loopback from exactly the configuration the operator
-renders, read back from the API server, and optionally fed one sample report.
+applied, read back from the API server, and optionally fed one sample report.
 
-The local control plane has no kubelet, so the StatefulSet never runs; instead this module
-renders the collector's objects from the MailDomains in the API server, applies them, reads the
-ConfigMap and the TLS Secrets back, and runs `mailward collect-reports` with that configuration.
-Only what a pod gets from its environment differs: listening addresses (127.77.0.26), the paths
-the Secret volumes would be mounted at, and the database file on the demo's state directory.
+The operator applies the collector's ConfigMap, StatefulSet and Services in the MailDomain's
+namespace (parts/tlsrpt.py); the local control plane has no kubelet, so the StatefulSet never
+runs. This module plays the kubelet: it reads the ConfigMap, the StatefulSet's volumes and the
+TLS Secrets they name back from the API server, and runs `mailward collect-reports` with that
+configuration. Only what a pod gets from its environment differs: listening addresses
+(127.77.0.26), the paths the Secret volumes would be mounted at, and the database file on the
+demo's state directory.
 """
 
 from __future__ import annotations
@@ -33,16 +35,9 @@ from mailward.localstack._process import (
     wait_until,
 )
 from mailward.localstack.controlplane import kubectl
-from mailward.reconcile import parse_spec
-from mailward.render.tlsrpt_objects import (
-    CONFIG_KEY,
-    NAME,
-    TLS_DIR,
-    CollectorSettings,
-    render_collector,
-)
+from mailward.render.tlsrpt_objects import CONFIG_KEY, NAME, TLS_DIR
 from mailward.tlsrpt.config import CollectorConfig, Listen
-from mailward.tlsrpt.rua import effective_rua
+from mailward.tlsrpt.rua import MAILBOX_LOCAL_PART
 
 DEMO_ADDRESS = "127.77.0.26"
 
@@ -72,24 +67,23 @@ def start_tlsrpt_collector(
     api_port: int = 9108,
     feed_sample: bool = True,
 ) -> DemoCollector:
-    """Render, apply and read back the collector's configuration; run it; feed a sample."""
+    """Read back the collector's configuration the operator applied; run it; feed a sample."""
     state_dir = state_dir.resolve() / "tlsrpt"
     state_dir.mkdir(parents=True, exist_ok=True)
-    listing = json.loads(kubectl(kubeconfig, "get", "maildomains", "-A", "-o", "json"))
-    # Secret volumes cannot cross namespaces: the collector serves the MailDomains of its own.
-    domains = [
-        (item["metadata"]["namespace"], parse_spec(item["spec"]))
-        for item in listing["items"]
-        if item["metadata"]["namespace"] == namespace
-    ]
-    if not domains:
-        raise StackError(f"no MailDomain in namespace {namespace} to collect TLS reports for")
-    settings = CollectorSettings(namespace=namespace, image="mailward:local")
-    objects = render_collector([spec for _, spec in domains], settings)
-    for manifest in objects:
-        kubectl(kubeconfig, "apply", "-f", "-", input=json.dumps(manifest))
 
-    # From here on, only what the API server holds: the ConfigMap and the Secrets.
+    def applied() -> bool:
+        found = kubectl(
+            kubeconfig, "get", "statefulset", NAME, "-n", namespace, "--ignore-not-found", "-o",
+            "name",
+        )  # fmt: skip
+        return bool(found.strip())
+
+    wait_until(
+        applied,
+        timeout=60,
+        interval=0.5,
+        what=f"the operator to apply the TLSRPT collector in namespace {namespace}",
+    )
     configmap = json.loads(
         kubectl(kubeconfig, "get", "configmap", NAME, "-n", namespace, "-o", "json")
     )
@@ -153,11 +147,9 @@ def start_tlsrpt_collector(
         process, api_url, (address, smtp_port), (address, https_port), config_file
     )
     if feed_sample:
-        _, spec = domains[0]
-        rua = next((u for u in effective_rua(spec) if u.startswith("mailto:")), None)
         try:
-            if rua:
-                feed_sample_report(collector, spec.domain, rua.removeprefix("mailto:"))
+            mailbox = f"{MAILBOX_LOCAL_PART}@{config.mailbox_domains[0]}"
+            feed_sample_report(collector, config.domains[0], mailbox)
         except BaseException:
             process.stop()
             raise

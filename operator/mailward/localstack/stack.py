@@ -64,18 +64,6 @@ class DemoLayout:
     def tlsrpt_host(self) -> str:
         return f"tlsrpt.{self.domain}"
 
-    @property
-    def hand_managed_records(self) -> tuple[str, ...]:
-        """Records a platform team would keep by hand: the TLSRPT collector's mail host.
-
-        The example's `rua` is `mailto:tlsrpt@tlsrpt.example.test`, so reports go straight to
-        the collector; TR-RPT-02 wants that host without TLSA or MTA-STS enforcement.
-        """
-        return (
-            f"tlsrpt IN A {self.tlsrpt_collector}",
-            "tlsrpt IN MX 10 tlsrpt",
-        )
-
 
 def up(state_dir: Path, env_file: Path, layout: DemoLayout = DemoLayout()) -> None:
     state_dir = state_dir.resolve()
@@ -95,7 +83,7 @@ def up(state_dir: Path, env_file: Path, layout: DemoLayout = DemoLayout()) -> No
         state_dir / "dns",
         auth_address=layout.authoritative,
         resolver_address=layout.resolver,
-        zones=[ZoneSpec(layout.domain, records=layout.hand_managed_records)],
+        zones=[ZoneSpec(layout.domain)],
     )
     try:
         dns_stack.start()
@@ -153,6 +141,9 @@ def up(state_dir: Path, env_file: Path, layout: DemoLayout = DemoLayout()) -> No
             "KUBECONFIG": str(plane.kubeconfig),
             **policy.operator_env,
             "MAILWARD_TLSRPT_COLLECTOR_URL": f"http://{layout.tlsrpt_collector}:9108",
+            # The operator applies the collector's objects; `workloads` runs them.
+            "MAILWARD_TLSRPT_DEPLOY": "true",
+            "MAILWARD_TLSRPT_IMAGE": "mailward:local",
             # A person watching the demo should not wait the production retry delays.
             "MAILWARD_TLSRPT_RETRY_SECONDS": "5",
             "MAILWARD_MTA_RETRY_SECONDS": "3",

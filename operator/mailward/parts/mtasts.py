@@ -30,10 +30,10 @@ import logging
 import os
 from collections.abc import Mapping
 
+from mailward.adapters.apply import KubeObjectApplier
 from mailward.adapters.policy_endpoint import (
     EndpointFetcher,
     Fetched,
-    KubeObjectApplier,
     ObjectApplier,
     PolicyFetcher,
 )

@@ -1,4 +1,10 @@
-"""The tlsrpt part: what other MTAs' TLS reports say about the domain, as status and condition.
+"""The tlsrpt part: the namespace's TLSRPT collector, and what other MTAs' TLS reports say about
+the domain, as status and condition.
+
+With `MAILWARD_TLSRPT_DEPLOY` on, it applies the collector of the MailDomain's namespace
+(render/tlsrpt_objects.py) from every MailDomain there, so the domain that is reconciled (or
+deleted) brings the shared collector up to date; `spec.tlsRpt.rua` defaults to that collector's
+mailbox (tlsrpt/rua.py), which the DNS part publishes.
 
 It reads the collector's evaluation (see adapters/tlsrpt_collector.py for why over its API),
 writes `status.tlsRpt`, and sets `TLSReportsHealthy`: False when the share of failed sessions
@@ -10,20 +16,75 @@ cannot be asked does it ask for an earlier retry.
 Without a configured collector the part says nothing (no condition, no status): a cluster that
 collects its reports elsewhere is not penalised for it.
 
-Shares through `ctx.facts`: `tlsrpt.rua` (the effective report URIs, for whoever publishes
-`_smtp._tls`).
+Configuration (operator environment): `MAILWARD_TLSRPT_COLLECTOR_URL` (the collectors' API; may
+name the namespace as `{namespace}`), `MAILWARD_TLSRPT_DEPLOY` and the `MAILWARD_TLSRPT_*`
+settings of render/tlsrpt_objects.py, `MAILWARD_TLSRPT_RETRY_SECONDS`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from mailward.adapters.maildomains import MailDomainLister
+from mailward.adapters.policy_endpoint import ObjectApplier
 from mailward.adapters.tlsrpt_collector import CollectorUnavailable, ReportSummarySource
 from mailward.api.tlsrpt_status import TLSRPTStatus
 from mailward.conditions import Verdict
 from mailward.parts import Event, PartResult, ReconcileContext
+from mailward.reconcile import InvalidSpec, parse_spec
+from mailward.render.tlsrpt_objects import CollectorSettings, ServedDomain, render_collector
 from mailward.tlsrpt.evaluate import DomainSummary
-from mailward.tlsrpt.rua import effective_rua
+
+log = logging.getLogger(__name__)
 
 TLS_REPORTS_HEALTHY = "TLSReportsHealthy"
+
+
+def served_domains(items: Sequence[Mapping[str, Any]]) -> list[ServedDomain]:
+    """The MailDomains a namespace's collector serves: all but those being deleted and those
+    whose spec the operator refuses (they are reconciled into nothing else either)."""
+    served = []
+    for item in items:
+        meta = item.get("metadata")
+        if not isinstance(meta, Mapping) or meta.get("deletionTimestamp"):
+            continue
+        try:
+            spec = parse_spec(item.get("spec") or {})
+        except InvalidSpec:
+            continue
+        served.append(ServedDomain(str(meta.get("name")), str(meta.get("uid")), spec))
+    return sorted(served, key=lambda d: d.spec.domain)
+
+
+class CollectorDeployment:
+    """Applies the collector of a namespace from the MailDomains found there."""
+
+    def __init__(
+        self, lister: MailDomainLister, objects: ObjectApplier, settings: CollectorSettings
+    ) -> None:
+        self._lister = lister
+        self._objects = objects
+        self._settings = settings
+        # One pass per namespace at a time: a pass that listed before another domain appeared
+        # must not apply after the pass that saw it.
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    async def apply(self, namespace: str) -> list[str]:
+        """Bring the namespace's collector up to date; the domains it serves now.
+
+        With no MailDomain left, nothing is applied: the objects' owner references name only
+        MailDomains that are gone or going, and the garbage collector removes them.
+        """
+        async with self._locks[namespace]:
+            served = served_domains(await self._lister.list(namespace))
+            if served:
+                for manifest in render_collector(namespace, served, self._settings):
+                    await self._objects.apply(manifest)
+            return [d.spec.domain for d in served]
 
 
 def status_from_summary(summary: DomainSummary) -> TLSRPTStatus:
@@ -91,17 +152,35 @@ def new_failure_types(previous: TLSRPTStatus | None, current: TLSRPTStatus) -> l
 class TLSRptPart:
     name = "tlsrpt"
 
-    def __init__(self, source: ReportSummarySource | None, retry_seconds: float) -> None:
+    def __init__(
+        self,
+        source: ReportSummarySource | None,
+        retry_seconds: float,
+        deployment: CollectorDeployment | None = None,
+    ) -> None:
         self._source = source
         self._retry_seconds = retry_seconds
+        self._deployment = deployment
 
     async def reconcile(self, ctx: ReconcileContext) -> PartResult:
-        ctx.facts["tlsrpt.rua"] = effective_rua(ctx.spec)
+        domain = ctx.spec.domain
+        if self._deployment is not None:
+            try:
+                await self._deployment.apply(ctx.namespace)
+            except Exception as error:  # the API server's refusal, or no answer at all
+                log.warning("applying the TLSRPT collector in %s failed: %s", ctx.namespace, error)
+                verdict = Verdict(
+                    TLS_REPORTS_HEALTHY,
+                    "Unknown",
+                    "CollectorNotApplied",
+                    f"applying the TLSRPT collector of namespace {ctx.namespace} failed: "
+                    f"{str(error)[:300]}",
+                )
+                return PartResult([verdict], retry_after=self._retry_seconds)
         if self._source is None:
             return PartResult([])
-        domain = ctx.spec.domain
         try:
-            summary = await self._source.summary(domain)
+            summary = await self._source.summary(ctx.namespace, domain)
         except CollectorUnavailable as error:
             verdict = Verdict(
                 TLS_REPORTS_HEALTHY,
@@ -136,18 +215,38 @@ class TLSRptPart:
         )
 
     async def release(self, ctx: ReconcileContext) -> None:
-        """Stored reports stay until the collector's retention removes them: they are evidence."""
+        """The collector stops serving the domain; the stored reports stay until the
+        collector's retention removes them: they are evidence."""
+        if self._deployment is None:
+            return
+        try:
+            await self._deployment.apply(ctx.namespace)
+        except Exception as error:
+            # Not worth holding the deletion for: the next reconcile of any MailDomain of the
+            # namespace renders the collector without this one.
+            log.warning("updating the TLSRPT collector in %s failed: %s", ctx.namespace, error)
 
 
-def tlsrpt_part_from_env() -> TLSRptPart:
-    """The part as the operator runs it: the collector's API URL from the environment
-    (`MAILWARD_TLSRPT_COLLECTOR_URL`, e.g. http://mailward-tlsrpt.mailward-system:9108)."""
+def tlsrpt_part_from_env(env: Mapping[str, str] | None = None) -> TLSRptPart:
+    """The part as the operator runs it, configured from its environment (see the module doc)."""
     import os
 
+    from mailward.adapters.apply import KubeObjectApplier
+    from mailward.adapters.maildomains import KubeMailDomainLister
     from mailward.adapters.tlsrpt_collector import CollectorAPI
 
-    url = os.environ.get("MAILWARD_TLSRPT_COLLECTOR_URL", "").strip()
+    env = os.environ if env is None else env
+    url = env.get("MAILWARD_TLSRPT_COLLECTOR_URL", "").strip()
+    deploy = env.get("MAILWARD_TLSRPT_DEPLOY", "").strip().lower() in ("1", "true", "yes")
+    deployment = (
+        CollectorDeployment(
+            KubeMailDomainLister(), KubeObjectApplier(), CollectorSettings.from_environment(env)
+        )
+        if deploy
+        else None
+    )
     return TLSRptPart(
         CollectorAPI(url) if url else None,
-        retry_seconds=float(os.environ.get("MAILWARD_TLSRPT_RETRY_SECONDS", "60")),
+        retry_seconds=float(env.get("MAILWARD_TLSRPT_RETRY_SECONDS", "60")),
+        deployment=deployment,
     )

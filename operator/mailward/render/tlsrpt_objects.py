@@ -1,46 +1,89 @@
 """The TLSRPT collector's Kubernetes objects, rendered purely from the MailDomains it serves.
 
-One collector serves every MailDomain: a ConfigMap with its configuration (the domains, the
-rua mailbox hosts, the certificates), a StatefulSet of one replica (the SQLite file lives on a
-PersistentVolumeClaim; one writer), and a Service with SMTP, HTTPS and the internal API. The pod
-template carries a hash of the configuration, so a changed configuration rolls the pod.
+One collector per namespace serves every MailDomain of that namespace: the certificate it
+offers on STARTTLS and HTTPS is each domain's own (`spec.tls.secretName`), and Secret volumes
+cannot cross namespaces. It is a ConfigMap with its configuration (the domains, the rua mailbox
+hosts, the certificates), a StatefulSet of one replica (the SQLite file lives on a
+PersistentVolumeClaim; one writer), a Service for the internet side (SMTP, HTTPS) and one for
+the operator (the evaluation API), which must not be exposed with the first.
 
-The certificate served on STARTTLS and HTTPS is each domain's own (`spec.tls.secretName`),
-mounted from a Secret volume per domain. Secret volumes cannot cross namespaces, so the
-renderer takes the Secrets as they are named in the collector's namespace.
+Every object is owned by all the MailDomains it serves (owner references without `controller`):
+the garbage collector removes the collector only once the last of them is gone, and the volume
+claim stays behind (`Retain`), because the stored reports are evidence. The pod template
+carries a hash of the configuration, so a changed configuration rolls the pod.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-from mailward.api.v1alpha1 import MailDomainSpec
+from mailward.api.v1alpha1 import API_GROUP, API_VERSION, KIND, MailDomainSpec
 from mailward.tlsrpt.config import Certificate, CollectorConfig, Listen
 from mailward.tlsrpt.rua import collector_host
 
 NAME = "mailward-tlsrpt"
+API_SERVICE = f"{NAME}-api"
 CONFIG_KEY = "collector.json"
 CONFIG_DIR = "/etc/mailward-tlsrpt"
 TLS_DIR = "/etc/mailward-tlsrpt/tls"
 DATA_DIR = "/var/lib/mailward-tlsrpt"
+# The Service answers on 25 and 443; the container listens above 1024, so it needs no
+# capability (an added NET_BIND_SERVICE is not effective for a non-root user without ambient
+# capabilities).
 SMTP_PORT = 25
 HTTPS_PORT = 443
+CONTAINER_SMTP_PORT = 2525
+CONTAINER_HTTPS_PORT = 8443
 API_PORT = 9108
+RUN_AS_USER = 65532
 LABELS = {"app.kubernetes.io/name": NAME, "app.kubernetes.io/part-of": "mailward"}
 
 
 @dataclass(frozen=True)
 class CollectorSettings:
-    namespace: str
-    image: str
+    """Operator-level configuration of the collectors (`MAILWARD_TLSRPT_*` variables)."""
+
+    image: str = "ghcr.io/mailward/operator:0.1.0"
     storage: str = "1Gi"
     # None: SQLite on the volume. Otherwise a Secret whose `url` key holds a PostgreSQL URL.
     database_secret: str | None = None
     retention_days: int = 400
+    # LoadBalancer gives the SMTP/HTTPS side an address of its own for `tlsrpt.<domain>`.
+    service_type: Literal["ClusterIP", "LoadBalancer", "NodePort"] = "ClusterIP"
+
+    @classmethod
+    def from_environment(cls, env: Mapping[str, str] | None = None) -> CollectorSettings:
+        env = os.environ if env is None else env
+        defaults = cls()
+        service_type = env.get("MAILWARD_TLSRPT_SERVICE_TYPE") or defaults.service_type
+        if service_type not in ("ClusterIP", "LoadBalancer", "NodePort"):
+            raise ValueError(
+                f"MAILWARD_TLSRPT_SERVICE_TYPE={service_type!r}: "
+                "expected ClusterIP, LoadBalancer or NodePort"
+            )
+        return cls(
+            image=env.get("MAILWARD_TLSRPT_IMAGE") or defaults.image,
+            storage=env.get("MAILWARD_TLSRPT_STORAGE") or defaults.storage,
+            database_secret=env.get("MAILWARD_TLSRPT_DATABASE_SECRET") or None,
+            retention_days=int(
+                env.get("MAILWARD_TLSRPT_RETENTION_DAYS") or defaults.retention_days
+            ),
+            service_type=service_type,  # type: ignore[arg-type]
+        )
+
+
+@dataclass(frozen=True)
+class ServedDomain:
+    """A MailDomain the collector serves: its object's name and uid (the owner) and spec."""
+
+    name: str
+    uid: str
+    spec: MailDomainSpec
 
 
 def _mailbox_domains(specs: Sequence[MailDomainSpec]) -> list[str]:
@@ -65,8 +108,8 @@ def collector_config(
         hostname=collector_host(specs[0].domain) if specs else NAME,
         domains=[s.domain for s in specs],
         mailbox_domains=_mailbox_domains(specs),
-        smtp=Listen(port=SMTP_PORT),
-        https=Listen(port=HTTPS_PORT),
+        smtp=Listen(port=CONTAINER_SMTP_PORT),
+        https=Listen(port=CONTAINER_HTTPS_PORT),
         api=Listen(port=API_PORT),
         certificates=[
             Certificate(
@@ -84,17 +127,37 @@ def config_text(config: CollectorConfig) -> str:
     return json.dumps(config.model_dump(mode="json", by_alias=True), indent=2, sort_keys=True)
 
 
-def render_configmap(config: CollectorConfig, settings: CollectorSettings) -> dict[str, Any]:
+def _metadata(name: str, namespace: str, owners: Sequence[ServedDomain]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": namespace,
+        "labels": dict(LABELS),
+        "ownerReferences": [
+            {
+                "apiVersion": f"{API_GROUP}/{API_VERSION}",
+                "kind": KIND,
+                "name": owner.name,
+                "uid": owner.uid,
+            }
+            for owner in sorted(owners, key=lambda o: (o.name, o.uid))
+        ],
+    }
+
+
+def render_configmap(config: CollectorConfig, metadata: dict[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {"name": NAME, "namespace": settings.namespace, "labels": dict(LABELS)},
+        "metadata": metadata,
         "data": {CONFIG_KEY: config_text(config) + "\n"},
     }
 
 
 def render_statefulset(
-    config: CollectorConfig, secrets: Sequence[str], settings: CollectorSettings
+    config: CollectorConfig,
+    secrets: Sequence[str],
+    settings: CollectorSettings,
+    metadata: dict[str, Any],
 ) -> dict[str, Any]:
     config_hash = hashlib.sha256(config_text(config).encode()).hexdigest()[:16]
     volumes: list[dict[str, Any]] = [{"name": "config", "configMap": {"name": NAME}}]
@@ -119,8 +182,8 @@ def render_statefulset(
         "image": settings.image,
         "args": ["collect-reports", "--config", f"{CONFIG_DIR}/{CONFIG_KEY}"],
         "ports": [
-            {"name": "smtp", "containerPort": SMTP_PORT},
-            {"name": "https", "containerPort": HTTPS_PORT},
+            {"name": "smtp", "containerPort": CONTAINER_SMTP_PORT},
+            {"name": "https", "containerPort": CONTAINER_HTTPS_PORT},
             {"name": "api", "containerPort": API_PORT},
         ],
         "env": env,
@@ -135,24 +198,35 @@ def render_statefulset(
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]},
+            "capabilities": {"drop": ["ALL"]},
         },
     }
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
-        "metadata": {"name": NAME, "namespace": settings.namespace, "labels": dict(LABELS)},
+        "metadata": metadata,
         "spec": {
             "serviceName": NAME,
             "replicas": 1,
             "selector": {"matchLabels": dict(LABELS)},
+            # The reports are evidence: deleting the collector keeps its volume.
+            "persistentVolumeClaimRetentionPolicy": {
+                "whenDeleted": "Retain",
+                "whenScaled": "Retain",
+            },
             "template": {
                 "metadata": {
                     "labels": dict(LABELS),
                     "annotations": {"mailward.io/config-hash": config_hash},
                 },
                 "spec": {
-                    "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001},
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": RUN_AS_USER,
+                        "runAsGroup": RUN_AS_USER,
+                        "fsGroup": RUN_AS_USER,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
                     "containers": [container],
                     "volumes": volumes,
                 },
@@ -170,30 +244,51 @@ def render_statefulset(
     }
 
 
-def render_service(settings: CollectorSettings) -> dict[str, Any]:
-    return {
+def render_services(settings: CollectorSettings, metadata: dict[str, Any]) -> list[dict[str, Any]]:
+    """The internet side (SMTP, HTTPS) and the operator's side (the API), kept apart so that
+    exposing the first (a LoadBalancer for `tlsrpt.<domain>`) never exposes the second."""
+    public: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": NAME, "namespace": settings.namespace, "labels": dict(LABELS)},
+        "metadata": metadata,
         "spec": {
+            "type": settings.service_type,
             "selector": dict(LABELS),
             "ports": [
                 {"name": "smtp", "port": SMTP_PORT, "targetPort": "smtp"},
                 {"name": "https", "port": HTTPS_PORT, "targetPort": "https"},
-                {"name": "api", "port": API_PORT, "targetPort": "api"},
             ],
         },
     }
+    if settings.service_type != "ClusterIP":
+        # Keep the sender's address: the rate limits are per sending address.
+        public["spec"]["externalTrafficPolicy"] = "Local"
+    internal = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {**metadata, "name": API_SERVICE},
+        "spec": {
+            "type": "ClusterIP",
+            "selector": dict(LABELS),
+            "ports": [{"name": "api", "port": API_PORT, "targetPort": "api"}],
+        },
+    }
+    return [public, internal]
 
 
 def render_collector(
-    specs: Sequence[MailDomainSpec], settings: CollectorSettings
+    namespace: str, served: Sequence[ServedDomain], settings: CollectorSettings
 ) -> list[dict[str, Any]]:
-    """ConfigMap, StatefulSet and Service for a collector serving `specs`."""
+    """ConfigMap, StatefulSet and Services of the collector serving `served` in `namespace`."""
+    specs = [d.spec for d in served]
     config = collector_config(specs, settings)
     secrets = [s.tls.secret_name for s in specs]
+
+    def metadata() -> dict[str, Any]:
+        return _metadata(NAME, namespace, served)
+
     return [
-        render_configmap(config, settings),
-        render_statefulset(config, secrets, settings),
-        render_service(settings),
+        render_configmap(config, metadata()),
+        render_statefulset(config, secrets, settings, metadata()),
+        *render_services(settings, metadata()),
     ]
