@@ -2,11 +2,13 @@
 
 Every variant is its own zone under `test.` on a DNS stack of its own (BIND + validating
 Unbound on this session's addresses .163/.164, so the shared `dns_stack` keeps its zones), with
-MX, TLSA, MTA-STS, TLSRPT, SPF, DKIM, DMARC and SRV records. Variants that differ only in DNS or
-in the policy share the compliant Postfix (one certificate naming all their MX hosts); variants
-that differ in the server get a Postfix of their own.
+MX, TLSA, MTA-STS, TLSRPT, SPF, DKIM, DMARC and SRV records; the TLSRPT mailbox lives on its own
+host `tlsrpt.<zone>` (an MX and an address, no TLSA, no MTA-STS), as TR-RPT-02 wants. Variants
+that differ only in DNS or in the policy share the compliant Postfix (one certificate naming all
+their MX hosts); variants that differ in the server get a Postfix of their own.
 
-`VARIANTS[name]` is the set of check IDs that must fail for that zone, and nothing else may.
+`VARIANTS[name]` is the set of check IDs that must fail for that zone, and nothing else may;
+`WARN_VARIANTS[name]` the checks that must warn in a zone that fails nothing.
 """
 
 from __future__ import annotations
@@ -49,8 +51,16 @@ VARIANTS: dict[str, frozenset[str]] = {
     "sts-missing-mx.test": frozenset({"TR-STS-04"}),
     "sts-redirect.test": frozenset({"TR-STS-02"}),
     "rpt-https.test": frozenset({"TR-RPT-01"}),
+    "rpt-noroute.test": frozenset({"TR-RPT-02"}),
+    "rpt-dane.test": frozenset(),
+    "rpt-sts.test": frozenset(),
     "openrelay.test": frozenset({"TR-SMTP-03"}),
     "vrfy250.test": frozenset({"TR-SMTP-04"}),
+}
+# zone -> check IDs that must warn (a SHOULD NOT of a MUST check): still compliant.
+WARN_VARIANTS: dict[str, frozenset[str]] = {
+    "rpt-dane.test": frozenset({"TR-RPT-02"}),
+    "rpt-sts.test": frozenset({"TR-RPT-02"}),
 }
 # A compliant zone for the operator test (its TLSA is deleted and repaired there).
 OPERATED_ZONE = "operated.test"
@@ -60,7 +70,8 @@ LAB_LABEL = "mailward.io/compliance-lab"
 # Zones served by the compliant Postfix; the others have a Postfix of their own.
 SHARED_MX = (
     "good.test", "unsigned.test", "bogus.test", "tlsa-mismatch.test", "tlsa-usage1.test",
-    "sts-missing-mx.test", "sts-redirect.test", "rpt-https.test", OPERATED_ZONE,
+    "sts-missing-mx.test", "sts-redirect.test", "rpt-https.test", "rpt-noroute.test",
+    "rpt-dane.test", "rpt-sts.test", OPERATED_ZONE,
 )  # fmt: skip
 OWN_MX_ADDRESS = {
     "nostarttls.test": addr(166),
@@ -115,14 +126,19 @@ def zone_records(
     tlsrpt: str | None = None,
     dkim: list[str] | None = None,
     policy_address: str = POLICY_ADDRESS,
+    rpt_host: bool = True,
 ) -> list[str]:
+    # The report mailbox's host: DNS only, the engine never connects to it, so it may share the
+    # MX's address; what matters is that it has no TLSA of its own.
+    rpt = [f"tlsrpt IN A {mx_address}", "tlsrpt IN MX 10 tlsrpt"] if rpt_host else []
     return [
         "@ IN MX 10 mx",
         f"mx IN A {mx_address}",
         *(f"_25._tcp.mx IN TLSA {t}" for t in tlsa),
         f"mta-sts IN A {policy_address}",
         '_mta-sts IN TXT "v=STSv1; id=20261127T1200"',
-        f'_smtp._tls IN TXT "{tlsrpt or f"v=TLSRPTv1; rua=mailto:tlsrpt@{zone}"}"',
+        f'_smtp._tls IN TXT "{tlsrpt or f"v=TLSRPTv1; rua=mailto:tlsrpt@tlsrpt.{zone}"}"',
+        *rpt,
         '@ IN TXT "v=spf1 mx -all"',
         f'_dmarc IN TXT "v=DMARC1; p=reject; rua=mailto:dmarc@{zone}"',
         *(dkim or []),
@@ -163,14 +179,30 @@ def build_lab_plan(
         cert = certs[zone]
         tlsa = [f"3 1 1 {cert.spki_sha256()}", f"2 1 1 {ca.spki_sha256()}"]
         tlsrpt = None
+        rpt_host = True
+        extra: list[str] = []
         if zone == "tlsa-mismatch.test":
             tlsa = [f"3 1 1 {stranger.spki_sha256()}", f"2 1 1 {ca.spki_sha256()}"]
         elif zone == "tlsa-usage1.test":
             tlsa = [f"1 1 1 {cert.spki_sha256()}"]
         elif zone == "rpt-https.test":
             tlsrpt = "v=TLSRPTv1; rua=https://reports.rpt-https.test/v1"
+        elif zone == "rpt-noroute.test":
+            # The mailbox host exists (NOERROR) but has neither MX nor A/AAAA.
+            rpt_host = False
+            extra = ['tlsrpt IN TXT "no mail here"']
+        elif zone == "rpt-dane.test":
+            # Reports go through the domain's own MX, which has a secure TLSA.
+            rpt_host = False
+            extra = ["tlsrpt IN MX 10 mx"]
+        elif zone == "rpt-sts.test":
+            # The mailbox at the policy domain itself: its MX has TLSA, its policy enforces.
+            tlsrpt = f"v=TLSRPTv1; rua=mailto:tlsrpt@{zone}"
         mx_address = OWN_MX_ADDRESS.get(zone, SHARED_MX_ADDRESS)
-        records = zone_records(zone, mx_address, tlsa, tlsrpt=tlsrpt, dkim=dkim)
+        records = (
+            zone_records(zone, mx_address, tlsa, tlsrpt=tlsrpt, dkim=dkim, rpt_host=rpt_host)
+            + extra
+        )
         if zone == OPERATED_ZONE:
             # Published by the operator's DNS part (test_compliance_operator.py), not by hand.
             records = ()

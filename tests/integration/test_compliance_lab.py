@@ -1,7 +1,8 @@
 """The compliance engine against real servers: a compliant domain and its broken twins.
 
 Each variant must fail exactly the check IDs listed in `VARIANTS` (and no other check may fail
-or end in `error`); the compliant domain passes every MUST.
+or end in `error`); the compliant domain passes every MUST, and TR-RPT-02 (its report mailbox
+`tlsrpt.good.test` has a route and no TLSA); the `WARN_VARIANTS` only warn.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import jsonschema
 import pytest
 
 from mailward.compliance import Report, Result, check_domain
-from tests.fixtures_compliance import VARIANTS, ComplianceLab
+from tests.fixtures_compliance import VARIANTS, WARN_VARIANTS, ComplianceLab
 
 pytestmark = pytest.mark.dnsstack
 
@@ -59,9 +60,12 @@ def test_compliant_domain_passes_every_must(lab_reports: dict[str, Report]) -> N
     assert all(c.result is Result.PASS for c in must), _explain(report)
     assert report.compliant
     assert report.exit_code == 0
+    mailbox = report.by_id()["TR-RPT-02"]
+    assert mailbox.result is Result.PASS, _explain(report)
+    assert "tlsrpt.good.test" in mailbox.message
 
 
-@pytest.mark.parametrize("zone", [z for z in VARIANTS if z != "good.test"])
+@pytest.mark.parametrize("zone", [z for z, failing in VARIANTS.items() if failing])
 def test_broken_variant_fails_exactly_the_expected_checks(
     lab_reports: dict[str, Report], zone: str
 ) -> None:
@@ -71,6 +75,45 @@ def test_broken_variant_fails_exactly_the_expected_checks(
     assert report.ids(Result.ERROR) == [], _explain(report)
     assert not report.compliant
     assert report.exit_code == 1
+
+
+@pytest.mark.parametrize("zone", list(WARN_VARIANTS))
+def test_enforcing_report_mailbox_only_warns(lab_reports: dict[str, Report], zone: str) -> None:
+    report = lab_reports[zone]
+    assert report.ids(Result.FAIL) == [], _explain(report)
+    assert report.ids(Result.ERROR) == [], _explain(report)
+    assert set(WARN_VARIANTS[zone]) <= set(report.ids(Result.WARN)), _explain(report)
+    assert report.compliant
+    # The host that enforces is named: the domain's own MX with its TLSA record.
+    mailbox = report.by_id()["TR-RPT-02"]
+    assert f"_25._tcp.mx.{zone}" in mailbox.message
+    assert "SHOULD NOT" in mailbox.message
+    if zone == "rpt-sts.test":
+        assert "mode: enforce" in mailbox.message
+
+
+def test_report_mailbox_without_route_fails(lab_reports: dict[str, Report]) -> None:
+    mailbox = lab_reports["rpt-noroute.test"].by_id()["TR-RPT-02"]
+    assert mailbox.result is Result.FAIL
+    assert "tlsrpt.rpt-noroute.test" in mailbox.message
+    assert "no MX and no A/AAAA" in mailbox.message
+    assert "defeats TR-RPT-01" in mailbox.message
+
+
+def test_report_mailbox_judged_in_every_zone(lab_reports: dict[str, Report]) -> None:
+    # Nothing to judge where the TLSRPT record is bogus or has no mailto: URI.
+    expected = {
+        "bogus.test": Result.SKIP,
+        "rpt-https.test": Result.SKIP,
+        "rpt-noroute.test": Result.FAIL,
+        **dict.fromkeys(WARN_VARIANTS, Result.WARN),
+    }
+    got = {zone: report.by_id()["TR-RPT-02"] for zone, report in lab_reports.items()}
+    for zone, check in got.items():
+        print(f"{zone}: {check.result} {check.message}")
+    assert {z: c.result for z, c in got.items()} == {
+        zone: expected.get(zone, Result.PASS) for zone in lab_reports
+    }
 
 
 def test_pkix_usage_is_flagged(lab_reports: dict[str, Report]) -> None:

@@ -24,7 +24,8 @@ RESEARCH_IDS = {
     "TR-DANE-08", "TR-GEN-01", "TR-GEN-02", "TR-GEN-06", "TR-SMTP-02", "TR-SMTP-03",
     "TR-SMTP-04", "TR-SMTP-05", "TR-TLS-01", "TR-TLS-02", "TR-TLS-03", "TR-TLS-04", "TR-TLS-06",
     "TR-TLS-07", "TR-TLS-08", "TR-CERT-01", "TR-CERT-02", "TR-CERT-03", "TR-CERT-05", "TR-STS-01",
-    "TR-STS-02", "TR-STS-03", "TR-STS-04", "TR-RPT-01", "TR-AUTH-01", "TR-AUTH-02", "TR-AUTH-03",
+    "TR-STS-02", "TR-STS-03", "TR-STS-04", "TR-RPT-01", "TR-RPT-02", "TR-AUTH-01", "TR-AUTH-02",
+    "TR-AUTH-03",
 }  # fmt: skip
 
 

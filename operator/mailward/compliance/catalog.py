@@ -323,6 +323,20 @@ CATALOG: tuple[Check, ...] = (
         "forbids https: report URIs.",
         "TR-03108-10-M; RFC 8460 §3",
     ),
+    # Deliverability of the report mailbox is what makes TR-RPT-01 worth anything, so a mailbox
+    # without a mail route fails (MUST); its MX enforcing DANE/MTA-STS is the SHOULD NOT of
+    # TR-03108-10-M and only ever warns, whatever the level.
+    _c(
+        "TR-RPT-02",
+        "TLSRPT",
+        "TLSRPT mailbox receives mail, without DANE/MTA-STS enforcement",
+        M,
+        S,
+        "Point the rua mailbox at a domain that receives mail (an MX with an address, or an "
+        "A/AAAA) and whose MX has no TLSA at _25._tcp and no MTA-STS policy in mode enforce, "
+        "e.g. the mailward collector at tlsrpt.<domain>.",
+        "TR-03108-10-M; RFC 8460 §3, §5.3; RFC 5321 §5.1; RFC 7505",
+    ),
     # -- Email authentication ----------------------------------------------------------------------
     _c(
         "TR-AUTH-01",

@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
-from mailward.compliance import rules
+from mailward.compliance import rptmailbox, rules
 from mailward.compliance.catalog import BY_ID, CATALOG, DEFAULT_PROFILE, PROFILES
 from mailward.compliance.dnsprobe import Answer, DNSClient, ValidatingResolverClient, txt_strings
 from mailward.compliance.httpsprobe import HTTPSResult, fetch
@@ -73,6 +73,7 @@ class Observations:
     sts_host: Answer | None = None
     sts_fetch: HTTPSResult | None = None
     tlsrpt: Answer | None = None
+    rpt_mailboxes: rptmailbox.ReportMailboxes | None = None
     spf: Answer | None = None
     dmarc: Answer | None = None
     dkim: dict[str, Answer] = field(default_factory=dict)
@@ -211,12 +212,23 @@ class Engine:
                     f"/mail/config-v1.1.xml?emailaddress=postmaster%40{domain}", self.cafile,
                 )  # fmt: skip
 
+        async def report_mailboxes() -> None:
+            def fetch_policy(host: str, address: str) -> Awaitable[HTTPSResult]:
+                return self._blocking(fetch, host, address, "/.well-known/mta-sts.txt", self.cafile)
+
+            obs.rpt_mailboxes = await rptmailbox.gather(
+                q, fetch_policy, rptmailbox.tlsrpt_rua(obs.tlsrpt), domain
+            )
+
         await asyncio.gather(
             *(smtp(m) for m in obs.mx),
             *(tls(e) for e in endpoints if e.port != 25),
             sts(),
             autoconfig(),
+            report_mailboxes(),
         )
+        assert obs.rpt_mailboxes is not None
+        obs.rpt_mailboxes.share_policy(domain, obs.sts_txt, obs.sts_host, obs.sts_fetch)
         # Port 25 TLS only where STARTTLS was offered (known after the SMTP dialogue).
         await asyncio.gather(
             *(tls(e) for e in endpoints if e.port == 25 and _starttls_offered(obs, e))
@@ -344,6 +356,7 @@ def judge(obs: Observations, profile: str) -> list[CheckResult]:
     _judge_dane(f, obs, now)
     _judge_sts(f, obs)
     _judge_tlsrpt(f, obs, profile)
+    rptmailbox.judge(f, obs.rpt_mailboxes)
     _judge_auth(f, obs)
     _judge_clients(f, obs)
     return f.results()

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import urllib.parse
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -328,6 +330,89 @@ def parse_tlsrpt(value: str) -> tuple[list[str], str | None]:
         if not re.fullmatch(r"(mailto:[^\s,!;@]+@[^\s,!;@]+|https://[^\s,!;]+)", uri):
             return rua, f"rua URI {uri!r} is neither mailto: nor https:"
     return rua, None
+
+
+# A host name in A-labels (RFC 1123 §2.1); mail domains carry no underscores.
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_HOSTNAME = re.compile(rf"(?:{_LABEL}\.)*{_LABEL}")
+
+
+def mailto_domains(uri: str) -> tuple[list[str], str | None]:
+    """(domains, error): the mailbox domains of a `mailto:` URI (RFC 6068 §2).
+
+    Header fields after `?` are dropped; the addresses are percent-decoded (so `%2C` separates
+    two of them and `%40` is an `@`), the domain after the last `@` is lower-cased, its trailing
+    dot dropped and a Unicode name turned into A-labels. An address literal (`[192.0.2.1]`)
+    is returned as it is: no DNS route to look up.
+    """
+    if uri[:7].lower() != "mailto:":
+        return [], "not a mailto: URI"
+    to = urllib.parse.unquote(uri[7:].split("?", 1)[0], errors="replace")
+    domains: list[str] = []
+    for address in to.split(","):
+        local, at, domain = address.strip().rpartition("@")
+        if not at or not local or not domain:
+            return domains, f"{address.strip()!r} is not local-part@domain"
+        domain = domain.strip().rstrip(".").lower()
+        if not (domain.startswith("[") and domain.endswith("]")):
+            try:
+                domain = domain.encode("idna").decode("ascii")
+            except UnicodeError:
+                return domains, f"{domain!r} is not a valid domain name"
+            if not _HOSTNAME.fullmatch(domain) or len(domain) > 253:
+                return domains, f"{domain!r} is not a valid domain name"
+        if domain not in domains:
+            domains.append(domain)
+    return domains, None
+
+
+def parse_mx(records: Sequence[str]) -> tuple[list[str], bool]:
+    """(exchanges by preference, null MX) of an MX RRset in presentation form (RFC 7505)."""
+    exchanges: list[tuple[int, str]] = []
+    null = False
+    for record in records:
+        pref, _, host = record.strip().partition(" ")
+        host = host.strip().rstrip(".").lower()
+        if host:
+            exchanges.append((int(pref), host))
+        else:
+            null = True
+    # A null MX among real ones is a misconfiguration (RFC 7505 §3); senders use the others.
+    return [h for _, h in sorted(exchanges)], null and not exchanges
+
+
+@dataclass(frozen=True)
+class MailRoute:
+    deliverable: bool
+    targets: tuple[str, ...]  # the hosts mail is handed to: MX hosts, or the domain itself
+    message: str
+
+
+def judge_mail_route(
+    domain: str, exchanges: Sequence[str], null_mx: bool, addresses: Mapping[str, Sequence[str]]
+) -> MailRoute:
+    """Whether mail for `domain` has somewhere to go (RFC 5321 §5.1, RFC 7505).
+
+    `exchanges` are the MX hosts (empty: no MX records), `addresses` the A/AAAA addresses of
+    each host looked at (for an implicit MX: of the domain itself).
+    """
+    if null_mx:
+        return MailRoute(False, (), "null MX `0 .` (RFC 7505): the domain accepts no mail")
+    if exchanges:
+        targets = tuple(h for h in exchanges if addresses.get(h))
+        dead = [h for h in exchanges if not addresses.get(h)]
+        if not targets:
+            return MailRoute(False, (), f"MX {', '.join(dead)} without A/AAAA")
+        listing = ", ".join(f"{h} ({addresses[h][0]})" for h in targets)
+        unreachable = f"; without address: {', '.join(dead)}" if dead else ""
+        return MailRoute(True, targets, f"MX {listing}{unreachable}")
+    if addresses.get(domain):
+        return MailRoute(
+            True,
+            (domain,),
+            f"no MX, implicit MX (RFC 5321 §5.1) to {domain} ({addresses[domain][0]})",
+        )
+    return MailRoute(False, (), "no MX and no A/AAAA (RFC 5321 §5.1)")
 
 
 def judge_spf(records: list[str]) -> tuple[bool, str]:
