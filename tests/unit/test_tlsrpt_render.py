@@ -7,9 +7,8 @@ import json
 import os
 from pathlib import Path
 
-import yaml
-
 import pytest
+import yaml
 
 from mailward.parts.tlsrpt import served_domains
 from mailward.reconcile import parse_spec

@@ -143,6 +143,22 @@ def start_tlsrpt_collector(
         what="the TLSRPT collector",
         process=process,
     )
+    # The kubelet's and the StatefulSet controller's part: report the pod that now runs.
+    revision = f"{NAME}-{_config_hash(statefulset)[:10]}"
+    running = {
+        "observedGeneration": statefulset["metadata"]["generation"],
+        "replicas": 1,
+        "readyReplicas": 1,
+        "availableReplicas": 1,
+        "currentReplicas": 1,
+        "updatedReplicas": 1,
+        "currentRevision": revision,
+        "updateRevision": revision,
+    }
+    kubectl(
+        kubeconfig, "patch", "statefulset", NAME, "-n", namespace, "--subresource=status",
+        "--type=merge", "-p", json.dumps({"status": running}),
+    )  # fmt: skip
     collector = DemoCollector(
         process, api_url, (address, smtp_port), (address, https_port), config_file
     )
@@ -154,6 +170,11 @@ def start_tlsrpt_collector(
             process.stop()
             raise
     return collector
+
+
+def _config_hash(statefulset: dict[str, Any]) -> str:
+    annotations = statefulset["spec"]["template"]["metadata"].get("annotations") or {}
+    return str(annotations.get("mailward.io/config-hash", ""))
 
 
 def sample_report(domain: str, now: datetime | None = None) -> dict[str, Any]:
