@@ -6,6 +6,7 @@ import re
 import subprocess
 
 import pytest
+import yaml
 
 from mailward.api.crd import stale_crds
 from tests.chart import (
@@ -52,6 +53,33 @@ def test_rendered_chart_is_accepted_by_the_api_server(kube: Kube) -> None:
         assert re.search(pattern, result.stdout, re.MULTILINE), result.stdout
     assert "--namespace=mail" in manifests
     assert "--all-namespaces" not in manifests
+
+
+def _operator_env(manifests: str) -> dict[str, str]:
+    deployment = next(doc for doc in manifests.split("\n---\n") if "kind: Deployment\n" in doc)
+    container = yaml.safe_load(deployment)["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value", "") for e in container["env"]}
+
+
+def test_tlsrpt_collector_values_reach_the_operator() -> None:
+    env = _operator_env(render(crds=False))
+    assert env["MAILWARD_TLSRPT_DEPLOY"] == "true"
+    assert env["MAILWARD_TLSRPT_COLLECTOR_URL"] == (
+        "http://mailward-tlsrpt-api.{namespace}.svc:9108"
+    )
+    assert env["MAILWARD_TLSRPT_IMAGE"].startswith("ghcr.io/mailward/operator:")
+    # Off: nothing deployed, and nothing asked of collectors that do not exist.
+    off = _operator_env(render("tlsrptCollector.enabled=false", crds=False))
+    assert not [name for name in off if name.startswith("MAILWARD_TLSRPT_")]
+    # Collectors run elsewhere: only their URL.
+    own = _operator_env(
+        render("tlsrptCollector.enabled=false", "tlsrptCollector.url=http://c:9108", crds=False)
+    )
+    assert {k: v for k, v in own.items() if k.startswith("MAILWARD_TLSRPT_")} == {
+        "MAILWARD_TLSRPT_COLLECTOR_URL": "http://c:9108"
+    }
+    lb = _operator_env(render("tlsrptCollector.serviceType=LoadBalancer", crds=False))
+    assert lb["MAILWARD_TLSRPT_SERVICE_TYPE"] == "LoadBalancer"
 
 
 def test_operator_identity_gets_exactly_the_chart_rules(kube: Kube) -> None:
