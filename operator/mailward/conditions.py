@@ -73,3 +73,26 @@ def status_document(status: MailDomainStatus) -> dict[str, Any]:
 
 def find(conditions: Iterable[Condition], type_: str) -> Condition | None:
     return next((c for c in conditions if c.type == type_), None)
+
+
+# What the compliance daemon writes (with its own field manager, see adapters/status_writer.py);
+# everything else in the status is the reconcile handler's.
+COMPLIANT = "Compliant"
+COMPLIANCE_FIELD = "compliance"
+
+
+def reconciler_view(document: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a status document the reconcile handler writes."""
+    view = {k: v for k, v in document.items() if k != COMPLIANCE_FIELD}
+    view["conditions"] = [c for c in document.get("conditions", []) if c["type"] != COMPLIANT]
+    return view
+
+
+def compliance_view(document: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a status document the compliance daemon writes."""
+    view: dict[str, Any] = {
+        "conditions": [c for c in document.get("conditions", []) if c["type"] == COMPLIANT]
+    }
+    if COMPLIANCE_FIELD in document:
+        view[COMPLIANCE_FIELD] = document[COMPLIANCE_FIELD]
+    return view

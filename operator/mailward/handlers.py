@@ -15,6 +15,7 @@ from typing import Any, cast
 import kopf
 
 from mailward.adapters.kube import KubeSecretObserver, load_client_config
+from mailward.adapters.status_writer import RECONCILER, KubeStatusWriter, StatusWriter
 from mailward.adapters.workloads import KubeWorkloadClient
 from mailward.api.v1alpha1 import API_GROUP, API_VERSION, PLURAL, MailDomainStatus
 from mailward.conditions import (
@@ -23,6 +24,7 @@ from mailward.conditions import (
     apply_verdicts,
     find,
     parse_status,
+    reconciler_view,
     status_document,
     utcnow,
 )
@@ -49,13 +51,15 @@ MTA_RETRY_SECONDS = float(os.environ.get("MAILWARD_MTA_RETRY_SECONDS", "15"))
 RESYNC_SECONDS = float(os.environ.get("MAILWARD_RESYNC_SECONDS", "300"))
 
 _parts: list[Part] | None = None
+_status_writer: StatusWriter | None = None
 
 
 def parts() -> list[Part]:
     """The parts in reconcile order; built on first use, after the client is configured."""
-    global _parts
+    global _parts, _status_writer
     if _parts is None:
         load_client_config()
+        _status_writer = KubeStatusWriter()
         _parts = [
             CertificatePart(KubeSecretObserver(), TLS_SECRET_RETRY_SECONDS),
             MTAPart(KubeWorkloadClient(), MTA_RETRY_SECONDS),
@@ -110,16 +114,17 @@ async def reconcile(
     status: kopf.Status,
     meta: kopf.Meta,
     namespace: str | None,
-    patch: kopf.Patch,
     **_: Any,
 ) -> None:
     generation = int(meta.get("generation") or 0)
     current = parse_status(status)
+    where = (namespace or "", str(meta.get("name")))
     try:
         model = parse_spec(spec)
     except InvalidSpec as error:
+        parts()  # configures the API client
         verdicts = invalid_spec_verdicts(str(error))
-        if _write_status(patch, current, verdicts, {}, generation):
+        if await _write_status(where, current, verdicts, {}, generation):
             kopf.warn(body, reason="InvalidSpec", message=str(error))
         return
 
@@ -140,7 +145,7 @@ async def reconcile(
     part_verdicts = [v for r in results for v in r.verdicts]
     owned_status = {k: v for r in results for k, v in r.status.items()}
     verdicts = [ready_verdict(model, part_verdicts), *part_verdicts]
-    _write_status(patch, current, verdicts, owned_status, generation)
+    await _write_status(where, current, verdicts, owned_status, generation)
     for result in results:
         for event in result.events:
             kopf.event(body, type=event.type, reason=event.reason, message=event.message)
@@ -177,23 +182,26 @@ async def release(spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, **_: An
         await part.release(ctx)
 
 
-def _write_status(
-    patch: kopf.Patch,
+async def _write_status(
+    where: tuple[str, str],
     current: MailDomainStatus,
     verdicts: list[Verdict],
     owned: dict[str, Any],
     generation: int,
 ) -> bool:
-    """Put the new status into `patch` if it differs from `current`; True when Ready changed."""
+    """Apply the reconciler's part of the new status if it differs from `current`'s; True when
+    Ready changed. `Compliant` and `status.compliance` are the compliance daemon's, written
+    with its own field manager (adapters/status_writer.py), so they are left out here."""
     conditions = apply_verdicts(current.conditions, verdicts, generation=generation, now=utcnow())
     desired = MailDomainStatus.model_validate(
         {**status_document(current), **owned, "observedGeneration": generation}
     ).model_copy(update={"conditions": conditions})
-    document = status_document(desired)
-    if document == status_document(current):
+    document = reconciler_view(status_document(desired))
+    if document == reconciler_view(status_document(current)):
         return False
-    for key, value in document.items():
-        patch.status[key] = value
+    assert _status_writer is not None  # set up by parts()
+    namespace, name = where
+    await _status_writer.apply_status(namespace, name, document, field_manager=RECONCILER)
     before, after = find(current.conditions, READY), find(conditions, READY)
     return before is None or after is None or (before.reason, before.message) != (
         after.reason,

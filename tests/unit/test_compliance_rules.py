@@ -168,6 +168,26 @@ def test_status_is_written_only_on_change_or_heartbeat() -> None:
     assert not still.became_noncompliant
 
 
+def test_the_daemon_writes_only_its_own_condition() -> None:
+    now = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
+    current = MailDomainStatus.model_validate(
+        {
+            "observedGeneration": 1,
+            "conditions": [
+                {"type": "Ready", "status": "True", "reason": "Reconciled",
+                 "lastTransitionTime": "2026-11-27T11:00:00Z"},
+                {"type": "DNSReady", "status": "True", "reason": "Published",
+                 "lastTransitionTime": "2026-11-27T11:00:00Z"},
+            ],
+        }
+    )  # fmt: skip
+    change = decide(current, _report({}), generation=1, now=now, heartbeat_seconds=3600)
+    assert change.patch is not None
+    # Server-side apply of this leaves the handler's Ready and DNSReady where they are.
+    assert set(change.patch) == {"conditions", "compliance"}
+    assert [c["type"] for c in change.patch["conditions"]] == ["Compliant"]
+
+
 def test_settings_from_environment() -> None:
     s = ComplianceSettings.from_environment(
         {

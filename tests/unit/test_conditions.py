@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from mailward.conditions import Verdict, apply_verdicts, parse_status, status_document
+from mailward.conditions import (
+    Verdict,
+    apply_verdicts,
+    compliance_view,
+    parse_status,
+    reconciler_view,
+    status_document,
+)
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
@@ -47,3 +54,27 @@ def test_status_read_back_from_the_api_compares_equal() -> None:
     stored = {**written, "somethingElse": {"kept": True}}
     assert status_document(parse_status(stored)) == written
     assert written["conditions"][0]["lastTransitionTime"] == "2026-11-27T12:00:00Z"
+
+
+def test_the_two_writers_split_the_status_without_overlap() -> None:
+    document = {
+        "observedGeneration": 3,
+        "conditions": [
+            {"type": "Ready", "status": "True"},
+            {"type": "Compliant", "status": "False"},
+            {"type": "TLSReportsHealthy", "status": "True"},
+        ],
+        "dns": {"provider": "DNSProvider/x"},
+        "compliance": {"profile": "tr-03108"},
+    }
+    mine, theirs = reconciler_view(document), compliance_view(document)
+    assert [c["type"] for c in mine["conditions"]] == ["Ready", "TLSReportsHealthy"]
+    assert "compliance" not in mine
+    assert theirs == {
+        "conditions": [{"type": "Compliant", "status": "False"}],
+        "compliance": {"profile": "tr-03108"},
+    }
+    # Together they are the whole status: nothing is left unwritten.
+    merged_types = {c["type"] for c in mine["conditions"] + theirs["conditions"]}
+    assert merged_types == {c["type"] for c in document["conditions"]}
+    assert set(mine) | set(theirs) == set(document)

@@ -1,4 +1,12 @@
-"""Writes a MailDomain's status outside a kopf handler (the compliance loop runs in a daemon)."""
+"""Writes a MailDomain's status by server-side apply, one field manager per writer.
+
+Two writers share the status: the reconcile handler (every part's condition, `Ready`, the parts'
+status fields) and the compliance daemon (`Compliant` and `status.compliance`), which runs on its
+own schedule. A merge patch replaces the whole `conditions` list, so whichever wrote second from
+a stale read would silently undo the other's condition. `conditions` is a list-map keyed by
+`type` in the CRD, so with server-side apply each writer owns exactly the entries it applies, and
+the API server merges them: neither can drop the other's.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +15,35 @@ from typing import Any, Protocol
 
 from kubernetes import client
 
-from mailward.api.v1alpha1 import API_GROUP, API_VERSION, PLURAL
+from mailward.api.v1alpha1 import API_GROUP, API_VERSION, KIND, PLURAL
+
+RECONCILER = "mailward"
+COMPLIANCE = "mailward-compliance"
 
 
 class StatusWriter(Protocol):
-    async def merge_status(self, namespace: str, name: str, status: dict[str, Any]) -> None: ...
+    async def apply_status(
+        self, namespace: str, name: str, status: dict[str, Any], *, field_manager: str
+    ) -> None:
+        """Make `status` what `field_manager` says of the object: fields it applied before and
+        leaves out now are removed; other managers' fields stay."""
+        ...
 
 
 class KubeStatusWriter:
-    """A JSON merge patch on the status subresource: only the fields given are touched."""
-
-    def __init__(self, api: client.CustomObjectsApi | None = None) -> None:
+    def __init__(self, api: client.ApiClient | None = None) -> None:
         self._api = api
 
-    async def merge_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        api = self._api or client.CustomObjectsApi()
+    async def apply_status(
+        self, namespace: str, name: str, status: dict[str, Any], *, field_manager: str
+    ) -> None:
+        api = client.CustomObjectsApi(self._api or client.ApiClient())
+        body = {
+            "apiVersion": f"{API_GROUP}/{API_VERSION}",
+            "kind": KIND,
+            "metadata": {"name": name, "namespace": namespace},
+            "status": status,
+        }
         await asyncio.to_thread(
             api.patch_namespaced_custom_object_status,
             API_GROUP,
@@ -29,5 +51,10 @@ class KubeStatusWriter:
             namespace,
             PLURAL,
             name,
-            {"status": status},
+            body,
+            field_manager=field_manager,
+            # Each writer is the only one that sets its fields; force settles the fields that
+            # a merge patch of an older operator version left without an applier.
+            force=True,
+            _content_type="application/apply-patch+yaml",
         )

@@ -25,16 +25,24 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
+from mailward.adapters.status_writer import COMPLIANCE, StatusWriter
 from mailward.api.compliance_status import ComplianceStatus
 from mailward.api.v1alpha1 import MailDomainStatus, parse_duration
 from mailward.compliance import metrics
 from mailward.compliance.engine import check_domain
 from mailward.compliance.model import Report
-from mailward.conditions import Verdict, apply_verdicts, find, parse_status, utcnow
+from mailward.conditions import (
+    COMPLIANT,
+    Verdict,
+    apply_verdicts,
+    compliance_view,
+    find,
+    parse_status,
+    utcnow,
+)
 from mailward.parts import RECORDS_CHANGED, Event, PartResult, ReconcileContext
 from mailward.reconcile import InvalidSpec, parse_spec
 
-COMPLIANT = "Compliant"
 _Logger = logging.Logger | logging.LoggerAdapter[Any]
 JITTER = 0.1
 # A newly created domain is probed after a short random delay, not all at once.
@@ -109,10 +117,13 @@ def decide(
     became_noncompliant = verdict.status == "False" and (before is None or before.status != "False")
     if same_results and same_condition and not heartbeat_due:
         return StatusChange(None, False, verdict)
-    patch = {
-        "compliance": new.model_dump(mode="json", by_alias=True),
-        "conditions": [c.model_dump(mode="json", by_alias=True) for c in conditions],
-    }
+    # Only what the daemon owns: the reconcile handler's conditions are not its to write.
+    patch = compliance_view(
+        {
+            "compliance": new.model_dump(mode="json", by_alias=True),
+            "conditions": [c.model_dump(mode="json", by_alias=True) for c in conditions],
+        }
+    )
     return StatusChange(patch, became_noncompliant, verdict)
 
 
@@ -170,7 +181,7 @@ def _system_resolver() -> str | None:
 @dataclass
 class ComplianceRunner:
     settings: ComplianceSettings
-    writer: Any  # adapters.status_writer.StatusWriter
+    writer: StatusWriter
     post_event: Any  # callable(body, type, reason, message)
     _limit: asyncio.Semaphore | None = None
     _wakeups: dict[str, asyncio.Event] = field(default_factory=dict)
@@ -228,7 +239,9 @@ class ComplianceRunner:
             "" if change.patch else "; unchanged, status not written",
         )
         if change.patch is not None:
-            await self.writer.merge_status(namespace, name, change.patch)
+            await self.writer.apply_status(
+                namespace, name, change.patch, field_manager=COMPLIANCE
+            )
         if change.became_noncompliant:
             self.post_event(body, "Warning", "NonCompliant", change.verdict.message)
         return change
