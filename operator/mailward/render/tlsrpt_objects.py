@@ -167,7 +167,9 @@ def render_statefulset(
     ]
     for secret in sorted(set(secrets)):
         volume = _secret_volume(secret)
-        volumes.append({"name": volume, "secret": {"secretName": secret}})
+        # Optional: one MailDomain's missing Secret must not keep the pod, and with it every
+        # other domain's reports, from starting; the collector loads the files when they come.
+        volumes.append({"name": volume, "secret": {"secretName": secret, "optional": True}})
         mounts.append({"name": volume, "mountPath": f"{TLS_DIR}/{volume}", "readOnly": True})
     env: list[dict[str, Any]] = []
     if settings.database_secret:

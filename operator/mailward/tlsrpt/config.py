@@ -61,6 +61,12 @@ class CollectorConfig(_Config):
     https: Listen = Listen(port=443)
     api: Listen = Listen(port=9108)
     certificates: list[Certificate] = Field(default_factory=list)
+    certificate_reload_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="How often the certificate files are looked at for a renewal.",
+    )
     database: str = "sqlite:////var/lib/mailward-tlsrpt/reports.db"
     retention_days: int = Field(default=400, ge=1, le=3650)
     limits: IntakeLimits = IntakeLimits()

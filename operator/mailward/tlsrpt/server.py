@@ -26,7 +26,8 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from mailward.tlsrpt.config import Certificate, CollectorConfig
+from mailward.tlsrpt.certificates import ServedCertificates
+from mailward.tlsrpt.config import CollectorConfig
 from mailward.tlsrpt.evaluate import summary_for
 from mailward.tlsrpt.mail import dkim_verdict, extract, resolver_dnsfunc
 from mailward.tlsrpt.model import Report
@@ -131,6 +132,9 @@ class Collector:
         self._servers: list[Any] = []
         self._runners: list[web.AppRunner] = []
         self.metrics.parked.set(self.store.count("parked"))
+        self.certificates = (
+            ServedCertificates(config.certificates) if config.certificates else None
+        )
 
     # -- the intake pipeline shared by SMTP and HTTPS ------------------------------------------
 
@@ -195,12 +199,9 @@ class Collector:
 
     # -- servers --------------------------------------------------------------------------------
 
-    def tls_context(self) -> ssl.SSLContext | None:
-        return server_tls_context(self.config.certificates)
-
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        tls = self.tls_context()
+        tls = self.certificates.context if self.certificates else None
         handler = SMTPHandler(self)
         limits = self.config.limits
 
@@ -251,49 +252,17 @@ class Collector:
                 log.info("retention: removed %d reports and parked inputs", removed)
             await asyncio.sleep(3600)
 
+    async def reload_certificates_forever(self) -> None:
+        while self.certificates is not None:
+            await asyncio.sleep(self.config.certificate_reload_seconds)
+            await asyncio.to_thread(self.certificates.reload)
+
     async def stop(self) -> None:
         for server in self._servers:
             server.close()
         for runner in self._runners:
             await runner.cleanup()
         self.store.close()
-
-
-def server_tls_context(certificates: list[Certificate]) -> ssl.SSLContext | None:
-    """TLS 1.2+ with ECDHE/AES-GCM first (TR-03116-4); the certificate chosen by SNI."""
-    if not certificates:
-        return None
-    contexts: list[tuple[set[str], ssl.SSLContext]] = []
-    for certificate in certificates:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.set_ciphers("ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM")
-        context.load_cert_chain(certificate.cert_file, certificate.key_file)
-        contexts.append((_names(certificate.cert_file), context))
-    default = contexts[0][1]
-
-    def choose(sock: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:
-        if not server_name:
-            return
-        name = server_name.lower()
-        for names, context in contexts:
-            if name in names:
-                sock.context = context
-                return
-
-    default.sni_callback = choose
-    return default
-
-
-def _names(cert_file: str) -> set[str]:
-    from cryptography import x509
-
-    certificate = x509.load_pem_x509_certificate(Path(cert_file).read_bytes())
-    try:
-        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    except x509.ExtensionNotFound:
-        return set()
-    return {name.lower() for name in san.value.get_values_for_type(x509.DNSName)}
 
 
 DATA_END = b"\r\n.\r\n"
@@ -476,13 +445,17 @@ def api_app(collector: Collector) -> web.Application:
 async def serve(config: CollectorConfig) -> None:
     collector = Collector(config)
     await collector.start()
-    expiry = asyncio.create_task(collector.expire_forever())
+    background = [
+        asyncio.create_task(collector.expire_forever()),
+        asyncio.create_task(collector.reload_certificates_forever()),
+    ]
     try:
         await asyncio.Event().wait()
     finally:
-        expiry.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await expiry
+        for task in background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await collector.stop()
 
 
