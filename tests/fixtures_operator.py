@@ -131,6 +131,7 @@ def operator(
         # As the chart installs it: a TLSRPT collector per namespace with MailDomains.
         "MAILWARD_TLSRPT_DEPLOY": "true",
         "MAILWARD_TLSRPT_IMAGE": "ghcr.io/mailward/operator:test",
+        "MAILWARD_TLSRPT_OPERATOR_NAMESPACE": RELEASE_NAMESPACE,
         **compliance_operator_environment(tmp_path_factory),
     }
     # The operator runs with exactly the RBAC rules the Helm chart grants, not as an admin:

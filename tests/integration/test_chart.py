@@ -68,6 +68,7 @@ def test_tlsrpt_collector_values_reach_the_operator() -> None:
         "http://mailward-tlsrpt-api.{namespace}.svc:9108"
     )
     assert env["MAILWARD_TLSRPT_IMAGE"].startswith("ghcr.io/mailward/operator:")
+    assert env["MAILWARD_TLSRPT_OPERATOR_NAMESPACE"] == RELEASE_NAMESPACE
     # Off: nothing deployed, and nothing asked of collectors that do not exist.
     off = _operator_env(render("tlsrptCollector.enabled=false", crds=False))
     assert not [name for name in off if name.startswith("MAILWARD_TLSRPT_")]

@@ -16,11 +16,18 @@ from typing import Any
 from mailward.localstack.pki import LocalCA
 from mailward.render.tlsrpt_objects import API_SERVICE, CONFIG_KEY, NAME
 from mailward.tlsrpt.config import CollectorConfig
+from tests.chart import RELEASE_NAMESPACE
 from tests.fixtures_dnspublish import tls_secret_manifest
 from tests.fixtures_operator import Kube, OperatorProcess
 from tests.manifests import minimal_maildomain
 
-OBJECTS = (("configmap", NAME), ("statefulset", NAME), ("service", NAME), ("service", API_SERVICE))
+OBJECTS = (
+    ("configmap", NAME),
+    ("statefulset", NAME),
+    ("service", NAME),
+    ("service", API_SERVICE),
+    ("networkpolicy", NAME),
+)
 
 
 def _maildomain(namespace: str, name: str, domain: str, **spec: Any) -> dict[str, Any]:
@@ -98,6 +105,12 @@ def test_the_collector_follows_the_namespaces_maildomains(
     assert internal is not None
     assert sorted(p["port"] for p in public["spec"]["ports"]) == [25, 443]
     assert [p["port"] for p in internal["spec"]["ports"]] == [9108]
+    policy = _get(kube, namespace, "networkpolicy", NAME)
+    assert policy is not None
+    api_rule = policy["spec"]["ingress"][1]
+    assert api_rule["from"][0]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": RELEASE_NAMESPACE
+    }
 
     # Unchanged MailDomains, one resync (every 10 s in tests) later: nothing was written.
     versions = {

@@ -45,7 +45,7 @@ def test_objects_match_the_golden_file() -> None:
 
 
 def test_the_rendered_configuration_is_what_the_collector_reads() -> None:
-    configmap, statefulset, public, internal = render_collector(NAMESPACE, _served(), SETTINGS)
+    configmap, statefulset, public, internal, _ = render_collector(NAMESPACE, _served(), SETTINGS)
     config = CollectorConfig.model_validate_json(configmap["data"][CONFIG_KEY])
     assert config.domains == ["example.test", "minimal.test"]
     # example.test names its own mailbox; minimal.test gets the collector's by default.
@@ -115,9 +115,7 @@ def test_served_domains_leave_out_the_deleting_and_the_invalid() -> None:
         _item("example", valid_maildomain()["spec"], deletionTimestamp="2026-11-27T00:00:00Z"),
         _item("broken", invalid),
     ]
-    assert [(d.name, d.spec.domain) for d in served_domains(items)] == [
-        ("minimal", "minimal.test")
-    ]
+    assert [(d.name, d.spec.domain) for d in served_domains(items)] == [("minimal", "minimal.test")]
 
 
 def test_settings_from_the_environment() -> None:
@@ -134,3 +132,18 @@ def test_settings_from_the_environment() -> None:
     assert public["spec"]["externalTrafficPolicy"] == "Local"
     with pytest.raises(ValueError, match="MAILWARD_TLSRPT_SERVICE_TYPE"):
         CollectorSettings.from_environment({"MAILWARD_TLSRPT_SERVICE_TYPE": "Ingress"})
+
+
+def test_only_the_operators_namespace_reaches_the_api_port() -> None:
+    settings = CollectorSettings.from_environment(
+        {"MAILWARD_TLSRPT_OPERATOR_NAMESPACE": "mailward-system"}
+    )
+    policy = render_collector(NAMESPACE, _served(), settings)[-1]
+    assert policy["kind"] == "NetworkPolicy"
+    reports, api = policy["spec"]["ingress"]
+    assert "from" not in reports  # senders are anywhere on the internet
+    assert [p["port"] for p in reports["ports"]] == [2525, 8443]
+    assert [p["port"] for p in api["ports"]] == [9108]
+    assert api["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mailward-system"}}}
+    ]

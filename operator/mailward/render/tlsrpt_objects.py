@@ -55,6 +55,8 @@ class CollectorSettings:
     retention_days: int = 400
     # LoadBalancer gives the SMTP/HTTPS side an address of its own for `tlsrpt.<domain>`.
     service_type: Literal["ClusterIP", "LoadBalancer", "NodePort"] = "ClusterIP"
+    # The operator's namespace: the only one whose pods may reach the API port. None: any.
+    operator_namespace: str | None = None
 
     @classmethod
     def from_environment(cls, env: Mapping[str, str] | None = None) -> CollectorSettings:
@@ -74,6 +76,7 @@ class CollectorSettings:
                 env.get("MAILWARD_TLSRPT_RETENTION_DAYS") or defaults.retention_days
             ),
             service_type=service_type,  # type: ignore[arg-type]
+            operator_namespace=env.get("MAILWARD_TLSRPT_OPERATOR_NAMESPACE") or None,
         )
 
 
@@ -278,10 +281,44 @@ def render_services(settings: CollectorSettings, metadata: dict[str, Any]) -> li
     return [public, internal]
 
 
+def render_network_policy(settings: CollectorSettings, metadata: dict[str, Any]) -> dict[str, Any]:
+    """Reports from anywhere; the evaluation API only from the operator's namespace. Ingress
+    only: egress (DNS for DKIM keys, a PostgreSQL server anywhere) is the cluster's policy.
+    Policies add up, so a monitoring namespace is let in by a policy of its own."""
+    api_rule: dict[str, Any] = {"ports": [{"protocol": "TCP", "port": API_PORT}]}
+    if settings.operator_namespace:
+        api_rule["from"] = [
+            {
+                "namespaceSelector": {
+                    "matchLabels": {"kubernetes.io/metadata.name": settings.operator_namespace}
+                }
+            }
+        ]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": metadata,
+        "spec": {
+            "podSelector": {"matchLabels": dict(LABELS)},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "ports": [
+                        {"protocol": "TCP", "port": CONTAINER_SMTP_PORT},
+                        {"protocol": "TCP", "port": CONTAINER_HTTPS_PORT},
+                    ]
+                },
+                api_rule,
+            ],
+        },
+    }
+
+
 def render_collector(
     namespace: str, served: Sequence[ServedDomain], settings: CollectorSettings
 ) -> list[dict[str, Any]]:
-    """ConfigMap, StatefulSet and Services of the collector serving `served` in `namespace`."""
+    """ConfigMap, StatefulSet, Services and NetworkPolicy of the collector serving `served` in
+    `namespace`."""
     specs = [d.spec for d in served]
     config = collector_config(specs, settings)
     secrets = [s.tls.secret_name for s in specs]
@@ -293,4 +330,5 @@ def render_collector(
         render_configmap(config, metadata()),
         render_statefulset(config, secrets, settings, metadata()),
         *render_services(settings, metadata()),
+        render_network_policy(settings, metadata()),
     ]
