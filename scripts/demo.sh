@@ -38,8 +38,8 @@ echo "== Compliance: the operator's verdict, then \`mailward check\` as an outsi
   --domain "$DEMO_DOMAIN" --resolver "$MAILWARD_RESOLVER" --ca-file "$MAILWARD_CA_FILE" || true
 echo
 echo "== The TLSRPT collector the operator deployed for the namespace (run here as a local process)"
-echo "\$ kubectl get statefulsets,services,configmaps -l app.kubernetes.io/name=mailward-tlsrpt"
-kubectl get statefulsets,services,configmaps -l app.kubernetes.io/name=mailward-tlsrpt
+echo "\$ kubectl get statefulsets,services,configmaps,networkpolicies -l app.kubernetes.io/name=mailward-tlsrpt"
+kubectl get statefulsets,services,configmaps,networkpolicies -l app.kubernetes.io/name=mailward-tlsrpt
 echo
 echo "== TLS reports received by the collector"
 .venv/bin/mailward reports "$DEMO_DOMAIN" --collector "http://$MAILWARD_TLSRPT_COLLECTOR:9108" || true
