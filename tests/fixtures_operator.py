@@ -132,6 +132,8 @@ def operator(
         "MAILWARD_TLSRPT_DEPLOY": "true",
         "MAILWARD_TLSRPT_IMAGE": "ghcr.io/mailward/operator:test",
         "MAILWARD_TLSRPT_OPERATOR_NAMESPACE": RELEASE_NAMESPACE,
+        # An address of its own for tlsrpt.<domain> (no controller assigns one here: tests do).
+        "MAILWARD_TLSRPT_SERVICE_TYPE": "LoadBalancer",
         **compliance_operator_environment(tmp_path_factory),
     }
     # The operator runs with exactly the RBAC rules the Helm chart grants, not as an admin:

@@ -64,8 +64,9 @@ def parts() -> list[Part]:
             CertificatePart(KubeSecretObserver(), TLS_SECRET_RETRY_SECONDS),
             MTAPart(KubeWorkloadClient(), MTA_RETRY_SECONDS),
             mtasts_part_from_env(),
-            dns_part_from_env(),
+            # Before the DNS part: the collector's public address goes into tlsrpt.<domain>.
             tlsrpt_part_from_env(),
+            dns_part_from_env(),
             compliance_part_from_env(),
         ]
     return _parts

@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
+from mailward.localstack.dns import DNSStack
 from mailward.localstack.pki import LocalCA
 from mailward.render.tlsrpt_objects import API_SERVICE, CONFIG_KEY, NAME
 from mailward.tlsrpt.config import CollectorConfig
 from tests.chart import RELEASE_NAMESPACE
-from tests.fixtures_dnspublish import tls_secret_manifest
+from tests.fixtures_dnspublish import PublishSetup, tls_secret_manifest, zone_rrsets
 from tests.fixtures_operator import Kube, OperatorProcess
 from tests.manifests import minimal_maildomain
+from tests.net import addr
 
 OBJECTS = (
     ("configmap", NAME),
@@ -155,3 +158,58 @@ def test_the_collector_follows_the_namespaces_maildomains(
     listing = kube.kubectl("get", "maildomains", "-n", namespace, "-o", "name").stdout
     assert listing.strip() == ""
     assert all(u == [uids["alpha"]] for u in _owner_uids(kube, namespace).values())
+
+
+def test_the_load_balancer_address_becomes_the_mailbox_host(
+    kube: Kube,
+    operator: OperatorProcess,
+    dns_stack: DNSStack,
+    publish_setup: Callable[..., PublishSetup],
+) -> None:
+    """The collector's LoadBalancer Service gets an address (here written by the test, as a
+    cloud controller would): `tlsrpt.<domain>` points at it, unless the spec names one."""
+    setup = publish_setup(apply=False)
+    del setup.manifest["spec"]["tlsRpt"]  # the default: the collector's mailbox
+    kube.apply(setup.manifest)
+    host = f"tlsrpt.{setup.domain}."
+    rua = f'"v=TLSRPTv1; rua=mailto:tlsrpt@{host.rstrip(".")}"'
+
+    def published() -> dict[tuple[str, str], Any] | None:
+        zone = zone_rrsets(dns_stack)
+        txt = zone.get((f"_smtp._tls.{setup.domain}.", "TXT"))
+        return zone if txt and txt.rdata == (rua,) else None
+
+    zone = kube.wait_for("the default rua in the zone", published, timeout=60)
+    # The load balancer has no address yet: nothing is published for its name.
+    assert not [key for key in zone if key[0] == host]
+    service = _get(kube, setup.namespace, "service", NAME)
+    assert service is not None
+    assert service["spec"]["type"] == "LoadBalancer"
+
+    kube.kubectl(
+        "patch", "service", NAME, "-n", setup.namespace, "--subresource=status", "--type=merge",
+        "-p", json.dumps({"status": {"loadBalancer": {"ingress": [{"ip": addr(27)}]}}}),
+    )  # fmt: skip
+
+    def host_records() -> dict[str, tuple[str, ...]] | None:
+        zone = zone_rrsets(dns_stack)
+        found = {key[1]: rrset.rdata for key, rrset in zone.items() if key[0] == host}
+        return found if found.get("A") == (addr(27),) else None
+
+    # Services are not watched: the resync (every 10 s in tests) picks the address up.
+    found = kube.wait_for("tlsrpt.<domain> at the load balancer", host_records, timeout=40)
+    assert found == {"A": (addr(27),), "MX": (f"10 {host}",)}
+
+    # The spec names another address: it wins over the load balancer's.
+    kube.kubectl(
+        "patch", "maildomain", "example", "-n", setup.namespace, "--type=merge",
+        "-p", json.dumps({"spec": {"dns": {"tlsRptCollector": {"addresses": [addr(28)]}}}}),
+    )  # fmt: skip
+
+    def spec_address() -> dict[str, tuple[str, ...]] | None:
+        zone = zone_rrsets(dns_stack)
+        found = {key[1]: rrset.rdata for key, rrset in zone.items() if key[0] == host}
+        return found if found.get("A") == (addr(28),) else None
+
+    found = kube.wait_for("tlsrpt.<domain> at the spec's address", spec_address, timeout=30)
+    assert found == {"A": (addr(28),), "MX": (f"10 {host}",)}

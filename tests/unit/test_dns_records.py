@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from mailward.api.crd import dns_provider_crd
 from mailward.api.dnsprovider import ClusterDNSProviderSpec, DNSProviderSpec
-from mailward.api.v1alpha1 import MailDomainSpec
+from mailward.api.v1alpha1 import HostTarget, MailDomainSpec
 from mailward.plan.records import (
     Owner,
     calculate,
@@ -115,6 +115,18 @@ def test_collector_addresses_give_tlsrpt_host_an_mx_and_no_tlsa() -> None:
     assert by_key[(host, "AAAA")].rdata == ("2001:db8::26",)
     # TR-03108-10-M: the report mailbox should not enforce DANE.
     assert not [r for r in by_key.values() if r.name.endswith(f"._tcp.{host}")]
+
+
+def test_the_spec_names_the_collector_before_its_load_balancer() -> None:
+    balancer = HostTarget(addresses=["203.0.113.9"])
+    found = desired_rrsets(
+        _spec(), tlsa_spki_sha256={}, sts_policy_id="x", tlsrpt_collector=balancer
+    )
+    by_key = {r.key: r.rdata for r in found}
+    assert by_key[("tlsrpt.example.test.", "A")] == ("203.0.113.9",)
+    spec = _spec(tlsRptCollector={"addresses": ["192.0.2.26"]})
+    found = desired_rrsets(spec, tlsa_spki_sha256={}, sts_policy_id="x", tlsrpt_collector=balancer)
+    assert {r.key: r.rdata for r in found}[("tlsrpt.example.test.", "A")] == ("192.0.2.26",)
 
 
 def test_collector_cname_is_the_only_record_at_its_name() -> None:

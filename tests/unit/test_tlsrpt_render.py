@@ -18,6 +18,7 @@ from mailward.render.tlsrpt_objects import (
     NAME,
     CollectorSettings,
     ServedDomain,
+    public_target,
     render_collector,
 )
 from mailward.tlsrpt.config import CollectorConfig
@@ -147,3 +148,14 @@ def test_only_the_operators_namespace_reaches_the_api_port() -> None:
     assert api["from"] == [
         {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mailward-system"}}}
     ]
+
+
+def test_a_load_balancers_addresses_or_name_become_the_mailbox_host_target() -> None:
+    by_ip = public_target(["203.0.113.9", "2001:db8::9", "203.0.113.9"], ["lb.example.net"])
+    assert by_ip is not None
+    assert by_ip.addresses == ["2001:db8::9", "203.0.113.9"]
+    by_name = public_target([], ["A1B2.elb.Example.NET."])
+    assert by_name is not None
+    assert by_name.cname == "a1b2.elb.example.net"
+    assert public_target([], []) is None  # pending
+    assert public_target(["not-an-address"], []) is None

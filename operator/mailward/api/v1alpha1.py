@@ -426,7 +426,8 @@ class DNSSpec(_Model):
             "TLSRPT collector. With addresses, `tlsrpt.<domain>` gets A/AAAA records and an MX "
             "naming itself; with a CNAME, mail follows the alias (RFC 5321 §5.1). No TLSA is "
             "published there: the report mailbox should not enforce DANE (TR-03108-10-M). "
-            "Without it, no record is published for that name."
+            "Without it, the address the collector's LoadBalancer Service was given is "
+            "published, if the operator runs the collector with one; otherwise nothing."
         ),
     )
 

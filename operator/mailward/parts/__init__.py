@@ -19,6 +19,10 @@ from mailward.conditions import Verdict
 # Fact (bool) a part sets when it changed what the world sees of the domain in this pass (the DNS
 # part after an UPDATE): the compliance part then probes at once, not at the next interval.
 RECORDS_CHANGED = "compliance.records_changed"
+# Fact (api.v1alpha1.HostTarget) the tlsrpt part sets when the namespace's collector has a
+# public address of its own (a LoadBalancer's): where the DNS part points `tlsrpt.<domain>`
+# unless `spec.dns.tlsRptCollector` says otherwise.
+TLSRPT_COLLECTOR_TARGET = "tlsrpt.collector_target"
 
 
 @dataclass

@@ -9,6 +9,8 @@ Facts read (`ctx.facts`):
   None means nothing served is known: an `_mta-sts` TXT already published stays as it is; a
   first one announces the spec's id (a sender that finds no policy yet caches nothing). Without
   the key (no policy part), the spec's id is published.
+- `tlsrpt.collector_target` (tlsrpt part): the collector's load-balancer address, where
+  `tlsrpt.<domain>` points unless `spec.dns.tlsRptCollector` says otherwise.
 
 Failures are retried with exponential backoff (the handler turns `retry_after` into a kopf
 retry); a periodic resync of the handler finds drift and fixed conflicts without a spec change,
@@ -32,7 +34,13 @@ from mailward.adapters.dns_provider import (
 )
 from mailward.api.v1alpha1 import ConditionStatus, DNSStatus, MailDomainSpec
 from mailward.conditions import Verdict, find, utcnow
-from mailward.parts import RECORDS_CHANGED, Event, PartResult, ReconcileContext
+from mailward.parts import (
+    RECORDS_CHANGED,
+    TLSRPT_COLLECTOR_TARGET,
+    Event,
+    PartResult,
+    ReconcileContext,
+)
 from mailward.parts.certificate import CERTIFICATE_CHAIN
 from mailward.plan.records import Key, Owner
 from mailward.render import mta_sts
@@ -66,7 +74,10 @@ def keep_if_owned_for(spec: MailDomainSpec, facts: Mapping[str, Any]) -> frozens
 def desired_for(spec: MailDomainSpec, facts: Mapping[str, Any]) -> list[RRset]:
     policy_id = facts.get(SERVED_POLICY_ID) or mta_sts.policy_id(mta_sts.policy_for(spec))
     return desired_rrsets(
-        spec, tlsa_spki_sha256=tlsa_digests(spec, facts), sts_policy_id=str(policy_id)
+        spec,
+        tlsa_spki_sha256=tlsa_digests(spec, facts),
+        sts_policy_id=str(policy_id),
+        tlsrpt_collector=facts.get(TLSRPT_COLLECTOR_TARGET),
     )
 
 

@@ -31,12 +31,20 @@ from typing import Any
 
 from mailward.adapters.maildomains import MailDomainLister
 from mailward.adapters.policy_endpoint import ObjectApplier
+from mailward.adapters.services import ServiceIngressReader
 from mailward.adapters.tlsrpt_collector import CollectorUnavailable, ReportSummarySource
 from mailward.api.tlsrpt_status import TLSRPTStatus
+from mailward.api.v1alpha1 import HostTarget
 from mailward.conditions import Verdict
-from mailward.parts import Event, PartResult, ReconcileContext
+from mailward.parts import TLSRPT_COLLECTOR_TARGET, Event, PartResult, ReconcileContext
 from mailward.reconcile import InvalidSpec, parse_spec
-from mailward.render.tlsrpt_objects import CollectorSettings, ServedDomain, render_collector
+from mailward.render.tlsrpt_objects import (
+    NAME,
+    CollectorSettings,
+    ServedDomain,
+    public_target,
+    render_collector,
+)
 from mailward.tlsrpt.evaluate import DomainSummary
 
 log = logging.getLogger(__name__)
@@ -64,14 +72,42 @@ class CollectorDeployment:
     """Applies the collector of a namespace from the MailDomains found there."""
 
     def __init__(
-        self, lister: MailDomainLister, objects: ObjectApplier, settings: CollectorSettings
+        self,
+        lister: MailDomainLister,
+        objects: ObjectApplier,
+        settings: CollectorSettings,
+        services: ServiceIngressReader | None = None,
     ) -> None:
         self._lister = lister
         self._objects = objects
         self._settings = settings
+        self._services = services
         # One pass per namespace at a time: a pass that listed before another domain appeared
         # must not apply after the pass that saw it.
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # The last address seen per namespace: a failed read must not withdraw the DNS records.
+        self._targets: dict[str, HostTarget] = {}
+
+    @property
+    def exposed(self) -> bool:
+        """The collector gets an address of its own (a LoadBalancer Service)."""
+        return self._services is not None and self._settings.service_type == "LoadBalancer"
+
+    async def public_target(self, namespace: str) -> HostTarget | None:
+        """Where the namespace's collector is reachable from outside; None while pending."""
+        if self._services is None or not self.exposed:
+            return None
+        try:
+            ingress = await self._services.load_balancer(namespace, NAME)
+        except Exception as error:  # the API server's refusal, or no answer at all
+            log.warning("reading Service %s/%s failed: %s", namespace, NAME, error)
+            return self._targets.get(namespace)
+        target = public_target(ingress.ips, ingress.hostnames) if ingress else None
+        if target is None:
+            self._targets.pop(namespace, None)
+        else:
+            self._targets[namespace] = target
+        return target
 
     async def apply(self, namespace: str) -> list[str]:
         """Bring the namespace's collector up to date; the domains it serves now.
@@ -177,6 +213,11 @@ class TLSRptPart:
                     f"{str(error)[:300]}",
                 )
                 return PartResult([verdict], retry_after=self._retry_seconds)
+            # A load balancer still without an address is looked at again by the periodic
+            # resync (Services are not watched); nothing is published for it meanwhile.
+            target = await self._deployment.public_target(ctx.namespace)
+            if target is not None:
+                ctx.facts[TLSRPT_COLLECTOR_TARGET] = target
         if self._source is None:
             return PartResult([])
         try:
@@ -233,6 +274,7 @@ def tlsrpt_part_from_env(env: Mapping[str, str] | None = None) -> TLSRptPart:
 
     from mailward.adapters.apply import KubeObjectApplier
     from mailward.adapters.maildomains import KubeMailDomainLister
+    from mailward.adapters.services import KubeServiceIngressReader
     from mailward.adapters.tlsrpt_collector import CollectorAPI
 
     env = os.environ if env is None else env
@@ -240,7 +282,10 @@ def tlsrpt_part_from_env(env: Mapping[str, str] | None = None) -> TLSRptPart:
     deploy = env.get("MAILWARD_TLSRPT_DEPLOY", "").strip().lower() in ("1", "true", "yes")
     deployment = (
         CollectorDeployment(
-            KubeMailDomainLister(), KubeObjectApplier(), CollectorSettings.from_environment(env)
+            KubeMailDomainLister(),
+            KubeObjectApplier(),
+            CollectorSettings.from_environment(env),
+            KubeServiceIngressReader(),
         )
         if deploy
         else None

@@ -132,12 +132,15 @@ def desired_rrsets(
     *,
     tlsa_spki_sha256: Mapping[str, Sequence[str]],
     sts_policy_id: str,
+    tlsrpt_collector: HostTarget | None = None,
 ) -> list[RRset]:
     """Every RRset of the domain, sorted by name and type.
 
     `tlsa_spki_sha256` maps each MX host to the SPKI digests to pin: the served key, and during a
     rollover the next one too (RFC 7671 §8.1), so an RRset may hold several `3 1 1` records.
     A host missing from the mapping gets no TLSA RRset (DANE off, or no certificate known).
+    `tlsrpt_collector` is where the collector was found reachable (its load balancer); the
+    spec's `dns.tlsRptCollector` takes precedence over it.
     """
     domain = spec.domain
     dns_spec = spec.dns
@@ -177,13 +180,14 @@ def desired_rrsets(
         if dns_spec.mta_sts_endpoint is not None:
             for label in ("mta-sts", "autoconfig"):
                 rrsets += _host_rrsets(f"{label}.{domain}", dns_spec.mta_sts_endpoint, ttl)
-        if dns_spec.tls_rpt_collector is not None:
+        collector = dns_spec.tls_rpt_collector or tlsrpt_collector
+        if collector is not None:
             host = collector_host(domain)
-            rrsets += _host_rrsets(host, dns_spec.tls_rpt_collector, ttl)
+            rrsets += _host_rrsets(host, collector, ttl)
             # An explicit MX beside the addresses: implicit MX (RFC 5321 §5.1) works too, but
             # some senders treat a name without MX as not accepting mail. A CNAME owner can
             # hold no other record, so the alias alone routes the mail then.
-            if dns_spec.tls_rpt_collector.cname is None:
+            if collector.cname is None:
                 rrsets.append(make_rrset(host, "MX", ttl, [f"10 {absolute(host)}"]))
     return sorted(_merge(rrsets))
 

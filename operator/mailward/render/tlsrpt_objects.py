@@ -22,7 +22,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from mailward.api.v1alpha1 import API_GROUP, API_VERSION, KIND, MailDomainSpec
+from pydantic import ValidationError
+
+from mailward.api.v1alpha1 import API_GROUP, API_VERSION, KIND, HostTarget, MailDomainSpec
 from mailward.tlsrpt.config import Certificate, CollectorConfig, Listen
 from mailward.tlsrpt.rua import collector_host
 
@@ -332,3 +334,16 @@ def render_collector(
         *render_services(settings, metadata()),
         render_network_policy(settings, metadata()),
     ]
+
+
+def public_target(ips: Sequence[str], hostnames: Sequence[str]) -> HostTarget | None:
+    """Where `tlsrpt.<domain>` points for a load balancer that reports these addresses or names
+    (some clouds give a host name only): its addresses, else a CNAME to its first name."""
+    try:
+        if ips:
+            return HostTarget(addresses=sorted(set(ips))[:8])
+        if hostnames:
+            return HostTarget(cname=hostnames[0].lower().rstrip("."))
+    except ValidationError:
+        return None
+    return None
