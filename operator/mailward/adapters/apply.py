@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from typing import Any
+from typing import Any, Protocol
 
 from kubernetes import client, dynamic
 from kubernetes.client.exceptions import ApiException
@@ -60,6 +60,12 @@ class ServerSideApplier:
         except ApiException as error:
             if error.status != 404:
                 raise
+
+
+class ObjectApplier(Protocol):
+    async def apply(self, obj: dict[str, Any]) -> None: ...
+
+    async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None: ...
 
 
 class KubeObjectApplier:

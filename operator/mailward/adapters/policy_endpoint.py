@@ -65,9 +65,3 @@ class EndpointFetcher:
                 return Fetched(response.status, body)
         except (aiohttp.ClientError, TimeoutError, ssl.SSLError, OSError) as error:
             return Fetched(None, error=f"{type(error).__name__}: {error}"[:300])
-
-
-class ObjectApplier(Protocol):
-    async def apply(self, obj: dict[str, Any]) -> None: ...
-
-    async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None: ...

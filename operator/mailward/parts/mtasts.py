@@ -30,11 +30,10 @@ import logging
 import os
 from collections.abc import Mapping
 
-from mailward.adapters.apply import KubeObjectApplier
+from mailward.adapters.apply import KubeObjectApplier, ObjectApplier
 from mailward.adapters.policy_endpoint import (
     EndpointFetcher,
     Fetched,
-    ObjectApplier,
     PolicyFetcher,
 )
 from mailward.api.v1alpha1 import MTASTSStatus

@@ -13,6 +13,10 @@ that was not in the previous status posts a Warning Event, once. Reports arrive 
 part relies on the handler's periodic resync to pick new ones up; only when the collector
 cannot be asked does it ask for an earlier retry.
 
+When the collector's Service is a LoadBalancer with an address, the part leaves it for the DNS
+part (`ctx.facts["tlsrpt.collector_target"]`), which runs after it and points
+`tlsrpt.<domain>` there unless the spec names an address.
+
 Without a configured collector the part says nothing (no condition, no status): a cluster that
 collects its reports elsewhere is not penalised for it.
 
@@ -29,8 +33,8 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from mailward.adapters.apply import ObjectApplier
 from mailward.adapters.maildomains import MailDomainLister
-from mailward.adapters.policy_endpoint import ObjectApplier
 from mailward.adapters.services import ServiceIngressReader
 from mailward.adapters.tlsrpt_collector import CollectorUnavailable, ReportSummarySource
 from mailward.api.tlsrpt_status import TLSRPTStatus
