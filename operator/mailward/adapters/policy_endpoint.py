@@ -1,4 +1,5 @@
-"""I/O of the mtasts part: fetching what the policy endpoint serves, and applying its objects.
+"""I/O of the mtasts part: fetching what the policy endpoint serves (its objects are applied
+through adapters/apply.py).
 
 The fetch is what a sending MTA does (RFC 8461 §3.3), aimed at the endpoint's Service (or, in
 the demo and the tests, the local process) rather than at the public name: TLS with SNI
