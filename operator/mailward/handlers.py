@@ -44,8 +44,11 @@ from mailward.reconcile import InvalidSpec, invalid_spec_verdicts, parse_spec, r
 FINALIZER = f"{API_GROUP}/finalizer"
 # How often a missing TLS Secret is looked for again (Secrets are not watched).
 TLS_SECRET_RETRY_SECONDS = float(os.environ.get("MAILWARD_TLS_SECRET_RETRY_SECONDS", "30"))
+# Each look that still finds nothing doubles the delay, up to this (parts/backoff.py).
+TLS_SECRET_RETRY_MAX_SECONDS = float(os.environ.get("MAILWARD_TLS_SECRET_RETRY_MAX_SECONDS", "300"))
 # How often a StatefulSet that is still rolling out is looked at again (it is not watched).
 MTA_RETRY_SECONDS = float(os.environ.get("MAILWARD_MTA_RETRY_SECONDS", "15"))
+MTA_RETRY_MAX_SECONDS = float(os.environ.get("MAILWARD_MTA_RETRY_MAX_SECONDS", "300"))
 # Level-based resync: what lives outside the cluster (DNS records) drifts without any change
 # to the object, so every MailDomain is reconciled again this often; unchanged, it writes nothing.
 RESYNC_SECONDS = float(os.environ.get("MAILWARD_RESYNC_SECONDS", "300"))
@@ -61,8 +64,10 @@ def parts() -> list[Part]:
         load_client_config()
         _status_writer = KubeStatusWriter()
         _parts = [
-            CertificatePart(KubeSecretObserver(), TLS_SECRET_RETRY_SECONDS),
-            MTAPart(KubeWorkloadClient(), MTA_RETRY_SECONDS),
+            CertificatePart(
+                KubeSecretObserver(), TLS_SECRET_RETRY_SECONDS, TLS_SECRET_RETRY_MAX_SECONDS
+            ),
+            MTAPart(KubeWorkloadClient(), MTA_RETRY_SECONDS, MTA_RETRY_MAX_SECONDS),
             mtasts_part_from_env(),
             # Before the DNS part: the collector's public address goes into tlsrpt.<domain>.
             tlsrpt_part_from_env(),
@@ -204,7 +209,6 @@ async def _write_status(
     namespace, name = where
     await _status_writer.apply_status(namespace, name, document, field_manager=RECONCILER)
     before, after = find(current.conditions, READY), find(conditions, READY)
-    return before is None or after is None or (before.reason, before.message) != (
-        after.reason,
-        after.message,
-    )
+    if before is None or after is None:
+        return True
+    return (before.reason, before.message) != (after.reason, after.message)

@@ -7,6 +7,7 @@ from cryptography import x509
 from mailward.adapters.kube import SecretObserver
 from mailward.conditions import Verdict
 from mailward.parts import PartResult, ReconcileContext
+from mailward.parts.backoff import Backoff
 from mailward.reconcile import CERTIFICATE_READY, certificate_verdict
 
 # ctx.facts key: the served chain (leaf first) as parsed `x509.Certificate`s; the DNS part pins
@@ -23,9 +24,11 @@ def parse_chain(pem: bytes) -> list[x509.Certificate]:
 class CertificatePart:
     name = "certificate"
 
-    def __init__(self, secrets: SecretObserver, retry_seconds: float) -> None:
+    def __init__(
+        self, secrets: SecretObserver, retry_seconds: float, retry_max_seconds: float = 300.0
+    ) -> None:
         self._secrets = secrets
-        self._retry_seconds = retry_seconds
+        self._backoff = Backoff(retry_seconds, retry_max_seconds)
 
     async def reconcile(self, ctx: ReconcileContext) -> PartResult:
         secret_name = ctx.spec.tls.secret_name
@@ -34,7 +37,7 @@ class CertificatePart:
         if verdict.status != "True":
             # Secrets are not watched (that would need list/watch on every Secret of the
             # cluster), so a missing one is looked for again after a while.
-            return PartResult([verdict], retry_after=self._retry_seconds, blocking=True)
+            return PartResult([verdict], retry_after=self._backoff.next(ctx.uid), blocking=True)
         try:
             ctx.facts[CERTIFICATE_CHAIN] = parse_chain(observation.certificate_pem)
         except ValueError as error:
@@ -45,8 +48,10 @@ class CertificatePart:
                 f"tls.crt of Secret {secret_name!r} (spec.tls.secretName) is not a PEM "
                 f"certificate chain: {error}",
             )
-            return PartResult([invalid], retry_after=self._retry_seconds, blocking=True)
+            return PartResult([invalid], retry_after=self._backoff.next(ctx.uid), blocking=True)
+        self._backoff.reset(ctx.uid)
         return PartResult([verdict])
 
     async def release(self, ctx: ReconcileContext) -> None:
         """The Secret belongs to the user (or cert-manager): nothing to release."""
+        self._backoff.reset(ctx.uid)

@@ -239,9 +239,7 @@ class ComplianceRunner:
             "" if change.patch else "; unchanged, status not written",
         )
         if change.patch is not None:
-            await self.writer.apply_status(
-                namespace, name, change.patch, field_manager=COMPLIANCE
-            )
+            await self.writer.apply_status(namespace, name, change.patch, field_manager=COMPLIANCE)
         if change.became_noncompliant:
             self.post_event(body, "Warning", "NonCompliant", change.verdict.message)
         return change

@@ -41,6 +41,7 @@ from mailward.parts import (
     PartResult,
     ReconcileContext,
 )
+from mailward.parts.backoff import Backoff
 from mailward.parts.certificate import CERTIFICATE_CHAIN
 from mailward.plan.records import Key, Owner
 from mailward.render import mta_sts
@@ -88,14 +89,7 @@ class DNSPart:
         self, providers: ProviderResolver, retry_seconds: float, retry_max_seconds: float
     ) -> None:
         self._providers = providers
-        self._retry_seconds = retry_seconds
-        self._retry_max_seconds = retry_max_seconds
-        self._failures: dict[str, int] = {}
-
-    def _backoff(self, uid: str) -> float:
-        failures = self._failures.get(uid, 0) + 1
-        self._failures[uid] = failures
-        return float(min(self._retry_seconds * 2 ** (failures - 1), self._retry_max_seconds))
+        self._backoff = Backoff(retry_seconds, retry_max_seconds)
 
     async def reconcile(self, ctx: ReconcileContext) -> PartResult:
         dns_spec = ctx.spec.dns
@@ -122,7 +116,7 @@ class DNSPart:
             return self._failed(ctx, "False", "ProviderUnreachable", f"{error}; retrying")
         except ConcurrentChange as error:
             return self._failed(ctx, "Unknown", "ConcurrentChange", str(error))
-        self._failures.pop(ctx.uid, None)
+        self._backoff.reset(ctx.uid)
         if not result.writes:
             log.info(
                 "%s/%s: zone %s already holds its records, nothing sent",
@@ -137,7 +131,9 @@ class DNSPart:
     ) -> PartResult:
         verdict = Verdict(DNS_READY, status, reason, message)
         return PartResult(
-            [verdict], retry_after=self._backoff(ctx.uid), events=self._warn_on_change(ctx, verdict)
+            [verdict],
+            retry_after=self._backoff.next(ctx.uid),
+            events=self._warn_on_change(ctx, verdict),
         )
 
     def _published(
@@ -232,7 +228,7 @@ class DNSPart:
             return
         owner = Owner(ctx.namespace, ctx.name, ctx.uid)
         result = await provider.release(owner, ctx.spec.domain)
-        self._failures.pop(ctx.uid, None)
+        self._backoff.reset(ctx.uid)
         log.info(
             "removed %d RRsets of %s/%s from zone %s",
             len(result.plan.delete),

@@ -14,6 +14,7 @@ from __future__ import annotations
 from mailward.adapters.workloads import StatefulSetObservation, WorkloadClient
 from mailward.conditions import Verdict
 from mailward.parts import RECORDS_CHANGED, Event, PartResult, ReconcileContext
+from mailward.parts.backoff import Backoff
 from mailward.render.mta_objects import (
     CONFIG_HASH_ANNOTATION,
     Owner,
@@ -54,9 +55,14 @@ def mta_verdict(observed: StatefulSetObservation, name: str) -> Verdict:
 class MTAPart:
     name = "mta"
 
-    def __init__(self, workloads: WorkloadClient, retry_seconds: float = 15.0) -> None:
+    def __init__(
+        self,
+        workloads: WorkloadClient,
+        retry_seconds: float = 15.0,
+        retry_max_seconds: float = 300.0,
+    ) -> None:
         self._workloads = workloads
-        self._retry_seconds = retry_seconds
+        self._backoff = Backoff(retry_seconds, retry_max_seconds)
 
     async def reconcile(self, ctx: ReconcileContext) -> PartResult:
         spec = ctx.spec
@@ -74,7 +80,7 @@ class MTAPart:
                 )
                 return PartResult(
                     [Verdict(MTA_READY, "False", "AccountsSecretNotFound", message)],
-                    retry_after=self._retry_seconds,
+                    retry_after=self._backoff.next(ctx.uid),
                 )
             accounts = keys
         owner = Owner(ctx.name, ctx.namespace, ctx.uid)
@@ -95,8 +101,13 @@ class MTAPart:
             events.append(Event("Normal", verdict.reason, verdict.message))
             # The MTA answers now: what an outside probe sees changed, so check it at once.
             ctx.facts[RECORDS_CHANGED] = True
-        retry = None if verdict.status == "True" else self._retry_seconds
+        retry = None
+        if verdict.status == "True":
+            self._backoff.reset(ctx.uid)
+        else:
+            retry = self._backoff.next(ctx.uid)
         return PartResult([verdict], retry_after=retry, events=events)
 
     async def release(self, ctx: ReconcileContext) -> None:
         """The objects carry owner references: the garbage collector removes them."""
+        self._backoff.reset(ctx.uid)
