@@ -102,7 +102,9 @@ def test_printer_columns(kube: Kube, namespace: str) -> None:
         "MTA-STS",
         "DANE",
         "AGE",
+        "TLS-REPORTS",
         "MESSAGE",
     ]
     short = kube.kubectl("get", "md", "-n", namespace).stdout.splitlines()[0]
     assert "MESSAGE" not in short
+    assert "TLS-REPORTS" not in short

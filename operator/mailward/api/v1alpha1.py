@@ -869,6 +869,13 @@ class MailDomainResource:
         {"name": "DANE", "type": "boolean", "jsonPath": ".spec.dane.enabled"},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         {
+            # What other MTAs report about TLS to the domain (RFC 8460), from the collector.
+            "name": "TLS-Reports",
+            "type": "string",
+            "priority": 1,
+            "jsonPath": '.status.conditions[?(@.type=="TLSReportsHealthy")].status',
+        },
+        {
             "name": "Message",
             "type": "string",
             "priority": 1,
