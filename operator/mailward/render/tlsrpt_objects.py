@@ -4,8 +4,9 @@ One collector per namespace serves every MailDomain of that namespace: the certi
 offers on STARTTLS and HTTPS is each domain's own (`spec.tls.secretName`), and Secret volumes
 cannot cross namespaces. It is a ConfigMap with its configuration (the domains, the rua mailbox
 hosts, the certificates), a StatefulSet of one replica (the SQLite file lives on a
-PersistentVolumeClaim; one writer), a Service for the internet side (SMTP, HTTPS) and one for
-the operator (the evaluation API), which must not be exposed with the first.
+PersistentVolumeClaim; one writer), a Service for the internet side (SMTP, HTTPS), one for
+the operator (the evaluation API), which must not be exposed with the first, and a
+NetworkPolicy that keeps the API port to the operator's namespace.
 
 Every object is owned by all the MailDomains it serves (owner references without `controller`):
 the garbage collector removes the collector only once the last of them is gone, and the volume
