@@ -22,11 +22,12 @@ class MailDomainLister(Protocol):
 
 class KubeMailDomainLister:
     def __init__(self, api: client.ApiClient | None = None) -> None:
-        self._api = api
+        # One client for every call: a new ApiClient per call opens a new connection pool.
+        self._api = client.CustomObjectsApi(api or client.ApiClient())
 
     async def list(self, namespace: str) -> list[dict[str, Any]]:
         def read() -> list[dict[str, Any]]:
-            api = client.CustomObjectsApi(self._api or client.ApiClient())
+            api = self._api
             listing = cast(
                 dict[str, Any],
                 api.list_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL),

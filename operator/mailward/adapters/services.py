@@ -30,11 +30,12 @@ class ServiceIngressReader(Protocol):
 
 class KubeServiceIngressReader:
     def __init__(self, api: client.ApiClient | None = None) -> None:
-        self._api = api
+        # One client for every call: a new ApiClient per call opens a new connection pool.
+        self._api = client.CoreV1Api(api or client.ApiClient())
 
     async def load_balancer(self, namespace: str, name: str) -> LoadBalancerIngress | None:
         def read() -> LoadBalancerIngress | None:
-            core = client.CoreV1Api(self._api or client.ApiClient())
+            core = self._api
             try:
                 service = core.read_namespaced_service(name, namespace)
             except ApiException as error:

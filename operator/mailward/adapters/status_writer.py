@@ -32,12 +32,13 @@ class StatusWriter(Protocol):
 
 class KubeStatusWriter:
     def __init__(self, api: client.ApiClient | None = None) -> None:
-        self._api = api
+        # One client for every call: a new ApiClient per call opens a new connection pool.
+        self._api = client.CustomObjectsApi(api or client.ApiClient())
 
     async def apply_status(
         self, namespace: str, name: str, status: dict[str, Any], *, field_manager: str
     ) -> None:
-        api = client.CustomObjectsApi(self._api or client.ApiClient())
+        api = self._api
         body = {
             "apiVersion": f"{API_GROUP}/{API_VERSION}",
             "kind": KIND,

@@ -35,6 +35,7 @@ from mailward.localstack._process import (
     wait_until,
 )
 from mailward.localstack.controlplane import kubectl
+from mailward.render.mta_objects import CONFIG_HASH_ANNOTATION
 from mailward.render.tlsrpt_objects import CONFIG_KEY, NAME, TLS_DIR
 from mailward.tlsrpt.config import CollectorConfig, Listen
 from mailward.tlsrpt.rua import MAILBOX_LOCAL_PART
@@ -174,7 +175,7 @@ def start_tlsrpt_collector(
 
 def _config_hash(statefulset: dict[str, Any]) -> str:
     annotations = statefulset["spec"]["template"]["metadata"].get("annotations") or {}
-    return str(annotations.get("mailward.io/config-hash", ""))
+    return str(annotations.get(CONFIG_HASH_ANNOTATION, ""))
 
 
 def sample_report(domain: str, now: datetime | None = None) -> dict[str, Any]:

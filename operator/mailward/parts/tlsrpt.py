@@ -97,7 +97,7 @@ class CollectorDeployment:
         """The collector gets an address of its own (a LoadBalancer Service)."""
         return self._services is not None and self._settings.service_type == "LoadBalancer"
 
-    async def public_target(self, namespace: str) -> HostTarget | None:
+    async def public_address(self, namespace: str) -> HostTarget | None:
         """Where the namespace's collector is reachable from outside; None while pending."""
         if self._services is None or not self.exposed:
             return None
@@ -219,7 +219,7 @@ class TLSRptPart:
                 return PartResult([verdict], retry_after=self._retry_seconds)
             # A load balancer still without an address is looked at again by the periodic
             # resync (Services are not watched); nothing is published for it meanwhile.
-            target = await self._deployment.public_target(ctx.namespace)
+            target = await self._deployment.public_address(ctx.namespace)
             if target is not None:
                 ctx.facts[TLSRPT_COLLECTOR_TARGET] = target
         if self._source is None:

@@ -26,6 +26,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from mailward.api.v1alpha1 import API_GROUP, API_VERSION, KIND, HostTarget, MailDomainSpec
+from mailward.render.mta_objects import CONFIG_HASH_ANNOTATION
 from mailward.tlsrpt.config import Certificate, CollectorConfig, Listen
 from mailward.tlsrpt.rua import collector_host
 
@@ -225,7 +226,7 @@ def render_statefulset(
             "template": {
                 "metadata": {
                     "labels": dict(LABELS),
-                    "annotations": {"mailward.io/config-hash": config_hash},
+                    "annotations": {CONFIG_HASH_ANNOTATION: config_hash},
                 },
                 "spec": {
                     "securityContext": {
