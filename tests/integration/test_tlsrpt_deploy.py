@@ -191,13 +191,16 @@ def test_the_load_balancer_address_becomes_the_mailbox_host(
         "-p", json.dumps({"status": {"loadBalancer": {"ingress": [{"ip": addr(27)}]}}}),
     )  # fmt: skip
 
-    def host_records() -> dict[str, tuple[str, ...]] | None:
-        zone = zone_rrsets(dns_stack)
-        found = {key[1]: rrset.rdata for key, rrset in zone.items() if key[0] == host}
-        return found if found.get("A") == (addr(27),) else None
+    def host_at(address: str) -> Callable[[], dict[str, tuple[str, ...]] | None]:
+        def records() -> dict[str, tuple[str, ...]] | None:
+            zone = zone_rrsets(dns_stack)
+            found = {key[1]: rrset.rdata for key, rrset in zone.items() if key[0] == host}
+            return found if found.get("A") == (address,) else None
+
+        return records
 
     # Services are not watched: the resync (every 10 s in tests) picks the address up.
-    found = kube.wait_for("tlsrpt.<domain> at the load balancer", host_records, timeout=40)
+    found = kube.wait_for("tlsrpt.<domain> at the load balancer", host_at(addr(27)), timeout=40)
     assert found == {"A": (addr(27),), "MX": (f"10 {host}",)}
 
     # The spec names another address: it wins over the load balancer's.
@@ -206,10 +209,5 @@ def test_the_load_balancer_address_becomes_the_mailbox_host(
         "-p", json.dumps({"spec": {"dns": {"tlsRptCollector": {"addresses": [addr(28)]}}}}),
     )  # fmt: skip
 
-    def spec_address() -> dict[str, tuple[str, ...]] | None:
-        zone = zone_rrsets(dns_stack)
-        found = {key[1]: rrset.rdata for key, rrset in zone.items() if key[0] == host}
-        return found if found.get("A") == (addr(28),) else None
-
-    found = kube.wait_for("tlsrpt.<domain> at the spec's address", spec_address, timeout=30)
+    found = kube.wait_for("tlsrpt.<domain> at the spec's address", host_at(addr(28)), timeout=30)
     assert found == {"A": (addr(28),), "MX": (f"10 {host}",)}
