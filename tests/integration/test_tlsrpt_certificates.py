@@ -7,7 +7,6 @@ reports (in clear) while it has none to serve.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import smtplib
@@ -17,9 +16,9 @@ import time
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from mailward.localstack.pki import IssuedCert, LocalCA
+from mailward.render.dns_records import spki_sha256
 from tests.fixtures_tlsrpt import (
     DOMAIN,
     MAILBOX,
@@ -32,11 +31,7 @@ from tests.tlsrpt_samples import corpus, report_mail
 
 
 def _spki(der: bytes) -> str:
-    key = x509.load_der_x509_certificate(der).public_key()
-    spki = key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return hashlib.sha256(spki).hexdigest()
+    return spki_sha256(x509.load_der_x509_certificate(der))
 
 
 def _unverified() -> ssl.SSLContext:
@@ -137,4 +132,4 @@ def test_certificates_that_appear_or_are_renewed_are_served_without_a_restart(
 
 
 def _spki_of(cert: IssuedCert) -> str:
-    return _spki(cert.cert.public_bytes(serialization.Encoding.DER))
+    return spki_sha256(cert.cert)
