@@ -1,0 +1,46 @@
+#!/bin/sh
+# mmdebstrap --customize-hook of the mta image (images/build.sh mta): $1 is the chroot.
+# Runs on the host as root; commands inside the image go through `chroot` with a clean
+# environment (no host PATH, no host pip settings).
+set -eu
+root=$1
+src=${MAILWARD_SRC:?set by images/build.sh}
+in_root() {
+  env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 \
+    HOME=/root SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-0}" chroot "$root" "$@"
+}
+
+# The DANE-first TLS policy socketmap, the MTA-STS resolver's configuration, the start scripts.
+install -D -m 0644 "$src/operator/mailward/sidecars/tlspolicy.py" "$root/usr/local/lib/mailward/tlspolicy.py"
+install -D -m 0644 "$src/images/mta/mta-sts-daemon.yml" "$root/etc/mta-sts-daemon.yml"
+install -m 0755 "$src/images/mta/mailward-mta-start" "$src/images/mta/mailward-mta-accounts" "$root/usr/local/bin/"
+
+# The owner of the virtual mailboxes (useradd warns that 5000 is above SYS_UID_MAX: harmless).
+in_root groupadd --system --gid 5000 vmail
+in_root useradd --system --no-create-home --uid 5000 --gid 5000 --home-dir /nonexistent --shell /usr/sbin/nologin vmail
+
+# The package's own configuration is never used: the pod reads the rendered one.
+rm -f "$root/etc/postfix/main.cf" "$root/etc/postfix/main.cf.proto.dpkg-new"
+# Key material generated at install time must not ship in an image (and is not reproducible).
+rm -f "$root/etc/ssl/private/ssl-cert-snakeoil.key" "$root/etc/ssl/certs/ssl-cert-snakeoil.pem"
+rm -f "$root"/etc/unbound/unbound_control.* "$root"/etc/unbound/unbound_server.*
+# sasl2-bin's empty /etc/sasldb2 (a Berkeley DB with random bytes): unused, the pod's database
+# is $MAILWARD_SASLDB (/var/lib/mailward/sasldb2), rebuilt at every start.
+rm -f "$root/etc/sasldb2"
+in_root dpkg-statoverride --remove /etc/sasldb2 2>/dev/null || true
+
+# unbound's DNSSEC root trust anchor: the copy dns-root-data ships, no unbound-anchor (network)
+# at build time. A sidecar config can use it read-only (trust-anchor-file:
+# /usr/share/dns/root.key) or, with a writable /var/lib/unbound, as auto-trust-anchor-file.
+test -s "$root/usr/share/dns/root.key"
+test -s "$root/usr/share/dns/root.ds"  # the resolver sidecar's static anchor (render/resolver.py)
+if [ ! -s "$root/var/lib/unbound/root.key" ]; then
+  in_root install -o unbound -g unbound -m 0644 /usr/share/dns/root.key /var/lib/unbound/root.key
+fi
+
+# What the build log should show.
+echo "postconf -d mail_version: $(in_root postconf -d -h mail_version)" >&2
+in_root python3 -c 'import dns.version, sys; print("python", sys.version.split()[0], "dnspython", dns.version.version)' >&2
+in_root dpkg-query -W -f '${Package} ${Version}\n' postfix postfix-mta-sts-resolver unbound dns-root-data sasl2-bin >&2
+in_root mta-sts-daemon --help >/dev/null
+in_root python3 /usr/local/lib/mailward/tlspolicy.py --help >/dev/null
