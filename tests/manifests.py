@@ -94,6 +94,12 @@ def _many_mx(spec: dict[str, Any]) -> None:
     spec["mx"] = [{"host": f"mx{i}.example.test"} for i in range(11)]
 
 
+def _host_network_without_addresses(spec: dict[str, Any]) -> None:
+    for entry in spec["mx"]:
+        entry.pop("addresses", None)
+    spec["mta"] = {"hostNetwork": True}
+
+
 INVALID_CASES: list[InvalidCase] = [
     InvalidCase("domain-uppercase", _set("domain", "Example.TEST"), "spec.domain"),
     InvalidCase("domain-underscore", _set("domain", "ex_ample.test"), "spec.domain"),
@@ -180,6 +186,11 @@ INVALID_CASES: list[InvalidCase] = [
         "spec.compliance.interval",
     ),
     InvalidCase("unknown-field", _set("smtpBanner", "hello"), "spec.smtpBanner"),
+    InvalidCase(
+        "mta-host-network-without-addresses",
+        _host_network_without_addresses,
+        "spec.mta.hostNetwork",
+    ),
     InvalidCase(
         "tlsrpt-rua-mailbox-misplaced-dots",
         _set("tlsRpt.rua", ["mailto:..reports@example.test"]),

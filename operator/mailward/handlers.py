@@ -17,6 +17,7 @@ import kopf
 from mailward.adapters.kube import KubeSecretObserver, load_client_config
 from mailward.adapters.status_writer import RECONCILER, KubeStatusWriter, StatusWriter
 from mailward.adapters.workloads import KubeWorkloadClient
+from mailward.api.mta import DEFAULT_MTA_IMAGE
 from mailward.api.v1alpha1 import API_GROUP, API_VERSION, PLURAL, MailDomainStatus
 from mailward.conditions import (
     READY,
@@ -40,6 +41,7 @@ from mailward.parts.mta import MTAPart
 from mailward.parts.mtasts import mtasts_part_from_env
 from mailward.parts.tlsrpt import tlsrpt_part_from_env
 from mailward.reconcile import InvalidSpec, invalid_spec_verdicts, parse_spec, ready_verdict
+from mailward.render.resolver import ResolverSettings
 
 FINALIZER = f"{API_GROUP}/finalizer"
 # How often a missing TLS Secret is looked for again (Secrets are not watched).
@@ -67,7 +69,13 @@ def parts() -> list[Part]:
             CertificatePart(
                 KubeSecretObserver(), TLS_SECRET_RETRY_SECONDS, TLS_SECRET_RETRY_MAX_SECONDS
             ),
-            MTAPart(KubeWorkloadClient(), MTA_RETRY_SECONDS, MTA_RETRY_MAX_SECONDS),
+            MTAPart(
+                KubeWorkloadClient(),
+                MTA_RETRY_SECONDS,
+                MTA_RETRY_MAX_SECONDS,
+                ResolverSettings.from_environment(),
+                os.environ.get("MAILWARD_MTA_IMAGE") or DEFAULT_MTA_IMAGE,
+            ),
             mtasts_part_from_env(),
             # Before the DNS part: the collector's public address goes into tlsrpt.<domain>.
             tlsrpt_part_from_env(),

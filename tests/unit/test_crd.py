@@ -73,3 +73,15 @@ def test_cel_rules_are_attached_where_they_apply() -> None:
     assert spec["mx"]["x-kubernetes-list-map-keys"] == ["host"]
     interval = spec["compliance"]["properties"]["interval"]
     assert "duration(self)" in interval["x-kubernetes-validations"][0]["rule"]
+
+
+def test_host_network_is_explained_and_needs_an_mx_address() -> None:
+    spec = _schema()["properties"]["spec"]
+    host_network = spec["properties"]["mta"]["properties"]["hostNetwork"]
+    assert host_network["type"] == "boolean"
+    assert host_network["default"] is False
+    assert "spec.mx[].addresses" in host_network["description"]
+    (rule,) = [r for r in spec["x-kubernetes-validations"] if "hostNetwork" in r["rule"]]
+    assert rule["fieldPath"] == ".mta.hostNetwork"
+    assert "spec.mta.hostNetwork" in rule["message"]
+    assert "m.addresses.size() > 0" in rule["rule"]

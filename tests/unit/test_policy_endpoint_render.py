@@ -21,7 +21,6 @@ from mailward.endpoint.catalog import (
     parse_host_header,
 )
 from mailward.endpoint.server import PolicyServer
-from mailward.localstack.demo_policy import local_command
 from mailward.parts.mtasts import served_verdict
 from mailward.reconcile import parse_spec
 from mailward.render.autoconfig import ClientService, autoconfig_for, render_autoconfig
@@ -29,7 +28,7 @@ from mailward.render.mta_sts import policy_for, policy_id, withdrawal_policy
 from mailward.render.policy_objects import (
     EndpointSettings,
     ingress_name,
-    policy_server_args,
+    render_deployment,
     render_ingress,
     render_shared_objects,
     tls_secret_name,
@@ -225,21 +224,6 @@ def test_served_verdict(fetched: Fetched, status: str, reason: str, served: str 
     assert again is (reason != "Serving")
 
 
-def test_demo_runs_the_rendered_command_line_with_local_addresses() -> None:
-    args = policy_server_args(EndpointSettings(namespace="mailward-system"))
-    assert local_command(args, "127.77.0.44") == [
-        "serve-policies",
-        "--https",
-        "127.77.0.44:443",
-        "--http",
-        "127.77.0.44:80",
-        "--admin",
-        "127.77.0.44:9094",
-        "--tls-namespace",
-        "mailward-system",
-    ]
-
-
 def _request(method: str, path: str, headers: dict[str, str]) -> Any:
     from aiohttp.test_utils import make_mocked_request
 
@@ -275,3 +259,73 @@ def test_handler_answers(method: str, path: str, headers: dict[str, str], status
     assert b"script" not in (response.body or b"")
     if status == 405:
         assert response.headers["Allow"] == "GET, HEAD"
+
+
+def test_on_the_host_network_the_endpoint_binds_443_on_its_addresses() -> None:
+    settings = EndpointSettings.from_environment(
+        {"MAILWARD_POLICY_HOST_NETWORK_ADDRESSES": "127.77.0.44, 2001:db8::44"}
+    )
+    assert settings.host_addresses == ("127.77.0.44", "2001:db8::44")
+    deployment = render_deployment(settings)
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["hostNetwork"] is True
+    assert container["args"] == [
+        "serve-policies",
+        "--https",
+        "127.77.0.44:443",
+        "--https",
+        "[2001:db8::44]:443",
+        "--http",
+        "127.77.0.44:80",
+        "--http",
+        "[2001:db8::44]:80",
+        "--admin",
+        "127.77.0.44:9090",
+        "--tls-namespace",
+        "mailward-system",
+    ]
+    https = [p for p in container["ports"] if p["containerPort"] == 443]
+    assert [(p.get("name"), p["hostIP"]) for p in https] == [
+        ("https", "127.77.0.44"),
+        (None, "2001:db8::44"),
+    ]
+    # The kubelet probes the admin listener where it is, not the pod IP.
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["host"] == "127.77.0.44"
+        assert container[probe]["httpGet"]["port"] == "admin"
+    # 443 and 80 on the host: root, with NET_BIND_SERVICE and nothing else.
+    context = container["securityContext"]
+    assert (context["runAsUser"], context["runAsNonRoot"]) == (0, False)
+    assert context["capabilities"] == {"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]}
+    assert context["readOnlyRootFilesystem"] is True
+    assert context["allowPrivilegeEscalation"] is False
+    assert "runAsNonRoot" not in pod["securityContext"]
+    # Never two pods binding the same addresses on one node, not even during a rollout.
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 1, "maxSurge": 0}
+    (term,) = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    # It watches the API server: its token stays.
+    assert pod["automountServiceAccountToken"] is True
+
+
+def test_in_its_own_network_the_endpoint_stays_unprivileged() -> None:
+    deployment = render_deployment(EndpointSettings())
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert "hostNetwork" not in pod
+    assert "affinity" not in pod
+    assert container["args"][:7] == [
+        "serve-policies",
+        "--https",
+        "0.0.0.0:8443",
+        "--http",
+        "0.0.0.0:8080",
+        "--admin",
+        "0.0.0.0:9090",
+    ]
+    assert container["securityContext"]["runAsUser"] == 65532
+    assert "host" not in container["readinessProbe"]["httpGet"]
+    assert pod["securityContext"]["fsGroup"] == 65532
+    with pytest.raises(ValueError, match="MAILWARD_POLICY_HOST_NETWORK_ADDRESSES"):
+        EndpointSettings.from_environment({"MAILWARD_POLICY_HOST_NETWORK_ADDRESSES": "mta-sts"})

@@ -19,6 +19,7 @@ from mailward.render.mta_objects import (
     render_mta_config,
     render_mta_objects,
 )
+from mailward.render.mta_pod import render_mta_files
 from mailward.render.postfix import (
     TLS12_CIPHERS,
     DomainConfig,
@@ -29,7 +30,8 @@ from mailward.render.postfix import (
     render_master_cf,
     render_postfix,
 )
-from mailward.sidecars.tlspolicy import Lookup, PolicyServer, decide
+from mailward.render.resolver import Forwarder, ResolverSettings
+from mailward.sidecars.tlspolicy import Lookup, PolicyServer, decide, local_peer, split_host_port
 from tests.manifests import valid_maildomain
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "postfix"
@@ -174,10 +176,16 @@ def test_objects_carry_owner_references_and_the_config_hash() -> None:
     assert all("/" not in key for key in configmap["data"])
     items = sts["spec"]["template"]["spec"]["volumes"][0]["configMap"]["items"]
     assert {"key": "sasl_smtpd.conf", "path": "sasl/smtpd.conf"} in items
+    # The hash covers every file of the ConfigMap, the sidecars' too: a new upstream for the
+    # resolver rolls the pods as a Postfix change does.
     digest = sts["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH_ANNOTATION]
-    assert digest == render_mta_config(SPEC, ["alice"]).digest()
+    assert digest == render_mta_files(SPEC, ["alice"], ResolverSettings()).digest()
+    assert {"unbound.conf", "mta-sts-daemon.yml", "main.cf"} <= set(configmap["data"])
     other = render_mta_objects(OWNER, SPEC, ["alice", "bob"])[3]
     assert other["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH_ANNOTATION] != digest
+    forwarded = ResolverSettings(forwarders=(Forwarder("192.0.2.53"),))
+    third = render_mta_objects(OWNER, SPEC, ["alice"], forwarded)[3]
+    assert third["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH_ANNOTATION] != digest
     # No accounts Secret configured: no accounts volume.
     assert "accounts" not in [v["name"] for v in sts["spec"]["template"]["spec"]["volumes"]]
 
@@ -246,3 +254,14 @@ def test_apply_layout_moves_a_pod_configuration_exactly_to_loopback() -> None:
     pod = render_postfix(domains, MTAOptions(), MTALayout()).rendered_files()
     local = render_postfix(domains, MTAOptions(), local_layout_).rendered_files()
     assert apply_layout(pod, local_layout_) == local
+
+
+def test_policy_server_answers_only_this_hosts_processes() -> None:
+    # On the host network the socketmap listens on a public MX address.
+    assert local_peer(("127.0.0.1", 40000), ("192.0.2.25", 8461))
+    assert local_peer(("192.0.2.25", 40000), ("192.0.2.25", 8461))
+    assert local_peer(("::1", 40000, 0, 0), ("::1", 8461, 0, 0))
+    assert not local_peer(("198.51.100.7", 40000), ("192.0.2.25", 8461))
+    assert not local_peer(None, ("192.0.2.25", 8461))
+    assert split_host_port("[2001:db8::25]:8461") == ("2001:db8::25", 8461)
+    assert split_host_port("127.0.0.1:8462") == ("127.0.0.1", 8462)

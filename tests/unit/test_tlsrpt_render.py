@@ -3,20 +3,27 @@ MailDomains a namespace's collector serves."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 import yaml
 
-from mailward.parts.tlsrpt import served_domains
+from mailward.api.v1alpha1 import Condition, MailDomainStatus
+from mailward.parts import ReconcileContext
+from mailward.parts.tlsrpt import CollectorDeployment, TLSRptPart, served_domains
 from mailward.reconcile import parse_spec
 from mailward.render.tlsrpt_objects import (
     API_SERVICE,
     CONFIG_KEY,
     NAME,
     CollectorSettings,
+    NoCollectorAddress,
     ServedDomain,
     public_target,
     render_collector,
@@ -159,3 +166,108 @@ def test_a_load_balancers_addresses_or_name_become_the_mailbox_host_target() -> 
     assert by_name.cname == "a1b2.elb.example.net"
     assert public_target([], []) is None  # pending
     assert public_target(["not-an-address"], []) is None
+
+
+HOST_NETWORK = CollectorSettings(image="ghcr.io/mailward/mailward:0.1.0", host_network=True)
+
+
+def _served_at(*addresses: list[str] | None) -> list[ServedDomain]:
+    """example.test, minimal.test, ...: each publishing the given tlsrpt.<domain> addresses."""
+    served = []
+    for index, published in enumerate(addresses):
+        manifest = minimal_maildomain(name=f"d{index}")["spec"]
+        manifest["domain"] = f"d{index}.test"
+        manifest["mx"] = [{"host": f"mx.d{index}.test"}]
+        manifest["dns"] = {"providerRef": {"name": "local-bind"}}
+        if published is not None:
+            manifest["dns"]["tlsRptCollector"] = {"addresses": published}
+        served.append(ServedDomain(f"d{index}", f"uid-d{index}", parse_spec(manifest)))
+    return served
+
+
+def test_on_the_host_network_the_collector_binds_what_its_domains_publish() -> None:
+    served = _served_at(["127.77.0.26"], ["127.77.0.27", "127.77.0.26"], None)
+    configmap, statefulset, *_, policy = render_collector(NAMESPACE, served, HOST_NETWORK)
+    config = CollectorConfig.model_validate_json(configmap["data"][CONFIG_KEY])
+    for listen, port in ((config.smtp, 25), (config.https, 443), (config.api, 9108)):
+        assert (listen.addresses(), listen.port) == (["127.77.0.26", "127.77.0.27"], port)
+    pod = statefulset["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["hostNetwork"] is True
+    assert [(p["containerPort"], p["hostIP"]) for p in container["ports"]] == [
+        (25, "127.77.0.26"),
+        (25, "127.77.0.27"),
+        (443, "127.77.0.26"),
+        (443, "127.77.0.27"),
+        (9108, "127.77.0.26"),
+        (9108, "127.77.0.27"),
+    ]
+    assert container["readinessProbe"]["httpGet"] == {
+        "path": "/healthz",
+        "port": "api",
+        "host": "127.77.0.26",
+    }
+    # 25 and 443 on the host: root with NET_BIND_SERVICE only; the pod no longer claims non-root.
+    context = container["securityContext"]
+    assert (context["runAsUser"], context["capabilities"]["add"]) == (0, ["NET_BIND_SERVICE"])
+    assert context["readOnlyRootFilesystem"] is True
+    assert "runAsNonRoot" not in pod["securityContext"]
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert [p["port"] for p in policy["spec"]["ingress"][0]["ports"]] == [25, 443]
+
+
+def test_in_its_own_network_the_collector_needs_no_token_and_no_capability() -> None:
+    statefulset = render_collector(NAMESPACE, _served(), SETTINGS)[1]
+    pod = statefulset["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert "hostNetwork" not in pod
+    assert pod["securityContext"]["fsGroup"] == 65532
+    assert pod["containers"][0]["securityContext"]["runAsUser"] == 65532
+    assert CollectorSettings.from_environment({"MAILWARD_TLSRPT_HOST_NETWORK": "true"}).host_network
+
+
+def test_a_collector_with_nothing_to_bind_is_not_deployed_and_the_condition_says_why() -> None:
+    with pytest.raises(NoCollectorAddress, match=r"spec\.dns\.tlsRptCollector\.addresses"):
+        render_collector(NAMESPACE, _served_at(None), HOST_NETWORK)
+
+    class Lister:
+        async def list(self, namespace: str) -> list[dict[str, Any]]:
+            manifest = minimal_maildomain(namespace=namespace)
+            return [{**manifest, "metadata": {**manifest["metadata"], "uid": "uid-minimal"}}]
+
+    class Applier:
+        applied: ClassVar[list[dict[str, Any]]] = []
+
+        async def apply(self, obj: dict[str, Any]) -> None:
+            self.applied.append(obj)
+
+        async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+            raise AssertionError("nothing is deleted")
+
+    part = TLSRptPart(None, 60, CollectorDeployment(Lister(), Applier(), HOST_NETWORK))
+    ctx = ReconcileContext(
+        "minimal", NAMESPACE, "uid-minimal", 1, parse_spec(minimal_maildomain()["spec"]),
+        MailDomainStatus(),
+    )  # fmt: skip
+    result = asyncio.run(part.reconcile(ctx))
+    (verdict,) = result.verdicts
+    assert (verdict.type, verdict.status, verdict.reason) == (
+        "TLSReportsHealthy",
+        "Unknown",
+        "CollectorHasNoAddress",
+    )
+    assert "minimal.test" in verdict.message
+    assert [(e.type, e.reason) for e in result.events] == [("Warning", "CollectorHasNoAddress")]
+    assert Applier.applied == []
+    # Said once: the same condition again posts no new Event.
+    condition = Condition(
+        type=verdict.type,
+        status=verdict.status,
+        reason=verdict.reason,
+        message=verdict.message,
+        last_transition_time=datetime.now(UTC),
+    )
+    again = asyncio.run(
+        part.reconcile(replace(ctx, status=MailDomainStatus(conditions=[condition])))
+    )
+    assert again.events == []

@@ -22,3 +22,12 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 app.kubernetes.io/name: {{ .Chart.Name }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
+
+{{- /* The health endpoint's address as written before :port (IPv6 in brackets). */ -}}
+{{- define "mailward.bindHost" -}}
+{{- if contains ":" .Values.bindAddress -}}
+[{{ .Values.bindAddress }}]
+{{- else -}}
+{{ .Values.bindAddress }}
+{{- end -}}
+{{- end -}}

@@ -63,7 +63,9 @@ class KubeHTTP:
         hook = getattr(self._cfg, "refresh_api_key_hook", None)
         if hook is not None:
             hook(self._cfg)
-        token = self._cfg.get_api_key_with_prefix("authorization")
+        # In a pod the token is stored as `BearerToken`, from some kubeconfigs as
+        # `authorization`: the generated client looks under both, so do we.
+        token = self._cfg.get_api_key_with_prefix("BearerToken", alias="authorization")
         return {"Authorization": token} if token else {}
 
     async def list(self, path: str, params: Mapping[str, str]) -> Object:

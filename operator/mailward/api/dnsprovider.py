@@ -12,7 +12,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from mailward.api.v1alpha1 import API_GROUP, OBJECT_NAME_PATTERN, _Model
+from mailward.api.base import OBJECT_NAME_PATTERN, _Model
+from mailward.api.v1alpha1 import API_GROUP
 
 DNS_PROVIDER_KIND = "DNSProvider"
 DNS_PROVIDER_PLURAL = "dnsproviders"

@@ -5,28 +5,37 @@ Every rule here exists twice on purpose: once in the generated CRD (pattern, bou
 so that the operator refuses an object that reached the cluster through an older or looser CRD.
 A few rules are only here (the full grammar of report URIs): a CRD pattern can only approximate
 them, and the operator reports the difference as `Ready=False`, reason `InvalidSpec`.
+
+The shared types live in base.py, `spec.mta` in mta.py and the status in status.py; the status
+models are re-exported here, where the rest of the operator imports them from.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import re
-from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
-from urllib.parse import unquote, urlsplit
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    field_validator,
-    model_validator,
+from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
+
+from mailward.api.base import (
+    _EMPTY_DEFAULT,
+    _LIST_SET,
+    HOSTNAME_MAX_LENGTH,
+    HOSTNAME_PATTERN,
+    Duration,
+    Hostname,
+    IPAddress,
+    ObjectName,
+    ReportURI,
+    _Model,
+    _unique,
 )
-from pydantic.alias_generators import to_camel
-
-from mailward.api.compliance_status import ComplianceStatus
-from mailward.api.tlsrpt_status import TLSRPTStatus
+from mailward.api.base import parse_duration as parse_duration
+from mailward.api.mta import HOST_NETWORK_NEEDS_ADDRESSES, MTASpec
+from mailward.api.status import Condition as Condition
+from mailward.api.status import ConditionStatus as ConditionStatus
+from mailward.api.status import DNSStatus as DNSStatus
+from mailward.api.status import MailDomainStatus as MailDomainStatus
+from mailward.api.status import MTASTSStatus as MTASTSStatus
 
 API_GROUP = "mailward.io"
 API_VERSION = "v1alpha1"
@@ -35,149 +44,8 @@ PLURAL = "maildomains"
 SINGULAR = "maildomain"
 SHORT_NAMES = ("md",)
 
-# RFC 1035 §2.3.1 host names in A-label form (IDNs as xn--), lower case so that two spellings of
-# one name cannot both be listed; the last label starts with a letter, so an IPv4 literal is not
-# mistaken for a host name. Length limits: 63 per label here, 253 in total by maxLength.
-HOSTNAME_PATTERN = r"^(?:[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?\.)+[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?$"
-HOSTNAME_MAX_LENGTH = 253
-# A Kubernetes object name (DNS-1123 subdomain), for references to Secrets and providers.
-OBJECT_NAME_PATTERN = r"^[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*$"
-# RFC 8460 §3: commas and exclamation marks separate URIs and must be percent-encoded inside one.
-REPORT_URI_PATTERN = r"^(?:mailto:[^\s,!;@]+@[^\s,!;@]+|https://[^\s,!;]+)$"
-DURATION_PATTERN = r"^(?:[0-9]+(?:ms|s|m|h))+$"
 # RFC 8461 §3.2: max_age is at most 31557600 seconds (about one year).
 MTA_STS_MAX_AGE_LIMIT = 31557600
-COMPLIANCE_INTERVAL_MIN_SECONDS = 60
-COMPLIANCE_INTERVAL_MAX_SECONDS = 7 * 24 * 3600
-
-_DURATION_PART = re.compile(r"([0-9]+)(ms|s|m|h)")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in a Go-style duration such as `1h30m` (the form CEL's `duration()` reads)."""
-    if not re.fullmatch(DURATION_PATTERN, text):
-        raise ValueError(f"{text!r} is not a duration such as 90s, 15m or 1h30m")
-    return sum(int(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(text))
-
-
-def _check_ip_address(value: str) -> str:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        raise ValueError(f"{value!r} is not an IPv4 or IPv6 address") from None
-    return value
-
-
-def _check_report_uri(value: str) -> str:
-    """The full RFC 8460 §3 `rua` grammar that the CRD pattern only approximates."""
-    parts = urlsplit(value)
-    if parts.scheme == "mailto":
-        address = unquote(parts.path)
-        local, _, domain = address.rpartition("@")
-        if parts.query or parts.fragment:
-            raise ValueError(f"{value!r}: a mailto: report URI takes no query or fragment")
-        if not local or not re.fullmatch(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+", local):
-            raise ValueError(f"{value!r}: the local part of the mailbox is not valid")
-        if local.startswith(".") or local.endswith(".") or ".." in local:
-            raise ValueError(f"{value!r}: the local part of the mailbox has misplaced dots")
-        if not re.fullmatch(HOSTNAME_PATTERN, domain):
-            raise ValueError(f"{value!r}: {domain!r} is not a lower-case host name")
-        return value
-    if parts.scheme == "https":
-        host = parts.hostname or ""
-        if not re.fullmatch(HOSTNAME_PATTERN, host):
-            raise ValueError(f"{value!r}: {host!r} is not a lower-case host name")
-        if parts.username or parts.password:
-            raise ValueError(f"{value!r}: credentials in a report URI would be published in DNS")
-        return value
-    raise ValueError(f"{value!r}: only mailto: and https: report URIs exist (RFC 8460 §3)")
-
-
-def _check_interval(value: str) -> str:
-    seconds = parse_duration(value)
-    if not COMPLIANCE_INTERVAL_MIN_SECONDS <= seconds <= COMPLIANCE_INTERVAL_MAX_SECONDS:
-        raise ValueError(f"{value!r} must lie between 1m and 168h")
-    return value
-
-
-Hostname = Annotated[
-    str,
-    Field(min_length=1, max_length=HOSTNAME_MAX_LENGTH, pattern=HOSTNAME_PATTERN),
-]
-ObjectName = Annotated[
-    str,
-    Field(min_length=1, max_length=253, pattern=OBJECT_NAME_PATTERN),
-]
-IPAddress = Annotated[
-    str,
-    Field(
-        min_length=2,
-        max_length=45,
-        description="An IPv4 or IPv6 address.",
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {"rule": "isIP(self)", "message": "must be an IPv4 or IPv6 address"}
-            ]
-        },
-    ),
-    AfterValidator(_check_ip_address),
-]
-ReportURI = Annotated[
-    str,
-    Field(
-        min_length=8,
-        max_length=512,
-        pattern=REPORT_URI_PATTERN,
-        description="A report URI: `mailto:` with one mailbox, or `https:`.",
-    ),
-    AfterValidator(_check_report_uri),
-]
-Duration = Annotated[
-    str,
-    Field(
-        min_length=2,
-        max_length=32,
-        pattern=DURATION_PATTERN,
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {
-                    "rule": (
-                        "duration(self) >= duration('1m') && duration(self) <= duration('168h')"
-                    ),
-                    "message": "must lie between 1m and 168h",
-                }
-            ]
-        },
-    ),
-    AfterValidator(_check_interval),
-]
-
-
-_EMPTY_DEFAULT: dict[str, Any] = {"default": {}}
-_LIST_SET: dict[str, Any] = {"x-kubernetes-list-type": "set"}
-
-
-def _unique(values: list[str]) -> list[str]:
-    seen: set[str] = set()
-    for value in values:
-        if value in seen:
-            raise ValueError(f"{value!r} is listed twice")
-        seen.add(value)
-    return values
-
-
-class _Model(BaseModel):
-    """Common configuration: camelCase on the wire, unknown fields refused, and no coercion
-    (`"yes"` is not a boolean), as the API server's schema validation would not coerce either."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        frozen=True,
-        strict=True,
-    )
 
 
 class MXHost(_Model):
@@ -498,24 +366,6 @@ def mx_pattern_matches(pattern: str, host: str) -> bool:
     return host == pattern
 
 
-class MTASTSStatus(_Model):
-    """What the MTA-STS policy endpoint serves for the domain (written by the mtasts part)."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True, strict=False
-    )
-
-    policy_id: str | None = Field(
-        default=None,
-        max_length=32,
-        pattern=r"^[A-Za-z0-9]{1,32}$",
-        description=(
-            "The id of the policy the endpoint was last seen serving; the `_mta-sts` TXT record "
-            "announces this id, never one that is not served yet."
-        ),
-    )
-
-
 class TLSRPTSpec(_Model):
     """SMTP TLS Reporting (RFC 8460): where sending MTAs report failed TLS sessions."""
 
@@ -559,109 +409,6 @@ class ComplianceSpec(_Model):
     )
 
 
-# Kubernetes resource quantities (a subset: plain numbers, milli, binary and decimal suffixes).
-QUANTITY_PATTERN = r"^[0-9]+(?:\.[0-9]+)?(?:m|k|M|G|T|Ki|Mi|Gi|Ti)?$"
-STORAGE_PATTERN = r"^[0-9]+(?:Mi|Gi|Ti)$"
-# An OCI image reference: [registry[:port]/]path[:tag][@sha256:digest].
-IMAGE_PATTERN = (
-    r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
-    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
-)
-DEFAULT_MTA_IMAGE = "mailward/mta:0.1.0"
-
-
-class MTAResources(_Model):
-    """CPU and memory of each MTA pod (requests; memory is also the limit)."""
-
-    cpu: str = Field(
-        default="100m",
-        max_length=16,
-        pattern=QUANTITY_PATTERN,
-        description="CPU request, a Kubernetes quantity such as `100m` or `1`. Default `100m`.",
-    )
-    memory: str = Field(
-        default="256Mi",
-        max_length=16,
-        pattern=QUANTITY_PATTERN,
-        description="Memory request and limit, e.g. `256Mi`. Default `256Mi`.",
-    )
-
-
-class MTAStorage(_Model):
-    """The PersistentVolume of each MTA pod: its mail queue and mailboxes survive restarts."""
-
-    size: str = Field(
-        default="1Gi",
-        max_length=16,
-        pattern=STORAGE_PATTERN,
-        description="Size of the queue volume, e.g. `1Gi` (Mi, Gi or Ti). Default `1Gi`.",
-    )
-    storage_class_name: ObjectName | None = Field(
-        default=None, description="StorageClass of the volume; the cluster default when unset."
-    )
-
-
-class MTASpec(_Model):
-    """The Postfix MTA that mailward runs for the domain (a StatefulSet)."""
-
-    enabled: bool = Field(
-        default=True,
-        description="Run an MTA for the domain. Disable when the MX hosts are run elsewhere.",
-    )
-    replicas: int = Field(
-        default=1, ge=1, le=10, description="Number of MTA pods, 1 to 10. Default 1."
-    )
-    image: str = Field(
-        default=DEFAULT_MTA_IMAGE,
-        min_length=1,
-        max_length=512,
-        pattern=IMAGE_PATTERN,
-        description=(
-            "The MTA image, built from `images/mta/` (Debian's Postfix and the DANE-first "
-            f"TLS policy sidecar). Default `{DEFAULT_MTA_IMAGE}`."
-        ),
-    )
-    resources: MTAResources = Field(
-        default_factory=MTAResources,
-        description=MTAResources.__doc__,
-        json_schema_extra=_EMPTY_DEFAULT,
-    )
-    storage: MTAStorage = Field(
-        default_factory=MTAStorage,
-        description=MTAStorage.__doc__,
-        json_schema_extra=_EMPTY_DEFAULT,
-    )
-    accounts_secret_name: ObjectName | None = Field(
-        default=None,
-        description=(
-            "A Secret in the MailDomain's namespace with one key per account: the key is the "
-            "local part (`alice` for alice@<domain>), the value its password. Each account may "
-            "submit mail on 465/587 as itself and has a mailbox. Without it only postmaster@ "
-            "and abuse@ exist and nobody can submit."
-        ),
-    )
-    message_size_limit: int = Field(
-        default=25 * 1024 * 1024,
-        ge=1024 * 1024,
-        le=200 * 1024 * 1024,
-        description="Largest message accepted, in bytes: 1 MiB to 200 MiB. Default 25 MiB.",
-    )
-    hide_submission_client: bool = Field(
-        default=True,
-        description=(
-            "Drop the submitting client's address and reverse name from the Received header "
-            "of submitted mail (RFC 5321 §7.6). Default true."
-        ),
-    )
-    mta_sts_fallback: bool = Field(
-        default=True,
-        description=(
-            "Authenticate outbound TLS by MTA-STS (RFC 8461) for destinations that have no "
-            "DNSSEC-signed TLSA records; DANE always wins where it exists. Default true."
-        ),
-    )
-
-
 class MailDomainSpec(_Model):
     """The desired state of a mail domain: its MX hosts, certificate, DNS provider and policies."""
 
@@ -677,7 +424,15 @@ class MailDomainSpec(_Model):
                         "&& m.host.substring(m.host.indexOf('.') + 1) == p.substring(2))))"
                     ),
                     "message": "every spec.mx host must match one of spec.mtaSts.mxPatterns",
-                }
+                },
+                {
+                    "rule": (
+                        "!has(self.mta) || !has(self.mta.hostNetwork) || !self.mta.hostNetwork || "
+                        "self.mx.exists(m, has(m.addresses) && m.addresses.size() > 0)"
+                    ),
+                    "message": HOST_NETWORK_NEEDS_ADDRESSES,
+                    "fieldPath": ".mta.hostNetwork",
+                },
             ]
         }
     )
@@ -737,6 +492,16 @@ class MailDomainSpec(_Model):
         default_factory=MTASpec, description=MTASpec.__doc__, json_schema_extra=_EMPTY_DEFAULT
     )
 
+    def mx_addresses(self) -> list[str]:
+        """Every address of `spec.mx`, in order, each once: what a host-network MTA binds."""
+        return list(dict.fromkeys(a for entry in self.mx for a in entry.addresses))
+
+    @model_validator(mode="after")
+    def _host_network_has_addresses(self) -> MailDomainSpec:
+        if self.mta.host_network and not self.mx_addresses():
+            raise ValueError(HOST_NETWORK_NEEDS_ADDRESSES)
+        return self
+
     @model_validator(mode="after")
     def _mx_covered_by_mta_sts_patterns(self) -> MailDomainSpec:
         # An enforced policy that names no pattern for one of the MX hosts makes senders refuse
@@ -748,106 +513,6 @@ class MailDomainSpec(_Model):
                     f"spec.mx[{index}].host {entry.host!r} matches no spec.mtaSts.mxPatterns entry"
                 )
         return self
-
-
-ConditionStatus = Literal["True", "False", "Unknown"]
-
-
-class Condition(_Model):
-    """One aspect of the resource's state, by the Kubernetes API conventions."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True, strict=False
-    )
-
-    type: str = Field(
-        max_length=316,
-        pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$",
-        description="Type of the condition, e.g. `Ready`.",
-    )
-    status: ConditionStatus = Field(description="`True`, `False` or `Unknown`.")
-    reason: str = Field(
-        min_length=1,
-        max_length=1024,
-        pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
-        description="A CamelCase word that says why the condition has its status.",
-    )
-    message: str = Field(default="", max_length=32768, description="Details for a person.")
-    observed_generation: int = Field(
-        default=0, ge=0, description="The `.metadata.generation` the condition was computed for."
-    )
-    last_transition_time: datetime = Field(
-        description="When `status` last changed.",
-    )
-
-
-class DNSStatus(_Model):
-    """What the DNS part published for the domain, in short."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True, strict=False
-    )
-
-    provider: str = Field(
-        default="", max_length=300, description="The provider used, e.g. `DNSProvider/local-bind`."
-    )
-    zone: str = Field(default="", max_length=254, description="The zone the records live in.")
-    record_sets: int = Field(
-        default=0,
-        ge=0,
-        description="How many RRsets (name and type) mailward owns there.",
-    )
-    records: int = Field(default=0, ge=0, description="How many records those RRsets hold.")
-    last_change_time: datetime | None = Field(
-        default=None, description="When mailward last changed the zone for this domain."
-    )
-    conflicts: list[Annotated[str, Field(max_length=300)]] = Field(
-        default_factory=list,
-        max_length=32,
-        description=(
-            "RRsets mailward wants but does not own (`<name> <type>`): they are left as they are."
-        ),
-    )
-    unpublished: list[Annotated[str, Field(max_length=300)]] = Field(
-        default_factory=list,
-        max_length=32,
-        description=(
-            "Records that cannot be published with this provider or zone (`<name> <type>: why`)."
-        ),
-    )
-
-
-class MailDomainStatus(_Model):
-    """The observed state of the mail domain, written by the operator only."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True, strict=False
-    )
-
-    observed_generation: int = Field(
-        default=0, ge=0, description="The `.metadata.generation` last reconciled."
-    )
-    conditions: list[Condition] = Field(
-        default_factory=list,
-        max_length=32,
-        description="`Ready` and the conditions of each part of the domain.",
-        json_schema_extra={
-            "x-kubernetes-list-type": "map",
-            "x-kubernetes-list-map-keys": ["type"],
-        },
-    )
-    dns: DNSStatus | None = Field(
-        default=None, description="The domain's records in DNS (written by the DNS part)."
-    )
-    mta_sts: MTASTSStatus | None = Field(
-        default=None, description="The MTA-STS policy being served (written by the mtasts part)."
-    )
-    tls_rpt: TLSRPTStatus | None = Field(
-        default=None, description="What the received TLS reports say (written by the tlsrpt part)."
-    )
-    compliance: ComplianceStatus | None = Field(
-        default=None, description="The last check from outside (written by the compliance part)."
-    )
 
 
 class MailDomainResource:

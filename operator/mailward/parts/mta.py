@@ -6,12 +6,17 @@ is not ready yet the part asks to be run again after a short delay.
 
 Facts it leaves for later parts (`ctx.facts`):
 - `mta.service`: `<namespace>/<name>` of the Service that receives mail on 25/465/587;
-- `mta.config_hash`: the digest of the rendered Postfix configuration.
+- `mta.config_hash`: the digest of the rendered configuration (Postfix's and the sidecars').
+
+Configuration (operator environment): `MAILWARD_MTA_RESOLVER_TRUST_ANCHORS` and
+`MAILWARD_MTA_RESOLVER_FORWARDERS`, the pods' validating resolver (render/resolver.py), and
+`MAILWARD_MTA_IMAGE`, the image of MailDomains that name none (`spec.mta.image`).
 """
 
 from __future__ import annotations
 
 from mailward.adapters.workloads import StatefulSetObservation, WorkloadClient
+from mailward.api.mta import DEFAULT_MTA_IMAGE
 from mailward.conditions import Verdict
 from mailward.parts import RECORDS_CHANGED, Event, PartResult, ReconcileContext
 from mailward.parts.backoff import Backoff
@@ -21,6 +26,7 @@ from mailward.render.mta_objects import (
     mta_name,
     render_mta_objects,
 )
+from mailward.render.resolver import ResolverSettings
 
 MTA_READY = "MTAReady"
 
@@ -60,12 +66,21 @@ class MTAPart:
         workloads: WorkloadClient,
         retry_seconds: float = 15.0,
         retry_max_seconds: float = 300.0,
+        resolver: ResolverSettings | None = None,
+        default_image: str = DEFAULT_MTA_IMAGE,
     ) -> None:
         self._workloads = workloads
+        self._default_image = default_image
+        # The trust anchor and upstream of every MTA pod's resolver (operator-level settings).
+        self._resolver = resolver or ResolverSettings()
         self._backoff = Backoff(retry_seconds, retry_max_seconds)
 
     async def reconcile(self, ctx: ReconcileContext) -> PartResult:
         spec = ctx.spec
+        if spec.mta.image is None:
+            spec = spec.model_copy(
+                update={"mta": spec.mta.model_copy(update={"image": self._default_image})}
+            )
         if not spec.mta.enabled:
             return PartResult(
                 [Verdict(MTA_READY, "True", "MTANotManaged", "spec.mta.enabled is false")]
@@ -84,7 +99,7 @@ class MTAPart:
                 )
             accounts = keys
         owner = Owner(ctx.name, ctx.namespace, ctx.uid)
-        objects = render_mta_objects(owner, spec, accounts)
+        objects = render_mta_objects(owner, spec, accounts, self._resolver)
         for manifest in objects:
             await self._workloads.apply(manifest)
         name = mta_name(owner)

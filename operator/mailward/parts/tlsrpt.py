@@ -18,7 +18,9 @@ part (`ctx.facts["tlsrpt.collector_target"]`), which runs after it and points
 `tlsrpt.<domain>` there unless the spec names an address.
 
 Without a configured collector the part says nothing (no condition, no status): a cluster that
-collects its reports elsewhere is not penalised for it.
+collects its reports elsewhere is not penalised for it. A collector on the host network
+(`MAILWARD_TLSRPT_HOST_NETWORK`) with no address to bind is not deployed; the condition says so
+(`CollectorHasNoAddress`), with a Warning Event when that is new.
 
 Configuration (operator environment): `MAILWARD_TLSRPT_COLLECTOR_URL` (the collectors' API; may
 name the namespace as `{namespace}`), `MAILWARD_TLSRPT_DEPLOY` and the `MAILWARD_TLSRPT_*`
@@ -45,6 +47,7 @@ from mailward.reconcile import InvalidSpec, parse_spec
 from mailward.render.tlsrpt_objects import (
     NAME,
     CollectorSettings,
+    NoCollectorAddress,
     ServedDomain,
     public_target,
     render_collector,
@@ -207,6 +210,8 @@ class TLSRptPart:
         if self._deployment is not None:
             try:
                 await self._deployment.apply(ctx.namespace)
+            except NoCollectorAddress as error:
+                return _no_address(ctx, str(error))
             except Exception as error:  # the API server's refusal, or no answer at all
                 log.warning("applying the TLSRPT collector in %s failed: %s", ctx.namespace, error)
                 verdict = Verdict(
@@ -270,6 +275,16 @@ class TLSRptPart:
             # Not worth holding the deletion for: the next reconcile of any MailDomain of the
             # namespace renders the collector without this one.
             log.warning("updating the TLSRPT collector in %s failed: %s", ctx.namespace, error)
+
+
+def _no_address(ctx: ReconcileContext, message: str) -> PartResult:
+    """Nothing to ask and nothing to bind: say why, once as an Event; the resync looks again
+    (a MailDomain that publishes an address changes nothing in this one's spec)."""
+    reason = "CollectorHasNoAddress"
+    verdict = Verdict(TLS_REPORTS_HEALTHY, "Unknown", reason, message)
+    previous = next((c for c in ctx.status.conditions if c.type == TLS_REPORTS_HEALTHY), None)
+    events = [] if previous and previous.reason == reason else [Event("Warning", reason, message)]
+    return PartResult([verdict], events=events)
 
 
 def tlsrpt_part_from_env(env: Mapping[str, str] | None = None) -> TLSRptPart:

@@ -1,9 +1,10 @@
 """The Kubernetes objects of a MailDomain's MTA, as plain manifests (pure).
 
-One StatefulSet runs Postfix with the rendered configuration (a ConfigMap) and two sidecars for
-outbound TLS policy (docs/mta.md). Its queue lives on a PersistentVolumeClaim per pod, so a
-restarted pod finds the mail it had accepted. The ConfigMap's digest is an annotation of the pod
-template: any configuration change rolls the pods, and nothing else does.
+One StatefulSet runs the MTA's pod (render/mta_pod.py: Postfix, its validating resolver and the
+outbound TLS policy sidecars) with the rendered configuration (a ConfigMap). Its queue lives on
+a PersistentVolumeClaim per pod, so a restarted pod finds the mail it had accepted. The
+ConfigMap's digest is an annotation of the pod template: any configuration change rolls the
+pods, and nothing else does.
 
 Every object carries an owner reference to the MailDomain (garbage collection removes them with
 it), the same labels, and is applied by server-side apply, so applying an unchanged manifest is
@@ -16,36 +17,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from mailward.api.v1alpha1 import API_GROUP, API_VERSION, KIND, MailDomainSpec
-from mailward.render.postfix import (
-    SMTP_PORT,
-    SUBMISSION_PORT,
-    SUBMISSIONS_PORT,
-    DomainConfig,
-    MTALayout,
-    MTAOptions,
-    PostfixConfig,
-    render_postfix,
+from mailward.render.mta_pod import (
+    MTAFiles,
+    render_mta_config,
+    render_mta_files,
+    render_pod_spec,
 )
+from mailward.render.postfix import SMTP_PORT, SUBMISSION_PORT, SUBMISSIONS_PORT
+from mailward.render.resolver import ResolverSettings
 
 Manifest = dict[str, Any]
 
-CONFIG_DIR = "/etc/mailward/postfix"
-TLS_DIR = "/etc/mailward/tls"
-ACCOUNTS_DIR = "/etc/mailward/accounts"
 CONFIG_HASH_ANNOTATION = f"{API_GROUP}/config-hash"
-MTA_STS_RESOLVER_PORT = 8462
-# Postfix's master process starts as root and drops to `postfix` per daemon; these are the
-# capabilities it needs for that (no chroot, so no SYS_CHROOT).
-POSTFIX_CAPABILITIES = [
-    "CHOWN",
-    "DAC_OVERRIDE",
-    "FOWNER",
-    "KILL",
-    "NET_BIND_SERVICE",
-    "SETGID",
-    "SETUID",
-]
-NOBODY = 65534
+
+__all__ = ["CONFIG_HASH_ANNOTATION", "Owner", "mta_name", "render_mta_config", "render_mta_objects"]
 
 
 @dataclass(frozen=True)
@@ -74,28 +59,6 @@ def selector(owner: Owner) -> dict[str, str]:
     return {"app.kubernetes.io/instance": mta_name(owner), "app.kubernetes.io/name": "mailward-mta"}
 
 
-def domain_config(spec: MailDomainSpec, accounts: list[str]) -> DomainConfig:
-    return DomainConfig(spec.domain, tuple(mx.host for mx in spec.mx), tuple(sorted(accounts)))
-
-
-def mta_options(spec: MailDomainSpec) -> MTAOptions:
-    return MTAOptions(
-        message_size_limit=spec.mta.message_size_limit,
-        hide_submission_client=spec.mta.hide_submission_client,
-        mta_sts_fallback=spec.mta.mta_sts_fallback,
-    )
-
-
-def render_mta_config(spec: MailDomainSpec, accounts: list[str]) -> PostfixConfig:
-    """The pod's Postfix configuration (the default `MTALayout` is the pod's file system)."""
-    return render_postfix([domain_config(spec, accounts)], mta_options(spec), MTALayout())
-
-
-def configmap_key(file_name: str) -> str:
-    # ConfigMap keys cannot contain "/"; the volume's `items` put the file back in its place.
-    return file_name.replace("/", "_")
-
-
 def _metadata(owner: Owner, name: str) -> dict[str, Any]:
     return {
         "name": name,
@@ -114,16 +77,24 @@ def _metadata(owner: Owner, name: str) -> dict[str, Any]:
     }
 
 
-def render_mta_objects(owner: Owner, spec: MailDomainSpec, accounts: list[str]) -> list[Manifest]:
-    """ConfigMap, headless and public Services, StatefulSet, PodDisruptionBudget, NetworkPolicy."""
-    config = render_mta_config(spec, accounts)
+def render_mta_objects(
+    owner: Owner,
+    spec: MailDomainSpec,
+    accounts: list[str],
+    resolver: ResolverSettings | None = None,
+) -> list[Manifest]:
+    """ConfigMap, headless and public Services, StatefulSet, PodDisruptionBudget, NetworkPolicy.
+
+    On the host network the public Service still selects the pods, but reaches Postfix only
+    where the MX addresses are the nodes' own: mail comes to the MX addresses directly.
+    """
+    files = render_mta_files(spec, accounts, resolver or ResolverSettings())
     name = mta_name(owner)
-    files = config.rendered_files()
     configmap: Manifest = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _metadata(owner, f"{name}-config"),
-        "data": {configmap_key(f): text for f, text in sorted(files.items())},
+        "data": files.data(),
     }
     ports = [
         {"name": "smtp", "port": SMTP_PORT, "targetPort": "smtp", "protocol": "TCP"},
@@ -164,7 +135,7 @@ def render_mta_objects(owner: Owner, spec: MailDomainSpec, accounts: list[str]) 
             "ports": [{"name": "smtp", "port": SMTP_PORT, "targetPort": "smtp"}],
         },
     }
-    statefulset = _statefulset(owner, spec, config, files)
+    statefulset = _statefulset(owner, spec, files)
     pdb: Manifest = {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
@@ -198,126 +169,9 @@ def render_mta_objects(owner: Owner, spec: MailDomainSpec, accounts: list[str]) 
     return [configmap, headless, service, statefulset, pdb, network_policy]
 
 
-def _statefulset(
-    owner: Owner, spec: MailDomainSpec, config: PostfixConfig, files: dict[str, str]
-) -> Manifest:
+def _statefulset(owner: Owner, spec: MailDomainSpec, files: MTAFiles) -> Manifest:
     name = mta_name(owner)
-    layout = MTALayout()
     mta = spec.mta
-    restricted = {
-        "allowPrivilegeEscalation": False,
-        "readOnlyRootFilesystem": True,
-        "capabilities": {"drop": ["ALL"]},
-        "runAsNonRoot": True,
-        "runAsUser": NOBODY,
-        "runAsGroup": NOBODY,
-    }
-    postfix_container = {
-        "name": "postfix",
-        "image": mta.image,
-        "command": ["/usr/local/bin/mailward-mta-start"],
-        "env": [
-            {"name": "MAILWARD_CONFIG_DIR", "value": CONFIG_DIR},
-            {"name": "MAILWARD_ACCOUNTS_DIR", "value": ACCOUNTS_DIR},
-            {"name": "MAILWARD_SASLDB", "value": layout.sasldb_path},
-        ],
-        "ports": [
-            {"name": "smtp", "containerPort": SMTP_PORT, "protocol": "TCP"},
-            {"name": "submissions", "containerPort": SUBMISSIONS_PORT, "protocol": "TCP"},
-            {"name": "submission", "containerPort": SUBMISSION_PORT, "protocol": "TCP"},
-        ],
-        "readinessProbe": {"tcpSocket": {"port": "smtp"}, "periodSeconds": 10},
-        "livenessProbe": {
-            "tcpSocket": {"port": "smtp"},
-            "initialDelaySeconds": 30,
-            "periodSeconds": 30,
-        },
-        "resources": {
-            "requests": {"cpu": mta.resources.cpu, "memory": mta.resources.memory},
-            "limits": {"memory": mta.resources.memory},
-        },
-        "securityContext": {
-            # Postfix's master must start as root (it binds port 25 and runs each daemon as
-            # `postfix`); everything a root process could do beyond that is taken away.
-            "runAsUser": 0,
-            "runAsNonRoot": False,
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"], "add": POSTFIX_CAPABILITIES},
-        },
-        "volumeMounts": [
-            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
-            {"name": "tls", "mountPath": TLS_DIR, "readOnly": True},
-            {"name": "queue", "mountPath": layout.queue_directory},
-            {"name": "data", "mountPath": layout.data_directory},
-            {"name": "state", "mountPath": "/var/lib/mailward"},
-            {"name": "tmp", "mountPath": "/tmp"},
-        ],
-    }
-    volumes: list[dict[str, Any]] = [
-        {
-            "name": "config",
-            "configMap": {
-                "name": f"{name}-config",
-                "items": [{"key": configmap_key(f), "path": f} for f in sorted(files)],
-            },
-        },
-        {
-            "name": "tls",
-            "secret": {
-                "secretName": spec.tls.secret_name,
-                "defaultMode": 0o400,
-                "items": [
-                    {"key": "tls.key", "path": "tls.key"},
-                    {"key": "tls.crt", "path": "tls.crt"},
-                ],
-            },
-        },
-        {"name": "data", "emptyDir": {}},
-        {"name": "state", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
-        {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
-    ]
-    if mta.accounts_secret_name:
-        postfix_container["volumeMounts"].append(  # type: ignore[attr-defined]
-            {"name": "accounts", "mountPath": f"{ACCOUNTS_DIR}/{spec.domain}", "readOnly": True}
-        )
-        volumes.append(
-            {
-                "name": "accounts",
-                "secret": {"secretName": mta.accounts_secret_name, "defaultMode": 0o400},
-            }
-        )
-    containers = [postfix_container]
-    if mta.mta_sts_fallback:
-        containers += [
-            {
-                "name": "tls-policy",
-                "image": mta.image,
-                "command": [
-                    "python3",
-                    "/usr/local/lib/mailward/tlspolicy.py",
-                    "--listen",
-                    "127.0.0.1:8461",
-                    "--sts",
-                    f"127.0.0.1:{MTA_STS_RESOLVER_PORT}",
-                ],
-                "resources": {
-                    "requests": {"cpu": "10m", "memory": "48Mi"},
-                    "limits": {"memory": "96Mi"},
-                },
-                "securityContext": restricted,
-            },
-            {
-                "name": "mta-sts-resolver",
-                "image": mta.image,
-                "command": ["mta-sts-daemon", "-c", "/etc/mta-sts-daemon.yml"],
-                "resources": {
-                    "requests": {"cpu": "10m", "memory": "64Mi"},
-                    "limits": {"memory": "128Mi"},
-                },
-                "securityContext": restricted,
-            },
-        ]
     claim: dict[str, Any] = {
         "metadata": {"name": "queue", "labels": labels(owner)},
         "spec": {
@@ -345,17 +199,9 @@ def _statefulset(
             "template": {
                 "metadata": {
                     "labels": labels(owner),
-                    "annotations": {CONFIG_HASH_ANNOTATION: config.digest()},
+                    "annotations": {CONFIG_HASH_ANNOTATION: files.digest()},
                 },
-                "spec": {
-                    "automountServiceAccountToken": False,
-                    "enableServiceLinks": False,
-                    # postfix stop flushes nothing to lose, but lets running deliveries end.
-                    "terminationGracePeriodSeconds": 60,
-                    "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
-                    "containers": containers,
-                    "volumes": volumes,
-                },
+                "spec": render_pod_spec(spec, files, f"{name}-config", selector(owner)),
             },
             "volumeClaimTemplates": [claim],
         },

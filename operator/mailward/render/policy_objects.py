@@ -7,15 +7,33 @@ MailDomains itself, so a new domain needs no new pod. Per domain there is an Ing
 one: BSI TR-03108 forbids wildcard certificates, and cert-manager's ingress-shim, when
 configured, requests exactly these names). The same Secrets, in the endpoint's namespace, are
 what the pods' own HTTPS listener serves by SNI, for clusters that expose the Service directly.
+
+With host-network addresses (`MAILWARD_POLICY_HOST_NETWORK_ADDRESSES`, the chart's
+`policyEndpoint.hostNetwork.addresses`) the pods run on the nodes' network and serve HTTPS on
+`<address>:443` themselves (RFC 8461 §3.3: senders fetch the policy there), HTTP on 80 and the
+admin listener on 9090 of the same addresses: at most one pod per node, and a rollout stops an
+old pod before it starts its replacement.
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from mailward.render.pods import (
+    Listener,
+    ProbeTiming,
+    container_ports,
+    host_port,
+    http_probe,
+    listener_security,
+    pod_security,
+    required_node_anti_affinity,
+)
 
 NAME = "mailward-policy"
 LABELS = {"app.kubernetes.io/name": NAME, "app.kubernetes.io/part-of": "mailward"}
@@ -23,8 +41,13 @@ DOMAIN_ANNOTATION = "mailward.io/domain"
 HTTPS_PORT = 8443
 HTTP_PORT = 8080
 ADMIN_PORT = 9090
-# The image runs as this unprivileged user; ports above 1024, so no capability is needed.
+# On the host network no Service maps the public ports: the server binds them itself.
+HOST_HTTPS_PORT = 443
+HOST_HTTP_PORT = 80
+# The image runs as this unprivileged user (and as root with NET_BIND_SERVICE only when it
+# binds 443 and 80 on the host network).
 RUN_AS_USER = 65532
+WILDCARD = "0.0.0.0"
 
 Object = dict[str, Any]
 
@@ -39,6 +62,8 @@ class EndpointSettings:
     ingress_class: str | None = None
     cluster_issuer: str | None = None
     extra_ingress_annotations: Mapping[str, str] = field(default_factory=dict)
+    # Run on the nodes' network, bound to these addresses; empty: the pods' own network.
+    host_addresses: tuple[str, ...] = ()
 
     @classmethod
     def from_environment(cls, env: Mapping[str, str] | None = None) -> EndpointSettings:
@@ -50,28 +75,59 @@ class EndpointSettings:
             replicas=int(env.get("MAILWARD_POLICY_REPLICAS", defaults.replicas)),
             ingress_class=env.get("MAILWARD_POLICY_INGRESS_CLASS") or None,
             cluster_issuer=env.get("MAILWARD_POLICY_CLUSTER_ISSUER") or None,
+            host_addresses=_addresses(
+                "MAILWARD_POLICY_HOST_NETWORK_ADDRESSES",
+                env.get("MAILWARD_POLICY_HOST_NETWORK_ADDRESSES", ""),
+            ),
         )
+
+    @property
+    def host_network(self) -> bool:
+        return bool(self.host_addresses)
+
+    def listeners(self) -> list[Listener]:
+        """HTTPS and HTTP on every address, the admin listener on the first one."""
+        if not self.host_network:
+            return [
+                Listener("https", HTTPS_PORT),
+                Listener("http", HTTP_PORT),
+                Listener("admin", ADMIN_PORT),
+            ]
+        return [
+            Listener("https", HOST_HTTPS_PORT, self.host_addresses),
+            Listener("http", HOST_HTTP_PORT, self.host_addresses),
+            Listener("admin", ADMIN_PORT, self.host_addresses[:1]),
+        ]
+
+
+def _addresses(variable: str, text: str) -> tuple[str, ...]:
+    addresses = tuple(a.strip() for a in text.split(",") if a.strip())
+    for address in addresses:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise ValueError(f"{variable}: {address!r} is not an IP address") from None
+    return addresses
 
 
 def policy_server_args(
     settings: EndpointSettings,
     *,
-    https: str = f"0.0.0.0:{HTTPS_PORT}",
-    http: str = f"0.0.0.0:{HTTP_PORT}",
-    admin: str = f"0.0.0.0:{ADMIN_PORT}",
+    https: str | None = None,
+    http: str | None = None,
+    admin: str | None = None,
 ) -> list[str]:
-    """The command line of the server; the demo and the tests run it with loopback addresses."""
-    return [
-        "serve-policies",
-        "--https",
-        https,
-        "--http",
-        http,
-        "--admin",
-        admin,
-        "--tls-namespace",
-        settings.namespace,
-    ]
+    """The command line of the server: its listeners from `settings`, unless given (the tests
+    and the benchmark run it with loopback addresses)."""
+    given = {"https": https, "http": http, "admin": admin}
+    args = ["serve-policies"]
+    for listener in settings.listeners():
+        if given[listener.name] is not None:
+            args += [f"--{listener.name}", str(given[listener.name])]
+            continue
+        for address in listener.addresses or (WILDCARD,):
+            args += [f"--{listener.name}", host_port(address, listener.port)]
+    return [*args, "--tls-namespace", settings.namespace]
 
 
 def _dns_label(prefix: str, domain: str) -> str:
@@ -152,8 +208,16 @@ def render_rbac(settings: EndpointSettings) -> list[Object]:
     ]
 
 
+# /readyz is ready once both watches (MailDomains, TLS Secrets) have synced: what is served is
+# then complete. /healthz says the event loop answers.
+READINESS = ProbeTiming(period=5, timeout=2, failures=2)
+LIVENESS = ProbeTiming(period=20, timeout=5, failures=3)
+
+
 def render_deployment(settings: EndpointSettings) -> Object:
-    probe_port = "admin"
+    listeners = settings.listeners()
+    host = settings.host_addresses[0] if settings.host_network else None
+    security = listener_security(RUN_AS_USER, listeners, settings.host_network)
     container: Object = {
         "name": "serve-policies",
         "image": settings.image,
@@ -164,34 +228,43 @@ def render_deployment(settings: EndpointSettings) -> Object:
                 "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
             }
         ],
-        "ports": [
-            {"name": "https", "containerPort": HTTPS_PORT},
-            {"name": "http", "containerPort": HTTP_PORT},
-            {"name": "admin", "containerPort": ADMIN_PORT},
-        ],
-        "readinessProbe": {
-            "httpGet": {"path": "/readyz", "port": probe_port},
-            "periodSeconds": 5,
-            "failureThreshold": 2,
-        },
-        "livenessProbe": {
-            "httpGet": {"path": "/healthz", "port": probe_port},
-            "periodSeconds": 20,
-            "failureThreshold": 3,
-        },
+        "ports": container_ports(listeners),
+        "readinessProbe": http_probe("/readyz", "admin", host, READINESS),
+        "livenessProbe": http_probe("/healthz", "admin", host, LIVENESS),
         "resources": {
             "requests": {"cpu": "20m", "memory": "64Mi"},
             "limits": {"memory": "256Mi"},
         },
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": security,
         # Certificates are loaded through short-lived files (ssl has no in-memory loader).
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
+    pod: Object = {
+        "serviceAccountName": NAME,
+        # The server watches MailDomains and its namespace's TLS Secrets with this token.
+        "automountServiceAccountToken": True,
+        # It stops at SIGTERM, closing its listeners and giving open requests 2 s; a sender
+        # whose fetch is cut short retries (RFC 8461 §3.3).
+        "terminationGracePeriodSeconds": 15,
+        "securityContext": pod_security(security, RUN_AS_USER),
+        "containers": [container],
+        "volumes": [{"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}],
+        "topologySpreadConstraints": [
+            {
+                "maxSkew": 1,
+                "topologyKey": "kubernetes.io/hostname",
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": dict(LABELS)},
+            }
+        ],
+    }
+    # Never below the full count during a rollout: the policy must stay fetchable. On the host
+    # network a surge pod would bind the addresses the old one holds on its node: the old pod
+    # goes first, and no two pods share a node.
+    rolling = {"maxUnavailable": 0, "maxSurge": 1}
+    if settings.host_network:
+        rolling = {"maxUnavailable": 1, "maxSurge": 0}
+        pod = {"hostNetwork": True, **pod, "affinity": required_node_anti_affinity(LABELS)}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -199,35 +272,8 @@ def render_deployment(settings: EndpointSettings) -> Object:
         "spec": {
             "replicas": settings.replicas,
             "selector": {"matchLabels": dict(LABELS)},
-            # Never below the full count during a rollout: the policy must stay fetchable.
-            "strategy": {
-                "type": "RollingUpdate",
-                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
-            },
-            "template": {
-                "metadata": {"labels": dict(LABELS)},
-                "spec": {
-                    "serviceAccountName": NAME,
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "runAsUser": RUN_AS_USER,
-                        "runAsGroup": RUN_AS_USER,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
-                    "containers": [container],
-                    "volumes": [
-                        {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}
-                    ],
-                    "topologySpreadConstraints": [
-                        {
-                            "maxSkew": 1,
-                            "topologyKey": "kubernetes.io/hostname",
-                            "whenUnsatisfiable": "ScheduleAnyway",
-                            "labelSelector": {"matchLabels": dict(LABELS)},
-                        }
-                    ],
-                },
-            },
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": rolling},
+            "template": {"metadata": {"labels": dict(LABELS)}, "spec": pod},
         },
     }
 

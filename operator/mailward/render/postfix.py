@@ -48,7 +48,8 @@ SMTP_PORT = 25
 SUBMISSION_PORT = 587
 SUBMISSIONS_PORT = 465
 # postfix-mta-sts-resolver's socketmap, behind the DANE-first policy proxy (docs/mta.md).
-TLS_POLICY_SOCKETMAP = "inet:127.0.0.1:8461"
+TLS_POLICY_PORT = 8461
+TLS_POLICY_SOCKETMAP = f"inet:127.0.0.1:{TLS_POLICY_PORT}"
 # The uid/gid owning mailboxes (virtual(8) refuses ids below 100).
 MAILBOX_UID = 5000
 
@@ -97,6 +98,10 @@ class MTALayout:
     maillog_file_prefixes: str = "/var, /dev/stdout"
     inet_interfaces: str = "all"
     inet_protocols: str = "all"
+    # Source addresses of outbound SMTP; empty: the kernel's choice. A host-network MTA sends
+    # from its published MX address, which is what `v=spf1 mx` allows.
+    smtp_bind_address: str = ""
+    smtp_bind_address6: str = ""
     tls_policy_socketmap: str = TLS_POLICY_SOCKETMAP
     # Postfix drops root privileges to this user; the image's Debian package creates it.
     mail_owner: str = "postfix"
@@ -149,11 +154,15 @@ class PostfixConfig:
         }
 
     def digest(self) -> str:
-        """SHA-256 over all files: it goes into the pod template so a change rolls the pods."""
-        h = hashlib.sha256()
-        for name, text in sorted(self.rendered_files().items()):
-            h.update(name.encode() + b"\0" + text.encode() + b"\0")
-        return h.hexdigest()
+        return files_digest(self.rendered_files())
+
+
+def files_digest(files: dict[str, str]) -> str:
+    """SHA-256 over named files: it goes into a pod template so a change rolls the pods."""
+    h = hashlib.sha256()
+    for name, text in sorted(files.items()):
+        h.update(name.encode() + b"\0" + text.encode() + b"\0")
+    return h.hexdigest()
 
 
 def render_main_cf(parameters: Iterable[tuple[str, str]]) -> str:
@@ -266,6 +275,11 @@ def _sasl_conf(layout: MTALayout) -> str:
     )
 
 
+def _set_only(*parameters: tuple[str, str]) -> list[tuple[str, str]]:
+    """The parameters that have a value; the others keep Postfix's default by being absent."""
+    return [(name, value) for name, value in parameters if value]
+
+
 def _main_cf(
     domains: Sequence[DomainConfig], hostname: str, options: MTAOptions, layout: MTALayout
 ) -> list[tuple[str, str]]:
@@ -282,6 +296,10 @@ def _main_cf(
         ("data_directory", layout.data_directory),
         ("inet_interfaces", layout.inet_interfaces),
         ("inet_protocols", layout.inet_protocols),
+        *_set_only(
+            ("smtp_bind_address", layout.smtp_bind_address),
+            ("smtp_bind_address6", layout.smtp_bind_address6),
+        ),
         # Logs go to the container's stdout through postlogd: one line per event, the classic
         # `time host postfix/service[pid]: queue-id: key=value, ...` form that log parsers read.
         ("maillog_file", layout.maillog_file),
@@ -522,6 +540,8 @@ def layout_parameters(layout: MTALayout) -> dict[str, str]:
         "data_directory": layout.data_directory,
         "inet_interfaces": layout.inet_interfaces,
         "inet_protocols": layout.inet_protocols,
+        "smtp_bind_address": layout.smtp_bind_address,
+        "smtp_bind_address6": layout.smtp_bind_address6,
         "maillog_file": layout.maillog_file,
         "maillog_file_prefixes": layout.maillog_file_prefixes,
         "smtpd_tls_chain_files": f"{layout.tls_key_file}, {layout.tls_cert_file}",

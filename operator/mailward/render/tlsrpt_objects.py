@@ -12,6 +12,11 @@ Every object is owned by all the MailDomains it serves (owner references without
 the garbage collector removes the collector only once the last of them is gone, and the volume
 claim stays behind (`Retain`), because the stored reports are evidence. The pod template
 carries a hash of the configuration, so a changed configuration rolls the pod.
+
+With `MAILWARD_TLSRPT_HOST_NETWORK` the collector runs on the node's network and binds the
+addresses its domains publish for `tlsrpt.<domain>` (`spec.dns.tlsRptCollector.addresses`):
+SMTP on 25, HTTPS on 443, the API on 9108. A namespace none of whose domains publishes one gets
+no collector, and the tlsrpt part says so.
 """
 
 from __future__ import annotations
@@ -27,6 +32,14 @@ from pydantic import ValidationError
 
 from mailward.api.v1alpha1 import API_GROUP, API_VERSION, KIND, HostTarget, MailDomainSpec
 from mailward.render.mta_objects import CONFIG_HASH_ANNOTATION
+from mailward.render.pods import (
+    Listener,
+    ProbeTiming,
+    container_ports,
+    http_probe,
+    listener_security,
+    pod_security,
+)
 from mailward.tlsrpt.config import Certificate, CollectorConfig, Listen
 from mailward.tlsrpt.rua import collector_host
 
@@ -36,14 +49,14 @@ CONFIG_KEY = "collector.json"
 CONFIG_DIR = "/etc/mailward-tlsrpt"
 TLS_DIR = "/etc/mailward-tlsrpt/tls"
 DATA_DIR = "/var/lib/mailward-tlsrpt"
-# The Service answers on 25 and 443; the container listens above 1024, so it needs no
-# capability (an added NET_BIND_SERVICE is not effective for a non-root user without ambient
-# capabilities).
+# The Service answers on 25 and 443; in the pod's own network namespace the container listens
+# above 1024 and needs no capability. On the host network it binds 25 and 443 itself.
 SMTP_PORT = 25
 HTTPS_PORT = 443
 CONTAINER_SMTP_PORT = 2525
 CONTAINER_HTTPS_PORT = 8443
 API_PORT = 9108
+WILDCARD = "0.0.0.0"
 RUN_AS_USER = 65532
 LABELS = {"app.kubernetes.io/name": NAME, "app.kubernetes.io/part-of": "mailward"}
 
@@ -61,6 +74,8 @@ class CollectorSettings:
     service_type: Literal["ClusterIP", "LoadBalancer", "NodePort"] = "ClusterIP"
     # The operator's namespace: the only one whose pods may reach the API port. None: any.
     operator_namespace: str | None = None
+    # On the node's network, binding the addresses published for tlsrpt.<domain>.
+    host_network: bool = False
 
     @classmethod
     def from_environment(cls, env: Mapping[str, str] | None = None) -> CollectorSettings:
@@ -81,6 +96,8 @@ class CollectorSettings:
             ),
             service_type=service_type,  # type: ignore[arg-type]
             operator_namespace=env.get("MAILWARD_TLSRPT_OPERATOR_NAMESPACE") or None,
+            host_network=env.get("MAILWARD_TLSRPT_HOST_NETWORK", "").strip().lower()
+            in ("1", "true", "yes"),
         )
 
 
@@ -102,12 +119,59 @@ def _mailbox_domains(specs: Sequence[MailDomainSpec]) -> list[str]:
     return sorted(hosts)
 
 
+class NoCollectorAddress(ValueError):
+    """On the host network, no served MailDomain publishes an address for tlsrpt.<domain>."""
+
+
+@dataclass(frozen=True)
+class Listeners:
+    """Where the collector binds: its ports and, on the host network, its addresses."""
+
+    addresses: tuple[str, ...]
+    smtp: int
+    https: int
+    api: int = API_PORT
+
+    def ports(self) -> list[Listener]:
+        return [
+            Listener("smtp", self.smtp, self.addresses),
+            Listener("https", self.https, self.addresses),
+            Listener("api", self.api, self.addresses),
+        ]
+
+    def listen(self, port: int) -> Listen:
+        first, *rest = self.addresses or (WILDCARD,)
+        return Listen(address=first, extra_addresses=rest, port=port)
+
+
+def collector_listeners(specs: Sequence[MailDomainSpec], settings: CollectorSettings) -> Listeners:
+    """The pod's own network: high ports on the wildcard. The host network: the public ports on
+    the union of the served domains' `spec.dns.tlsRptCollector.addresses`."""
+    if not settings.host_network:
+        return Listeners((), CONTAINER_SMTP_PORT, CONTAINER_HTTPS_PORT)
+    published = (
+        a
+        for spec in specs
+        if spec.dns and spec.dns.tls_rpt_collector
+        for a in spec.dns.tls_rpt_collector.addresses or ()
+    )
+    addresses = tuple(sorted(set(published)))
+    if not addresses:
+        domains = ", ".join(sorted(s.domain for s in specs))
+        raise NoCollectorAddress(
+            "the TLSRPT collector runs on the host network, but none of its MailDomains "
+            f"({domains}) publishes spec.dns.tlsRptCollector.addresses for it to bind: "
+            "no collector is deployed"
+        )
+    return Listeners(addresses, SMTP_PORT, HTTPS_PORT)
+
+
 def _secret_volume(secret: str) -> str:
     return f"tls-{hashlib.sha256(secret.encode()).hexdigest()[:10]}"
 
 
 def collector_config(
-    specs: Sequence[MailDomainSpec], settings: CollectorSettings
+    specs: Sequence[MailDomainSpec], settings: CollectorSettings, listeners: Listeners
 ) -> CollectorConfig:
     specs = sorted(specs, key=lambda s: s.domain)
     secrets = sorted({s.tls.secret_name for s in specs})
@@ -115,9 +179,9 @@ def collector_config(
         hostname=collector_host(specs[0].domain) if specs else NAME,
         domains=[s.domain for s in specs],
         mailbox_domains=_mailbox_domains(specs),
-        smtp=Listen(port=CONTAINER_SMTP_PORT),
-        https=Listen(port=CONTAINER_HTTPS_PORT),
-        api=Listen(port=API_PORT),
+        smtp=listeners.listen(listeners.smtp),
+        https=listeners.listen(listeners.https),
+        api=listeners.listen(listeners.api),
         certificates=[
             Certificate(
                 cert_file=f"{TLS_DIR}/{_secret_volume(name)}/tls.crt",
@@ -160,11 +224,17 @@ def render_configmap(config: CollectorConfig, metadata: dict[str, Any]) -> dict[
     }
 
 
+# Readiness and liveness ask the API's /healthz: the process serves HTTP on its listener.
+READINESS = ProbeTiming(period=10, timeout=3, failures=3)
+LIVENESS = ProbeTiming(period=20, timeout=5, failures=3)
+
+
 def render_statefulset(
     config: CollectorConfig,
     secrets: Sequence[str],
     settings: CollectorSettings,
     metadata: dict[str, Any],
+    listeners: Listeners,
 ) -> dict[str, Any]:
     config_hash = hashlib.sha256(config_text(config).encode()).hexdigest()[:16]
     volumes: list[dict[str, Any]] = [{"name": "config", "configMap": {"name": NAME}}]
@@ -186,30 +256,35 @@ def render_statefulset(
                 "valueFrom": {"secretKeyRef": {"name": settings.database_secret, "key": "url"}},
             }
         )
+    host = listeners.addresses[0] if settings.host_network else None
+    security = listener_security(RUN_AS_USER, listeners.ports(), settings.host_network)
     container: dict[str, Any] = {
         "name": "collector",
         "image": settings.image,
         "args": ["collect-reports", "--config", f"{CONFIG_DIR}/{CONFIG_KEY}"],
-        "ports": [
-            {"name": "smtp", "containerPort": CONTAINER_SMTP_PORT},
-            {"name": "https", "containerPort": CONTAINER_HTTPS_PORT},
-            {"name": "api", "containerPort": API_PORT},
-        ],
+        "ports": container_ports(listeners.ports()),
         "env": env,
         "volumeMounts": mounts,
-        "readinessProbe": {"httpGet": {"path": "/healthz", "port": "api"}, "periodSeconds": 10},
-        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "api"}, "periodSeconds": 30},
+        "readinessProbe": http_probe("/healthz", "api", host, READINESS),
+        "livenessProbe": http_probe("/healthz", "api", host, LIVENESS),
         # Bounded by the intake limits; the limit makes a bug an OOM kill, not a node problem.
         "resources": {
             "requests": {"cpu": "50m", "memory": "128Mi"},
             "limits": {"memory": "512Mi"},
         },
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": security,
     }
+    pod: dict[str, Any] = {
+        # The collector reads files only; it never talks to the API server.
+        "automountServiceAccountToken": False,
+        # It stops at SIGTERM; a report cut short is sent again by its sender (RFC 8460 §5.3).
+        "terminationGracePeriodSeconds": 30,
+        "securityContext": pod_security(security, RUN_AS_USER),
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if settings.host_network:
+        pod = {"hostNetwork": True, **pod}
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
@@ -228,17 +303,7 @@ def render_statefulset(
                     "labels": dict(LABELS),
                     "annotations": {CONFIG_HASH_ANNOTATION: config_hash},
                 },
-                "spec": {
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "runAsUser": RUN_AS_USER,
-                        "runAsGroup": RUN_AS_USER,
-                        "fsGroup": RUN_AS_USER,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
-                    "containers": [container],
-                    "volumes": volumes,
-                },
+                "spec": pod,
             },
             "volumeClaimTemplates": [
                 {
@@ -285,10 +350,13 @@ def render_services(settings: CollectorSettings, metadata: dict[str, Any]) -> li
     return [public, internal]
 
 
-def render_network_policy(settings: CollectorSettings, metadata: dict[str, Any]) -> dict[str, Any]:
+def render_network_policy(
+    settings: CollectorSettings, metadata: dict[str, Any], listeners: Listeners
+) -> dict[str, Any]:
     """Reports from anywhere; the evaluation API only from the operator's namespace. Ingress
     only: egress (DNS for DKIM keys, a PostgreSQL server anywhere) is the cluster's policy.
-    Policies add up, so a monitoring namespace is let in by a policy of its own."""
+    Policies add up, so a monitoring namespace is let in by a policy of its own. (A pod on the
+    host network is outside every NetworkPolicy: there the host's firewall must do this.)"""
     api_rule: dict[str, Any] = {"ports": [{"protocol": "TCP", "port": API_PORT}]}
     if settings.operator_namespace:
         api_rule["from"] = [
@@ -308,8 +376,8 @@ def render_network_policy(settings: CollectorSettings, metadata: dict[str, Any])
             "ingress": [
                 {
                     "ports": [
-                        {"protocol": "TCP", "port": CONTAINER_SMTP_PORT},
-                        {"protocol": "TCP", "port": CONTAINER_HTTPS_PORT},
+                        {"protocol": "TCP", "port": listeners.smtp},
+                        {"protocol": "TCP", "port": listeners.https},
                     ]
                 },
                 api_rule,
@@ -322,9 +390,10 @@ def render_collector(
     namespace: str, served: Sequence[ServedDomain], settings: CollectorSettings
 ) -> list[dict[str, Any]]:
     """ConfigMap, StatefulSet, Services and NetworkPolicy of the collector serving `served` in
-    `namespace`."""
+    `namespace`; NoCollectorAddress when it would have nothing to bind."""
     specs = [d.spec for d in served]
-    config = collector_config(specs, settings)
+    listeners = collector_listeners(specs, settings)
+    config = collector_config(specs, settings, listeners)
     secrets = [s.tls.secret_name for s in specs]
 
     def metadata() -> dict[str, Any]:
@@ -332,9 +401,9 @@ def render_collector(
 
     return [
         render_configmap(config, metadata()),
-        render_statefulset(config, secrets, settings, metadata()),
+        render_statefulset(config, secrets, settings, metadata(), listeners),
         *render_services(settings, metadata()),
-        render_network_policy(settings, metadata()),
+        render_network_policy(settings, metadata(), listeners),
     ]
 
 

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
+import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -155,6 +157,11 @@ class PolicyServer:
         return upstream
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not local_peer(writer.get_extra_info("peername"), writer.get_extra_info("sockname")):
+            # On the host network the socketmap listens on a public MX address; only the pod's
+            # own processes (loopback, or that address itself as the source) may ask it.
+            writer.close()
+            return
         try:
             while True:
                 try:
@@ -167,10 +174,28 @@ class PolicyServer:
             writer.close()
 
 
+def local_peer(peer: object, own: object) -> bool:
+    """The connection comes from this host: a loopback source, or the listening address."""
+    if not isinstance(peer, tuple) or not isinstance(own, tuple):
+        return False
+    address = ipaddress.ip_address(peer[0])
+    return address.is_loopback or address == ipaddress.ip_address(own[0])
+
+
+def split_host_port(text: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port`."""
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
 async def serve(host: str, port: int, server: PolicyServer) -> None:
     listener = await asyncio.start_server(server.handle, host, port)
+    # PID 1 of its container ignores an unhandled SIGTERM: stop at once instead of waiting
+    # for the kill at the end of the grace period (a request in flight is retried by Postfix).
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     async with listener:
-        await listener.serve_forever()
+        await stop.wait()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -180,12 +205,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--nameserver", action="append", default=[], help="validating resolver")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s tlspolicy: %(message)s")
-    host, _, port = args.listen.rpartition(":")
-    sts = None
-    if args.sts:
-        sts_host, _, sts_port = args.sts.rpartition(":")
-        sts = StsUpstream(sts_host, int(sts_port))
-    asyncio.run(serve(host, int(port), PolicyServer(Resolver(args.nameserver or None), sts)))
+    host, port = split_host_port(args.listen)
+    sts = StsUpstream(*split_host_port(args.sts)) if args.sts else None
+    asyncio.run(serve(host, port, PolicyServer(Resolver(args.nameserver or None), sts)))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,13 @@ class _Config(BaseModel):
 
 class Listen(_Config):
     address: str = "0.0.0.0"
+    # Further addresses the same port is bound on: a collector on the host network binds every
+    # address its domains publish for tlsrpt.<domain> (a wildcard would collide with other pods).
+    extra_addresses: list[str] = Field(default_factory=list)
     port: int = Field(ge=0, le=65535)
+
+    def addresses(self) -> list[str]:
+        return [self.address, *self.extra_addresses]
 
 
 class Certificate(_Config):

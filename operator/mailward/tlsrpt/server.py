@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import ssl
 import time
 from collections import OrderedDict
@@ -27,7 +28,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from mailward.tlsrpt.certificates import ServedCertificates
-from mailward.tlsrpt.config import CollectorConfig
+from mailward.tlsrpt.config import CollectorConfig, Listen
 from mailward.tlsrpt.evaluate import summary_for
 from mailward.tlsrpt.mail import dkim_verdict, extract, resolver_dnsfunc
 from mailward.tlsrpt.model import Report
@@ -132,9 +133,7 @@ class Collector:
         self._servers: list[Any] = []
         self._runners: list[web.AppRunner] = []
         self.metrics.parked.set(self.store.count("parked"))
-        self.certificates = (
-            ServedCertificates(config.certificates) if config.certificates else None
-        )
+        self.certificates = ServedCertificates(config.certificates) if config.certificates else None
 
     # -- the intake pipeline shared by SMTP and HTTPS ------------------------------------------
 
@@ -218,30 +217,29 @@ class Collector:
                 ident="mailward TLSRPT collector",
             )
 
-        smtp = await loop.create_server(
-            smtp_factory, self.config.smtp.address, self.config.smtp.port, reuse_address=True
+        smtp = self.config.smtp
+        self._servers.append(
+            await loop.create_server(smtp_factory, smtp.addresses(), smtp.port, reuse_address=True)
         )
-        self._servers.append(smtp)
-        await self._start_web(
-            intake_app(self), self.config.https.address, self.config.https.port, tls
-        )
-        await self._start_web(api_app(self), self.config.api.address, self.config.api.port, None)
+        await self._start_web(intake_app(self), self.config.https, tls)
+        await self._start_web(api_app(self), self.config.api, None)
         log.info(
             "collecting TLS reports: SMTP %s:%s, HTTPS %s:%s, API %s:%s",
-            self.config.smtp.address,
-            self.config.smtp.port,
-            self.config.https.address,
+            ",".join(smtp.addresses()),
+            smtp.port,
+            ",".join(self.config.https.addresses()),
             self.config.https.port,
-            self.config.api.address,
+            ",".join(self.config.api.addresses()),
             self.config.api.port,
         )
 
     async def _start_web(
-        self, app: web.Application, host: str, port: int, tls: ssl.SSLContext | None
+        self, app: web.Application, listen: Listen, tls: ssl.SSLContext | None
     ) -> None:
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, host, port, ssl_context=tls).start()
+        for host in listen.addresses():
+            await web.TCPSite(runner, host, listen.port, ssl_context=tls).start()
         self._runners.append(runner)
 
     async def expire_forever(self) -> None:
@@ -449,8 +447,13 @@ async def serve(config: CollectorConfig) -> None:
         asyncio.create_task(collector.expire_forever()),
         asyncio.create_task(collector.reload_certificates_forever()),
     ]
+    # As PID 1 of its container the process would ignore SIGTERM and wait for the kill at the
+    # end of the grace period; stopping at once closes the store cleanly.
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
     finally:
         for task in background:
             task.cancel()

@@ -1,0 +1,132 @@
+"""The status of a MailDomain, written by the operator only (the parts' own status models are
+compliance_status.py and tlsrpt_status.py)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from mailward.api.base import _Model
+from mailward.api.compliance_status import ComplianceStatus
+from mailward.api.tlsrpt_status import TLSRPTStatus
+
+
+class MTASTSStatus(_Model):
+    """What the MTA-STS policy endpoint serves for the domain (written by the mtasts part)."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True, strict=False
+    )
+
+    policy_id: str | None = Field(
+        default=None,
+        max_length=32,
+        pattern=r"^[A-Za-z0-9]{1,32}$",
+        description=(
+            "The id of the policy the endpoint was last seen serving; the `_mta-sts` TXT record "
+            "announces this id, never one that is not served yet."
+        ),
+    )
+
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+class Condition(_Model):
+    """One aspect of the resource's state, by the Kubernetes API conventions."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True, strict=False
+    )
+
+    type: str = Field(
+        max_length=316,
+        pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$",
+        description="Type of the condition, e.g. `Ready`.",
+    )
+    status: ConditionStatus = Field(description="`True`, `False` or `Unknown`.")
+    reason: str = Field(
+        min_length=1,
+        max_length=1024,
+        pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
+        description="A CamelCase word that says why the condition has its status.",
+    )
+    message: str = Field(default="", max_length=32768, description="Details for a person.")
+    observed_generation: int = Field(
+        default=0, ge=0, description="The `.metadata.generation` the condition was computed for."
+    )
+    last_transition_time: datetime = Field(
+        description="When `status` last changed.",
+    )
+
+
+class DNSStatus(_Model):
+    """What the DNS part published for the domain, in short."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True, strict=False
+    )
+
+    provider: str = Field(
+        default="", max_length=300, description="The provider used, e.g. `DNSProvider/local-bind`."
+    )
+    zone: str = Field(default="", max_length=254, description="The zone the records live in.")
+    record_sets: int = Field(
+        default=0,
+        ge=0,
+        description="How many RRsets (name and type) mailward owns there.",
+    )
+    records: int = Field(default=0, ge=0, description="How many records those RRsets hold.")
+    last_change_time: datetime | None = Field(
+        default=None, description="When mailward last changed the zone for this domain."
+    )
+    conflicts: list[Annotated[str, Field(max_length=300)]] = Field(
+        default_factory=list,
+        max_length=32,
+        description=(
+            "RRsets mailward wants but does not own (`<name> <type>`): they are left as they are."
+        ),
+    )
+    unpublished: list[Annotated[str, Field(max_length=300)]] = Field(
+        default_factory=list,
+        max_length=32,
+        description=(
+            "Records that cannot be published with this provider or zone (`<name> <type>: why`)."
+        ),
+    )
+
+
+class MailDomainStatus(_Model):
+    """The observed state of the mail domain, written by the operator only."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True, strict=False
+    )
+
+    observed_generation: int = Field(
+        default=0, ge=0, description="The `.metadata.generation` last reconciled."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        max_length=32,
+        description="`Ready` and the conditions of each part of the domain.",
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["type"],
+        },
+    )
+    dns: DNSStatus | None = Field(
+        default=None, description="The domain's records in DNS (written by the DNS part)."
+    )
+    mta_sts: MTASTSStatus | None = Field(
+        default=None, description="The MTA-STS policy being served (written by the mtasts part)."
+    )
+    tls_rpt: TLSRPTStatus | None = Field(
+        default=None, description="What the received TLS reports say (written by the tlsrpt part)."
+    )
+    compliance: ComplianceStatus | None = Field(
+        default=None, description="The last check from outside (written by the compliance part)."
+    )
