@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fixtures_mta",
     "tests.fixtures_tlsrpt",
     "tests.fixtures_policy",
+    "tests.fixtures_cluster",
 ]

@@ -17,3 +17,8 @@ def addr(host: int) -> str:
     if not 1 <= host <= 254:
         raise ValueError(f"host part {host} outside 1..254")
     return f"{TEST_NET}.{host}"
+
+# The real node's stack (tests/fixtures_cluster.py) takes a /24 of its own; its upper half is
+# the cluster's Service range. Derived from TEST_NET so two sessions still do not collide.
+_first, _second, _third = TEST_NET.split(".")
+NODE_NET = os.environ.get("MAILWARD_TEST_NODE_NET", f"127.{(int(_second) + 100) % 256}.{_third}")

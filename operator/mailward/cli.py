@@ -65,8 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     stack = commands.add_parser("stack", help="the local stack for tests and the demo")
     stack.add_argument(
         "action",
-        choices=["up", "workloads", "down", "status"],
-        help="start the stack, run the example's workloads, stop it, or show it",
+        choices=["up", "down", "status"],
+        help="start the local cluster with mailward installed, stop it, or show it",
     )
     stack.add_argument(
         "--state-dir", type=Path, default=Path(".local/stack"), help="where the stack lives"

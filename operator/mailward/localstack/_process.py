@@ -150,8 +150,10 @@ import os, sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[3])
 from mailward.localstack._process import stop_all
+from mailward.localstack.node import teardown_below
 while os.getppid() == int(sys.argv[1]):
     time.sleep(0.5)
+teardown_below(Path(sys.argv[2]))
 stop_all(Path(sys.argv[2]))
 """
 

@@ -1,10 +1,14 @@
 """A real kube-apiserver + etcd on loopback, for the integration tests and the demo.
 
-This is the envtest setup, done in Python: an API server and its etcd, nothing else. There is no
-kubelet, scheduler or controller-manager, so nothing runs Pods, namespaces never finish
-terminating (the namespace controller is missing), owner references are not garbage-collected and
-namespaces get no `default` ServiceAccount. What we test against it is what an operator sees of a
-cluster: schemas, CEL rules, RBAC, watches, status subresources and admission.
+This is the envtest setup, done in Python: an API server and its etcd. Alone, it runs no Pods,
+namespaces never finish terminating, owner references are not garbage-collected and namespaces get
+no `default` ServiceAccount; what we test against it is what an operator sees of a cluster:
+schemas, CEL rules, RBAC, watches, status subresources and admission. `localstack.node` adds the
+controller-manager, the scheduler and a kubelet on top of it to make a real single-node cluster.
+
+The Service range is loopback (127.96.0.0/16 unless told otherwise), so no cluster IP can ever
+name a private-range address. A node's cluster binds the API server on the first address of its
+range, port 443: that is where the `kubernetes` Service points, so pods find it in-cluster.
 
 Everything listens on one loopback address (127.0.0.1 unless told otherwise) on ports the kernel
 picks, so the demo's control plane and the tests' can run side by side. The state directory is the
@@ -56,7 +60,7 @@ from mailward.localstack.pki import LocalCA
 
 CONTEXT_NAME = "mailward-local"
 ADMIN_USER = "mailward-admin"
-SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
+DEFAULT_SERVICE_CIDR = "127.96.0.0/16"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc"
 BIN_DIR_ENV = "MAILWARD_CONTROLPLANE_BIN"
 BINARIES = ("etcd", "kube-apiserver", "kubectl")
@@ -161,12 +165,26 @@ class _Ports:
 class ControlPlane:
     """One kube-apiserver + etcd pair, owned by a state directory."""
 
-    def __init__(self, state_dir: Path, host: str = "127.0.0.1", *, bin_dir: Path | None = None):
+    def __init__(
+        self,
+        state_dir: Path,
+        host: str = "127.0.0.1",
+        *,
+        bin_dir: Path | None = None,
+        service_cidr: str = DEFAULT_SERVICE_CIDR,
+        apiserver_port: int | None = None,
+    ):
         address = ipaddress.ip_address(host)
         if address.version != 4 or not address.is_loopback:
             raise ValueError(f"the control plane must stay on 127.0.0.0/8, not {host}")
+        services = ipaddress.ip_network(service_cidr)
+        if services.version != 4 or not services.is_loopback:
+            raise ValueError(f"the Service range must stay in 127.0.0.0/8, not {service_cidr}")
         self.state_dir = Path(state_dir).absolute()
         self.host = host
+        self.service_cidr = service_cidr
+        self.apiserver_port = apiserver_port
+        """A fixed port for the API server; the kernel picks one when None."""
         self._bin_dir = bin_dir
         self._ports: _Ports | None = None
         self.ready_after: float | None = None
@@ -181,7 +199,13 @@ class ControlPlane:
         state_file = Path(state_dir) / _STATE_FILE
         try:
             state = json.loads(state_file.read_text())
-            plane = cls(state_dir, state["host"], bin_dir=Path(state["bin_dir"]))
+            plane = cls(
+                state_dir,
+                state["host"],
+                bin_dir=Path(state["bin_dir"]),
+                service_cidr=state.get("service_cidr", DEFAULT_SERVICE_CIDR),
+                apiserver_port=state.get("apiserver_port"),
+            )
             plane._ports = _Ports(**state["ports"])
         except FileNotFoundError:
             raise StackError(f"no control plane was ever started in {state_dir}") from None
@@ -256,7 +280,7 @@ class ControlPlane:
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             bin_dir = self.bin_dir
-            _ensure_pki(self.pki_dir, self.host)
+            _ensure_pki(self.pki_dir, self.host, self.service_cidr)
             for attempt in range(_PORT_ATTEMPTS):
                 self._ports = self._choose_ports(reuse_previous=attempt == 0)
                 try:
@@ -286,14 +310,24 @@ class ControlPlane:
     def _choose_ports(self, *, reuse_previous: bool) -> _Ports:
         # Keep the previous ports when they are free, so a restarted demo keeps its server URL.
         previous = self._ports or _read_state_ports(self.state_dir / _STATE_FILE)
-        if reuse_previous and previous is not None:
+        if (
+            reuse_previous
+            and previous is not None
+            and self.apiserver_port in (None, previous.apiserver)
+        ):
             wanted = (previous.etcd_client, previous.etcd_peer, previous.apiserver)
             if len(set(wanted)) == 3 and all(port_is_free(self.host, p) for p in wanted):
                 return previous
         ports: set[int] = set()
-        while len(ports) < 3:
-            ports.add(free_port(self.host))
-        etcd_client, etcd_peer, apiserver = sorted(ports)
+        while len(ports) < (2 if self.apiserver_port else 3):
+            port = free_port(self.host)
+            if port != self.apiserver_port:
+                ports.add(port)
+        if self.apiserver_port:
+            etcd_client, etcd_peer = sorted(ports)
+            apiserver = self.apiserver_port
+        else:
+            etcd_client, etcd_peer, apiserver = sorted(ports)
         return _Ports(etcd_client=etcd_client, etcd_peer=etcd_peer, apiserver=apiserver)
 
     def _start_etcd(self, bin_dir: Path, deadline: float) -> None:
@@ -336,8 +370,14 @@ class ControlPlane:
                 f"--service-account-key-file={pki / 'sa.pub'}",
                 f"--service-account-signing-key-file={pki / 'sa.key'}",
                 f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
-                f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
-                "--authorization-mode=RBAC",
+                f"--service-cluster-ip-range={self.service_cidr}",
+                # Node: a kubelet may read only what its own pods need.
+                "--authorization-mode=Node,RBAC",
+                "--enable-admission-plugins=NodeRestriction",
+                f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+                f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+                f"--kubelet-certificate-authority={self.ca_file}",
+                "--kubelet-preferred-address-types=InternalIP",
                 "--allow-privileged=true",
                 # The endpoint reconciler would publish the advertise address as the endpoint of
                 # the `kubernetes` Service, and Endpoints reject loopback addresses: it would log
@@ -430,6 +470,8 @@ class ControlPlane:
             },
             "bin_dir": str(self.bin_dir),
             "server_url": self.server_url,
+            "service_cidr": self.service_cidr,
+            "apiserver_port": self.apiserver_port,
         }
         (self.state_dir / _STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
 
@@ -472,13 +514,17 @@ def _read_state_ports(state_file: Path) -> _Ports | None:
 # -- PKI -------------------------------------------------------------------------------------
 
 
-def _ensure_pki(pki: Path, host: str) -> None:
-    """CA, admin client cert and service-account keys (kept while valid), a fresh serving cert."""
+def _ensure_pki(pki: Path, host: str, service_cidr: str) -> None:
+    """CA, client certs and service-account keys (kept while valid), a fresh serving cert."""
     ca = LocalCA.load_or_create(pki / "ca", name="mailward local control plane CA")
     if not _still_valid(pki / "admin.crt", ca):
         ca.issue_client_cert(ADMIN_USER, ["system:masters"], out_dir=pki, basename="admin")
-    # The `kubernetes` Service's cluster IP is the first address of the service range.
-    service_ip = str(ipaddress.IPv4Network(SERVICE_CLUSTER_IP_RANGE)[1])
+    # The kubelets accept any client certificate of this CA; the user name is for their logs.
+    if not _still_valid(pki / "apiserver-kubelet-client.crt", ca):
+        ca.issue_client_cert(
+            "kube-apiserver-kubelet-client", [], out_dir=pki, basename="apiserver-kubelet-client"
+        )
+    service_ip = str(kubernetes_service_ip(service_cidr))
     names = [host, "127.0.0.1", "localhost", "kubernetes", "kubernetes.default"]
     names += ["kubernetes.default.svc", "kubernetes.default.svc.cluster.local", service_ip]
     ca.issue_server_cert(list(dict.fromkeys(names)), out_dir=pki, basename="apiserver")
@@ -497,6 +543,11 @@ def _ensure_pki(pki: Path, host: str) -> None:
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
             )
         )
+
+
+def kubernetes_service_ip(service_cidr: str) -> ipaddress.IPv4Address:
+    """The `kubernetes` Service's cluster IP: the first address of the Service range."""
+    return ipaddress.IPv4Network(service_cidr)[1]
 
 
 def _still_valid(cert_file: Path, ca: LocalCA) -> bool:

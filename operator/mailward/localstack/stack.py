@@ -1,12 +1,19 @@
-"""The demo's local stack: control plane, DNS, resolver, CA and the operator, on 127.77.0.0/24.
+"""The local stack: a real single-node cluster with mailward installed by its Helm chart.
 
-`mailward stack up` is what `make demo` runs. It is idempotent by restarting: whatever an earlier
-`up` left running in the state directory is stopped first, and then everything starts again from
-the same state (etcd's data, the CA and the DNS keys are kept), so running the demo twice in a row
-gives the same result. `mailward stack down` stops every process that has a pid file there.
+`mailward stack up` is what `make demo` runs; the tests' `cluster` fixture runs the same on a
+/24 of its own. On one loopback /24 (127.77.0.0/24 for the demo) it starts:
+- the "internet": BIND serving the DNSSEC-signed `test.` and the example's zone (RFC 2136 +
+  TSIG), a validating Unbound as the outside world's resolver, and a local CA;
+- the cluster: etcd, kube-apiserver on the `kubernetes` Service address (.129:443, the Service
+  range is the upper half of the /24), kube-controller-manager, kube-scheduler, containerd and
+  kubelet (`localstack.node`), with the project's images imported into containerd;
+- mailward, installed with `helm upgrade --install` from `charts/mailward`: the operator runs as
+  a pod under the chart's ServiceAccount and RBAC, and every workload it renders (MTA, policy
+  endpoint, TLSRPT collector) becomes a pod on the host network, bound to the addresses the
+  example publishes.
 
-The tests use the same classes on 127.88.0.0/24 with their own state, so the demo and the test
-suite can run at the same time on one machine.
+It is idempotent by restarting: whatever an earlier `up` left running in the state directory is
+stopped first; etcd's data, the CA and the DNS keys are kept. `mailward stack down` stops it all.
 """
 
 from __future__ import annotations
@@ -17,219 +24,285 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from mailward.api.v1alpha1 import API_GROUP, PLURAL
-from mailward.localstack._process import (
-    ManagedProcess,
-    StackError,
-    free_port,
-    http_ok,
-    read_live_pid,
-    stop_all,
-    wait_until,
-)
-from mailward.localstack.controlplane import (
-    ControlPlane,
-    kubectl,
-    kubectl_path,
-    repo_root,
-    wait_established,
-)
-from mailward.localstack.demo_compliance import operator_environment as compliance_environment
+import yaml
+
+from mailward.localstack._process import StackError, read_live_pid, stop_all, wait_until
+from mailward.localstack.controlplane import ControlPlane, kubectl, kubectl_path, repo_root
 from mailward.localstack.demo_dns import create_dns_provider
-from mailward.localstack.demo_mta import start_demo_mta
-from mailward.localstack.demo_policy import start_policy_endpoint
-from mailward.localstack.demo_tlsrpt import start_tlsrpt_collector
-from mailward.localstack.dns import AuthoritativeDNS, DNSStack, ZoneSpec
+from mailward.localstack.dns import (
+    AuthoritativeDNS,
+    DNSStack,
+    ZoneSpec,
+    ensure_loopback_address,
+    remove_loopback_address,
+)
+from mailward.localstack.helm import helm
+from mailward.localstack.images import IMAGES, ImageArchive, build_image
+from mailward.localstack.node import Node
+from mailward.localstack.node import teardown as node_teardown
 from mailward.localstack.pki import LocalCA
+from mailward.render.policy_objects import policy_hosts, tls_secret_name
+
+RELEASE = "mailward"
+RELEASE_NAMESPACE = "mailward-system"
 
 
 @dataclass(frozen=True)
-class DemoLayout:
-    """Addresses and names of the demo; all on loopback."""
+class StackLayout:
+    """Addresses and names of one stack; everything in the loopback /24 `<net>.0/24`."""
 
-    apiserver: str = "127.77.0.1"
-    authoritative: str = "127.77.0.53"
-    resolver: str = "127.77.0.54"
-    mta: str = "127.77.0.25"
-    tlsrpt_collector: str = "127.77.0.26"
-    policy_endpoint: str = "127.77.0.44"
+    net: str = "127.77.0"
     domain: str = "example.test"
     namespace: str = "default"
     maildomain: str = "example"
     tls_secret: str = "mx-example-test-tls"
     mx_hosts: tuple[str, ...] = ("mx1.example.test",)
+    extra_zones: tuple[ZoneSpec, ...] = ()
+    """More zones under `test.` (the tests' mail destinations)."""
+
+    def address(self, host: int) -> str:
+        return f"{self.net}.{host}"
+
+    @property
+    def service_cidr(self) -> str:
+        return f"{self.net}.128/25"
+
+    @property
+    def apiserver(self) -> str:
+        """The `kubernetes` Service address, where pods find the API server in-cluster."""
+        return self.address(129)
+
+    @property
+    def operator(self) -> str:
+        return self.address(2)
+
+    @property
+    def authoritative(self) -> str:
+        return self.address(53)
+
+    @property
+    def resolver(self) -> str:
+        return self.address(54)
+
+    @property
+    def mta(self) -> str:
+        return self.address(25)
+
+    @property
+    def tlsrpt_collector(self) -> str:
+        return self.address(26)
+
+    @property
+    def policy_endpoint(self) -> str:
+        return self.address(44)
 
     @property
     def tlsrpt_host(self) -> str:
         return f"tlsrpt.{self.domain}"
 
+    @property
+    def node_addresses(self) -> tuple[str, ...]:
+        """The addresses host-network pods bind, configured on the node as on a mail server."""
+        return (self.operator, self.mta, self.tlsrpt_collector, self.policy_endpoint)
 
-def up(state_dir: Path, env_file: Path, layout: DemoLayout = DemoLayout()) -> None:
+
+DemoLayout = StackLayout
+
+
+@dataclass(frozen=True)
+class Stack:
+    """A running stack, as `up` leaves it (attach to one with `Stack.attach`)."""
+
+    state_dir: Path
+    layout: StackLayout
+    plane: ControlPlane
+    ca: LocalCA
+    images: dict[str, ImageArchive]
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.plane.kubeconfig
+
+    @property
+    def dns(self) -> DNSStack:
+        return DNSStack.attach(self.state_dir / "dns")
+
+
+def up(
+    state_dir: Path,
+    env_file: Path | None,
+    layout: StackLayout = StackLayout(),
+    *,
+    extra_env: dict[str, str] | None = None,
+) -> Stack:
+    """Start it all; `extra_env` goes to the operator's container (the tests' short resync)."""
     state_dir = state_dir.resolve()
     stopped = _stop_everything(state_dir)
     if stopped:
         _say(f"stopped the previous run: {', '.join(stopped)}")
 
+    # Images first: a build failure should not leave half a cluster running.
+    images = {name: build_image(name) for name in IMAGES}
+    _say("images: " + ", ".join(image.ref for image in images.values()))
+
     ca_dir = state_dir / "ca"
     ca = LocalCA.load(ca_dir) if (ca_dir / "ca.pem").exists() else LocalCA.create(ca_dir)
     _say(f"local CA: {ca.ca_file}")
 
-    plane = ControlPlane(state_dir / "controlplane", host=layout.apiserver)
-    plane.start()
-    _say(f"kube-apiserver: {plane.server_url}")
-
+    plane = ControlPlane(
+        state_dir / "controlplane",
+        host=layout.apiserver,
+        service_cidr=layout.service_cidr,
+        apiserver_port=443,
+    )
     dns_stack = DNSStack.create(
         state_dir / "dns",
         auth_address=layout.authoritative,
         resolver_address=layout.resolver,
-        zones=[ZoneSpec(layout.domain)],
+        zones=[ZoneSpec(layout.domain), *layout.extra_zones],
     )
+    node = Node(state_dir / "node", plane, sandbox_image=images["pause"].ref)
     try:
+        plane.start()
+        _say(f"kube-apiserver: {plane.server_url} (Service range {layout.service_cidr})")
         dns_stack.start()
-    except BaseException:
-        plane.stop()
-        raise
-    _say(
-        f"authoritative DNS (BIND, DNSSEC, RFC 2136 + TSIG): {layout.authoritative}; "
-        f"validating resolver (Unbound): {layout.resolver}"
-    )
-
-    kubectl(
-        plane.kubeconfig,
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        "-f",
-        str(repo_root() / "crds"),
-    )
-    wait_established(plane.kubeconfig, f"{PLURAL}.{API_GROUP}")
-    _no_pods_running(plane.kubeconfig)
-    cert = ca.issue_server_cert([*layout.mx_hosts, layout.tlsrpt_host], out_dir=state_dir / "certs")
-    secret = kubectl(
-        plane.kubeconfig,
-        "create",
-        "secret",
-        "tls",
-        layout.tls_secret,
-        "-n",
-        layout.namespace,
-        f"--cert={cert.chain_file}",
-        f"--key={cert.key_file}",
-        "--dry-run=client",
-        "-o",
-        "json",
-    )
-    kubectl(plane.kubeconfig, "apply", "-f", "-", input=secret)
-    _say(f"TLS Secret {layout.namespace}/{layout.tls_secret} for {', '.join(layout.mx_hosts)}")
-    create_dns_provider(plane.kubeconfig, state_dir / "dns", layout.namespace)
-    policy = start_policy_endpoint(
-        state_dir / "policy",
-        plane.kubeconfig,
-        ca,
-        domain=layout.domain,
-        address=layout.policy_endpoint,
-    )
-    _say(f"MTA-STS policy endpoint (mailward serve-policies): {policy.url}")
-
-    liveness = f"http://{layout.apiserver}:{free_port(layout.apiserver)}/healthz"
-    operator = ManagedProcess(
-        "operator",
-        [sys.executable, "-m", "mailward", "run", "--all-namespaces", "--liveness", liveness],
-        state_dir / "operator",
-        extra_env={
-            "KUBECONFIG": str(plane.kubeconfig),
-            **policy.operator_env,
-            "MAILWARD_TLSRPT_COLLECTOR_URL": f"http://{layout.tlsrpt_collector}:9108",
-            # The operator applies the collector's objects; `workloads` runs them.
-            "MAILWARD_TLSRPT_DEPLOY": "true",
-            "MAILWARD_TLSRPT_IMAGE": "mailward:local",
-            # A person watching the demo should not wait the production retry delays.
-            "MAILWARD_TLSRPT_RETRY_SECONDS": "5",
-            "MAILWARD_MTA_RETRY_SECONDS": "3",
-            # The compliance probes ask the demo's validating resolver and trust its CA.
-            **compliance_environment(
-                layout.resolver, ca.ca_file, metrics_address=f"{layout.apiserver}:9108"
-            ),
-        },
-    )
-    operator.start()
-    wait_until(lambda: http_ok(liveness), timeout=60, what="the operator", process=operator)
-    _say(f"operator: pid {operator.pid()}, log {operator.log_file}")
-
-    bin_dir = state_dir.parent / "bin"
-    bin_dir.mkdir(parents=True, exist_ok=True)
-    for name, target in (
-        ("kubectl", kubectl_path()),
-        ("mailward", Path(sys.executable).with_name("mailward")),
-    ):
-        link = bin_dir / name
-        link.unlink(missing_ok=True)
-        link.symlink_to(target)
-    _write_env(
-        env_file,
-        {
-            "KUBECONFIG": str(plane.kubeconfig),
-            "MAILWARD_RESOLVER": layout.resolver,
-            "MAILWARD_AUTHORITATIVE_DNS": layout.authoritative,
-            "MAILWARD_CA_FILE": str(ca.ca_file),
-            "MAILWARD_TSIG_KEY_FILE": str(dns_stack.authoritative.tsig_file),
-            "MAILWARD_POLICY_ENDPOINT": layout.policy_endpoint,
-            "MAILWARD_MTA": layout.mta,
-            "MAILWARD_TLSRPT_COLLECTOR": layout.tlsrpt_collector,
-            "DEMO_DOMAIN": layout.domain,
-            "DEMO_NAMESPACE": layout.namespace,
-            "PATH": f"{bin_dir}:$PATH",
-        },
-    )
-    _say(f"wrote {env_file}")
-
-
-def workloads(state_dir: Path, layout: DemoLayout = DemoLayout()) -> None:
-    """Run what the operator rendered for the example, as a kubelet would (there is none here).
-
-    Called once the example MailDomain exists: the MTA from its StatefulSet and ConfigMap, the
-    TLSRPT collector from its rendered configuration, both read back from the API server.
-    """
-    state_dir = state_dir.resolve()
-    kubeconfig = ControlPlane.attach(state_dir / "controlplane").kubeconfig
-    line = start_demo_mta(
-        state_dir / "mta",
-        kubeconfig,
-        namespace=layout.namespace,
-        maildomain=layout.maildomain,
-        address=layout.mta,
-        resolver=layout.resolver,
-    )
-    _say(line)
-    collector = start_tlsrpt_collector(
-        state_dir, kubeconfig, namespace=layout.namespace, address=layout.tlsrpt_collector
-    )
-    _say(f"TLSRPT collector: SMTP {collector.smtp[0]}:{collector.smtp[1]}, API {collector.api_url}")
-
-
-def _no_pods_running(kubeconfig: Path) -> None:
-    """Tell the truth about workloads after a restart: none runs until `workloads` starts them.
-
-    The demo's stand-in for the kubelet wrote ready replicas into StatefulSet statuses during the
-    last run; etcd kept them, but the processes are gone. A kubelet would report that at once.
-    """
-    listing = json.loads(kubectl(kubeconfig, "get", "statefulsets", "-A", "-o", "json"))
-    idle = {"replicas": 0, "readyReplicas": 0, "availableReplicas": 0, "currentReplicas": 0}
-    for item in listing["items"]:
-        meta = item["metadata"]
-        kubectl(
-            kubeconfig,
-            "patch",
-            "statefulset",
-            meta["name"],
-            "-n",
-            meta["namespace"],
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            json.dumps({"status": {**idle, "updatedReplicas": 0}}),
+        _say(
+            f"authoritative DNS (BIND, DNSSEC, RFC 2136 + TSIG): {layout.authoritative}; "
+            f"validating resolver (Unbound): {layout.resolver}"
         )
+        _configure_node_addresses(state_dir, layout.node_addresses)
+        node.start(images.values())
+        _say("node 127.0.0.1: containerd, kubelet, kube-controller-manager, kube-scheduler")
+        stack = Stack(state_dir, layout, plane, ca, images)
+        _install(stack, dns_stack, extra_env or {})
+    except BaseException:
+        _stop_everything(state_dir)
+        raise
+    if env_file is not None:
+        _write_env_file(stack, env_file)
+        _say(f"wrote {env_file}")
+    return stack
+
+
+def _install(stack: Stack, dns_stack: DNSStack, extra_env: dict[str, str]) -> None:
+    """The example's Secrets, then the chart, then the DNSProvider (its CRD comes with it)."""
+    layout, kubeconfig, ca = stack.layout, stack.kubeconfig, stack.ca
+    for namespace in {layout.namespace, RELEASE_NAMESPACE}:
+        if not kubectl(kubeconfig, "get", "namespace", namespace, "--ignore-not-found"):
+            kubectl(kubeconfig, "create", "namespace", namespace)
+    mx_cert = ca.issue_server_cert(
+        [*layout.mx_hosts, layout.tlsrpt_host], out_dir=stack.state_dir / "certs"
+    )
+    _apply_tls_secret(kubeconfig, layout.namespace, layout.tls_secret, mx_cert)
+    _say(f"TLS Secret {layout.namespace}/{layout.tls_secret} for {', '.join(layout.mx_hosts)}")
+    # What cert-manager would issue for the policy endpoint's Ingress: no wildcard (TR-03108).
+    policy_cert = ca.issue_server_cert(
+        policy_hosts(layout.domain), out_dir=stack.state_dir / "certs" / "policy"
+    )
+    _apply_tls_secret(kubeconfig, RELEASE_NAMESPACE, tls_secret_name(layout.domain), policy_cert)
+
+    values_file = stack.state_dir / "values.yaml"
+    values = chart_values(stack, dns_stack, extra_env)
+    values_file.write_text(yaml.safe_dump(values, sort_keys=False))
+    helm(
+        kubeconfig,
+        "upgrade", "--install", RELEASE, str(repo_root() / "charts" / "mailward"),
+        "--namespace", RELEASE_NAMESPACE,
+        "--values", str(values_file),
+        "--wait", "--timeout", "180s",
+    )  # fmt: skip
+    _say(f"helm: release {RELEASE} in {RELEASE_NAMESPACE} (values {values_file})")
+    create_dns_provider(kubeconfig, stack.state_dir / "dns", layout.namespace)
+
+
+def chart_values(stack: Stack, dns_stack: DNSStack, extra_env: dict[str, str]) -> dict[str, Any]:
+    """The chart's values for this cluster: host network, loopback addresses, local images."""
+    layout = stack.layout
+    repository, _, tag = stack.images["mailward"].ref.rpartition(":")
+    return {
+        "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
+        "hostNetwork": True,
+        "bindAddress": layout.operator,
+        "policyEndpoint": {
+            "replicas": 1,
+            "hostNetwork": {"addresses": [layout.policy_endpoint]},
+            "url": f"https://{layout.policy_endpoint}:443",
+        },
+        "tlsrptCollector": {
+            "hostNetwork": True,
+            "url": f"http://{layout.tlsrpt_collector}:9108",
+        },
+        "mta": {
+            "image": stack.images["mta"].ref,
+            "resolver": {
+                # The MTA pod's own validating resolver anchors at the test parent zone and
+                # asks the local authoritative server, where a real cluster uses the root.
+                "trustAnchors": dns_stack.authoritative.trust_anchor(),
+                "forwarders": [layout.authoritative],
+            },
+        },
+        "compliance": {"resolver": layout.resolver, "caBundle": stack.ca.ca_file.read_text()},
+        "extraEnv": [
+            {"name": name, "value": value}
+            for name, value in {
+                # A person watching the demo should not wait the production retry delays.
+                "MAILWARD_MTA_RETRY_SECONDS": "3",
+                "MAILWARD_TLSRPT_RETRY_SECONDS": "5",
+                # The policy endpoint's certificates chain to the local CA too.
+                "MAILWARD_POLICY_CA_FILE": "/etc/mailward/ca/ca.crt",
+                **extra_env,
+            }.items()
+        ],
+    }
+
+
+def _apply_tls_secret(kubeconfig: Path, namespace: str, name: str, cert: Any) -> None:
+    secret = kubectl(
+        kubeconfig,
+        "create", "secret", "tls", name, "-n", namespace,
+        f"--cert={cert.chain_file}", f"--key={cert.key_file}",
+        "--dry-run=client", "-o", "json",
+    )  # fmt: skip
+    kubectl(kubeconfig, "apply", "-f", "-", input=secret)
+
+
+def attach(state_dir: Path, layout: StackLayout = StackLayout()) -> Stack:
+    state_dir = state_dir.resolve()
+    plane = ControlPlane.attach(state_dir / "controlplane")
+    ca = LocalCA.load(state_dir / "ca")
+    return Stack(state_dir, layout, plane, ca, {})
+
+
+def wait_for_pods(kubeconfig: Path, timeout: float = 180) -> None:
+    """Until every pod in the cluster is Running and Ready (for the demo's last table)."""
+
+    def all_ready() -> bool:
+        pods = json.loads(kubectl(kubeconfig, "get", "pods", "-A", "-o", "json"))["items"]
+        return bool(pods) and all(
+            any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"]["conditions"])
+            for p in pods
+            if p.get("status", {}).get("conditions")
+        )
+
+    wait_until(all_ready, timeout=timeout, what="every pod Ready", interval=1.0)
+
+
+def _configure_node_addresses(state_dir: Path, addresses: tuple[str, ...]) -> None:
+    """/32 aliases on `lo`: Postfix refuses an `inet_interfaces` address no interface has."""
+    added = [address for address in addresses if ensure_loopback_address(address)]
+    known = state_dir / "node-addresses.json"
+    previous = json.loads(known.read_text()) if known.exists() else []
+    known.write_text(json.dumps(sorted(set(previous) | set(added))))
+
+
+def _remove_node_addresses(state_dir: Path) -> None:
+    known = state_dir / "node-addresses.json"
+    if known.exists():
+        for address in json.loads(known.read_text()):
+            remove_loopback_address(address)
+        known.unlink()
 
 
 def down(state_dir: Path) -> None:
@@ -239,8 +312,10 @@ def down(state_dir: Path) -> None:
 
 
 def _stop_everything(state_dir: Path) -> list[str]:
+    # The node first: kubelet would restart what we stop, and pods hold mounts and cgroups.
+    stopped = node_teardown(state_dir / "node")
+    _remove_node_addresses(state_dir)
     dns_dir = state_dir / "dns"
-    stopped = []
     if (dns_dir / "authoritative" / AuthoritativeDNS.STATE_FILE).exists():
         # Through the object, so that the loopback alias BIND needed is removed too.
         with contextlib.suppress(Exception):
@@ -269,8 +344,6 @@ def command(action: str, state_dir: Path, env_file: Path) -> int:
     try:
         if action == "up":
             up(state_dir, env_file)
-        elif action == "workloads":
-            workloads(state_dir)
         elif action == "down":
             down(state_dir)
         else:
@@ -281,12 +354,33 @@ def command(action: str, state_dir: Path, env_file: Path) -> int:
     return 0
 
 
-def _write_env(path: Path, values: dict[str, str]) -> None:
+def _write_env_file(stack: Stack, path: Path) -> None:
+    layout = stack.layout
+    bin_dir = stack.state_dir.parent / "bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    for name, target in (
+        ("kubectl", kubectl_path()),
+        ("mailward", Path(sys.executable).with_name("mailward")),
+    ):
+        link = bin_dir / name
+        link.unlink(missing_ok=True)
+        link.symlink_to(target)
+    values = {
+        "KUBECONFIG": str(stack.kubeconfig),
+        "MAILWARD_RESOLVER": layout.resolver,
+        "MAILWARD_AUTHORITATIVE_DNS": layout.authoritative,
+        "MAILWARD_CA_FILE": str(stack.ca.ca_file),
+        "MAILWARD_TSIG_KEY_FILE": str(stack.dns.authoritative.tsig_file),
+        "MAILWARD_POLICY_ENDPOINT": layout.policy_endpoint,
+        "MAILWARD_MTA": layout.mta,
+        "MAILWARD_TLSRPT_COLLECTOR": layout.tlsrpt_collector,
+        "DEMO_DOMAIN": layout.domain,
+        "DEMO_NAMESPACE": layout.namespace,
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = ["# Written by `mailward stack up` (make demo). Use: source .local/demo.env"]
-    for key, value in values.items():
-        quoted = value if key == "PATH" else json.dumps(value)
-        lines.append(f'export {key}="{value}"' if key == "PATH" else f"export {key}={quoted}")
+    lines += [f"export {key}={json.dumps(value)}" for key, value in values.items()]
+    lines.append(f'export PATH="{bin_dir}:$PATH"')
     path.write_text("\n".join(lines) + "\n")
     os.chmod(path, 0o644)
 

@@ -1,0 +1,204 @@
+"""The operator pod killed with SIGKILL while it reconciles 20 MailDomains, on the real node.
+
+kubelet restarts the container; the replacement must converge all of them: every DNS record
+exactly as desired (none duplicated, none lost, nothing else under the domains), every shared
+object present, every status current. The 20 domains run no MTA of their own (`mta.enabled:
+false`): 20 Postfix pods would measure the machine, not the operator.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import dns.rdatatype
+import pytest
+
+from mailward.localstack.controlplane import kubectl
+from mailward.localstack.demo_dns import create_dns_provider
+from mailward.localstack.node import _cgroup_pids, _read_state
+from mailward.localstack.stack import RELEASE_NAMESPACE, Stack
+from mailward.parts.certificate import CERTIFICATE_CHAIN, parse_chain
+from mailward.parts.dns import SERVED_POLICY_ID, desired_for
+from mailward.plan.records import REGISTRY_LABEL
+from mailward.reconcile import parse_spec
+from mailward.render.policy_objects import ingress_name, policy_hosts, tls_secret_name
+from tests.fixtures_cluster import get_json, wait_for
+
+pytestmark = [pytest.mark.controlplane, pytest.mark.dnsstack, pytest.mark.node]
+
+NAMESPACE = "crash"
+COUNT = 20
+ZONE = "example.test"
+
+
+def _domains() -> list[str]:
+    return [f"d{index:02d}.{ZONE}" for index in range(COUNT)]
+
+
+def _maildomain(stack: Stack, domain: str) -> dict[str, Any]:
+    label = domain.split(".")[0]
+    return {
+        "apiVersion": "mailward.io/v1alpha1",
+        "kind": "MailDomain",
+        "metadata": {"name": label, "namespace": NAMESPACE},
+        "spec": {
+            "domain": domain,
+            "mx": [
+                {"host": f"mx.{domain}", "priority": 10, "addresses": [stack.layout.address(70)]}
+            ],
+            "tls": {"secretName": "crash-mx-tls"},
+            "mta": {"enabled": False},
+            "dns": {
+                "providerRef": {"kind": "DNSProvider", "name": "local-bind"},
+                "mtaStsEndpoint": {"addresses": [stack.layout.policy_endpoint]},
+                "tlsRptCollector": {"addresses": [stack.layout.address(27)]},
+            },
+            "mtaSts": {"mode": "enforce", "maxAge": 86400},
+        },
+    }
+
+
+def _tls_secret(namespace: str, name: str, cert: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/tls",
+        "metadata": {"name": name, "namespace": namespace},
+        "data": {
+            "tls.crt": base64.b64encode(cert.chain_file.read_bytes()).decode(),
+            "tls.key": base64.b64encode(cert.key_file.read_bytes()).decode(),
+        },
+    }
+
+
+def _operator_pid(stack: Stack) -> int:
+    """The `mailward run` process of the operator pod, as the node's cgroups hold it."""
+    state = _read_state(stack.state_dir / "node")
+    assert state is not None
+    for pid in _cgroup_pids(state.cgroup_root):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(arg.endswith(b"mailward") for arg in argv[:2]) and b"run" in argv:
+            return pid
+    raise AssertionError("no `mailward run` process in the node's cgroups")
+
+
+def _ready(body: dict[str, Any]) -> bool:
+    status = body.get("status", {})
+    return status.get("observedGeneration") == body["metadata"]["generation"] and any(
+        c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions", [])
+    )
+
+
+def test_a_killed_operator_pod_converges_20_domains_without_duplicates(cluster: Stack) -> None:
+    kubeconfig = cluster.kubeconfig
+    kubectl(kubeconfig, "create", "namespace", NAMESPACE)
+    create_dns_provider(kubeconfig, cluster.state_dir / "dns", NAMESPACE)
+    certs = cluster.state_dir / "certs" / "crash"
+    mx = cluster.ca.issue_server_cert([f"mx.{d}" for d in _domains()], out_dir=certs)
+    secrets = [_tls_secret(NAMESPACE, "crash-mx-tls", mx)]
+    for domain in _domains():
+        policy = cluster.ca.issue_server_cert(policy_hosts(domain), out_dir=certs / domain)
+        secrets.append(_tls_secret(RELEASE_NAMESPACE, tls_secret_name(domain), policy))
+    kubectl(
+        kubeconfig,
+        "apply",
+        "-f",
+        "-",
+        input=json.dumps({"kind": "List", "apiVersion": "v1", "items": secrets}),
+    )
+
+    killed = _operator_pid(cluster)
+    restarts_before = _operator_restarts(cluster)
+    items = [_maildomain(cluster, d) for d in _domains()]
+    kubectl(
+        kubeconfig,
+        "apply",
+        "-f",
+        "-",
+        input=json.dumps({"kind": "List", "apiVersion": "v1", "items": items}),
+    )
+
+    # Kill it once it is in the middle: some domains have a status, not all are Ready.
+    def midway() -> bool:
+        bodies = get_json(cluster, "maildomains", "-n", NAMESPACE)["items"]
+        started = sum(1 for b in bodies if b.get("status", {}).get("conditions"))
+        ready = sum(1 for b in bodies if _ready(b))
+        return started >= 1 and ready < COUNT
+
+    wait_for("the operator midway through 20 MailDomains", midway, timeout=60, interval=0.2)
+    bodies = get_json(cluster, "maildomains", "-n", NAMESPACE)["items"]
+    ready_at_kill = sum(1 for b in bodies if _ready(b))
+    os.kill(killed, signal.SIGKILL)
+    began = time.monotonic()
+    wait_for(
+        "kubelet to restart the operator", lambda: _operator_restarts(cluster) > restarts_before
+    )
+
+    def all_ready() -> bool:
+        bodies = get_json(cluster, "maildomains", "-n", NAMESPACE)["items"]
+        return len(bodies) == COUNT and all(_ready(b) for b in bodies)
+
+    wait_for("all 20 MailDomains Ready after the restart", all_ready, timeout=300, interval=2)
+    converged = time.monotonic() - began
+    print(f"\nSIGKILL with {ready_at_kill}/{COUNT} Ready; all Ready {converged:.1f}s later")
+
+    zone = cluster.dns.authoritative.axfr(ZONE)
+    chain = parse_chain(mx.chain_file.read_bytes())
+    for body in get_json(cluster, "maildomains", "-n", NAMESPACE)["items"]:
+        spec = parse_spec(body["spec"])
+        served = _served_policy_id(zone, spec.domain)
+        desired = desired_for(spec, {CERTIFICATE_CHAIN: chain, SERVED_POLICY_ID: served})
+        found = _rrsets_below(zone, spec.domain)
+        wanted = {(r.name, r.type): tuple(sorted(r.rdata)) for r in desired}
+        registry = f"{REGISTRY_LABEL}.{spec.domain}."
+        extra = {key: value for key, value in found.items() if key[0] != registry}
+        assert extra == wanted, (spec.domain, set(extra) ^ set(wanted))
+        assert len(found[(registry, "TXT")]) == 1, found[(registry, "TXT")]
+        # The per-domain object of the shared policy endpoint exists too.
+        kubectl(kubeconfig, "get", "ingress", ingress_name(spec.domain), "-n", RELEASE_NAMESPACE)
+
+
+def _operator_restarts(stack: Stack) -> int:
+    pods = get_json(stack, "pods", "-n", RELEASE_NAMESPACE, "-l", "app.kubernetes.io/name=mailward")
+    return sum(
+        status["restartCount"]
+        for pod in pods["items"]
+        for status in pod["status"].get("containerStatuses", [])
+    )
+
+
+def _served_policy_id(zone: Any, domain: str) -> str | None:
+    node = zone.get_node(f"_mta-sts.{domain}.")
+    if node is None:
+        return None
+    for rdataset in node.rdatasets:
+        for rdata in rdataset:
+            text = b"".join(getattr(rdata, "strings", ())).decode()
+            if text.startswith("v=STSv1;") and "id=" in text:
+                return text.split("id=", 1)[1].strip().rstrip(";")
+    return None
+
+
+def _rrsets_below(zone: Any, domain: str) -> dict[tuple[str, str], tuple[str, ...]]:
+    """Every RRset at or below `domain` but DNSSEC's own, as `(name, type) -> sorted rdata`."""
+    suffix = f"{domain}."
+    found: dict[tuple[str, str], tuple[str, ...]] = {}
+    for name, node in zone.nodes.items():
+        text = name.to_text().lower()
+        if not (text == suffix or text.endswith("." + suffix)):
+            continue
+        for rdataset in node.rdatasets:
+            if rdataset.rdtype in (dns.rdatatype.RRSIG, dns.rdatatype.NSEC, dns.rdatatype.NSEC3):
+                continue
+            key = (text, dns.rdatatype.to_text(rdataset.rdtype))
+            found[key] = tuple(sorted(r.to_text() for r in rdataset))
+    return found
