@@ -88,11 +88,17 @@ class ManagedProcess:
 
 
 def read_live_pid(pid_file: Path) -> int | None:
-    """The pid in `pid_file` if that process still runs the recorded executable."""
+    """The pid in `pid_file` if that process still runs the recorded executable.
+
+    Only our own pid files count (pid, newline, executable): the state directory also holds the
+    pods' volumes, whose pid files (Postfix's master.pid) name pids of another PID namespace.
+    """
     try:
         pid_text, _, executable = pid_file.read_text().partition("\n")
         pid = int(pid_text)
-    except (FileNotFoundError, ValueError):
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    if not executable.strip() or pid <= 1 or pid == os.getpid():
         return None
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -105,7 +111,7 @@ def read_live_pid(pid_file: Path) -> int | None:
     running = os.path.basename(cmdline[0].decode(errors="replace"))
     # An empty command line is a process in the middle of exec: the kernel lets a vfork parent
     # (subprocess.Popen) go on before the new program's arguments are in place.
-    if expected and running and running != expected:
+    if running and running != expected:
         return None
     return pid
 
@@ -134,10 +140,23 @@ def stop_pid_file(pid_file: Path, timeout: float = 10.0) -> bool:
     return True
 
 
+def managed_pid_files(state_dir: Path) -> list[Path]:
+    """The pid files ManagedProcess wrote under `state_dir` (pid and executable)."""
+    found = []
+    for pid_file in sorted(state_dir.rglob("*.pid")):
+        try:
+            lines = pid_file.read_text().splitlines()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if len(lines) == 2 and lines[0].strip().isdigit() and lines[1].strip():
+            found.append(pid_file)
+    return found
+
+
 def stop_all(state_dir: Path, timeout: float = 10.0) -> list[str]:
     """Stop every process with a pid file under `state_dir`; returns the names stopped."""
     stopped = []
-    for pid_file in sorted(state_dir.rglob("*.pid")):
+    for pid_file in managed_pid_files(state_dir):
         if stop_pid_file(pid_file, timeout):
             stopped.append(str(pid_file.relative_to(state_dir).with_suffix("")))
     return stopped

@@ -28,7 +28,13 @@ from typing import Any
 
 import yaml
 
-from mailward.localstack._process import StackError, read_live_pid, stop_all, wait_until
+from mailward.localstack._process import (
+    StackError,
+    managed_pid_files,
+    read_live_pid,
+    stop_all,
+    wait_until,
+)
 from mailward.localstack.controlplane import ControlPlane, kubectl, kubectl_path, repo_root
 from mailward.localstack.demo_dns import create_dns_provider
 from mailward.localstack.dns import (
@@ -327,7 +333,7 @@ def _stop_everything(state_dir: Path) -> list[str]:
 
 
 def status(state_dir: Path) -> int:
-    pid_files = sorted(state_dir.resolve().rglob("*.pid"))
+    pid_files = managed_pid_files(state_dir.resolve())
     if not pid_files:
         print("no stack in", state_dir)
         return 1
