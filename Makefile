@@ -12,13 +12,13 @@ STATE_DIR := .local/stack
 ENV_FILE := .local/demo.env
 PYTEST_ARGS ?=
 
-.PHONY: help install system-deps venv controlplane helm crds lint test test-unit test-integration \
+.PHONY: help install system-deps venv controlplane helm images crds lint test test-unit test-integration \
         demo down status clean bench bench-dns bench-policy bench-tlsrpt bench-compliance
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
-install: system-deps venv controlplane helm ## Debian packages, virtualenv, control-plane and helm builds
+install: system-deps venv controlplane helm images ## Debian packages, virtualenv, node, helm and image builds
 
 system-deps: ## Debian packages (BIND, Unbound, Postfix, ...)
 	scripts/install-system-deps.sh
@@ -33,11 +33,14 @@ $(VENV_STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-controlplane: ## build etcd, kube-apiserver, kubectl once per machine (cached in ~/.cache/mailward)
+controlplane: ## build etcd, kube-apiserver, controller-manager, scheduler, kubelet, kubectl once per machine (cached in ~/.cache/mailward)
 	tools/controlplane/build.sh >/dev/null
 
 helm: ## build helm once per machine (cached in ~/.cache/mailward)
 	tools/helm/build.sh >/dev/null
+
+images: system-deps ## build the pause, mta and mailward images (cached by content in ~/.cache/mailward/images)
+	for image in pause mta mailward; do images/build.sh $$image >/dev/null; done
 
 crds: venv ## regenerate crds/ and the chart's copy from the pydantic models
 	$(BIN)/mailward crds --output crds
@@ -58,7 +61,7 @@ test-integration: install ## tests against the real control plane and DNS stack
 test: install lint ## everything CI runs
 	$(BIN)/pytest tests $(PYTEST_ARGS)
 
-demo: install ## start the local stack and the operator, apply the example, show it
+demo: install ## a single-node cluster on loopback, mailward installed by its chart, the example as pods
 	scripts/demo.sh $(STATE_DIR) $(ENV_FILE)
 
 down: ## stop everything `make demo` started

@@ -8,6 +8,8 @@ packages=(
   openssl ca-certificates iproute2 procps psmisc util-linux
   nginx wrk
   postgresql
+  # The single-node cluster: container runtime, and what images/build.sh builds images with.
+  containerd runc mmdebstrap gcc libc6-dev
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -27,7 +29,7 @@ export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq
 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # The packaged services are not ours: the stack starts its own instances on loopback.
-for svc in named bind9 unbound postfix postgresql nginx; do
+for svc in named bind9 unbound postfix postgresql nginx containerd; do
   $sudo systemctl disable --now "$svc" >/dev/null 2>&1 || true
   $sudo service "$svc" stop >/dev/null 2>&1 || true
 done
