@@ -47,7 +47,7 @@ crds: venv ## regenerate crds/ and the chart's copy from the pydantic models
 	$(BIN)/mailward crds --output charts/mailward/crds
 
 lint: venv ## ruff, mypy --strict, and CRD drift
-	$(BIN)/ruff check operator tests
+	$(BIN)/ruff check operator mailward_localstack tests
 	$(BIN)/mypy
 	$(BIN)/mailward crds --check --output crds
 	$(BIN)/mailward crds --check --output charts/mailward/crds
@@ -65,11 +65,11 @@ demo: install ## a single-node cluster on loopback, mailward installed by its ch
 	scripts/demo.sh $(STATE_DIR) $(ENV_FILE)
 
 down: ## stop everything `make demo` started
-	@if [ -x $(BIN)/mailward ]; then $(BIN)/mailward stack down --state-dir $(STATE_DIR); \
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m mailward_localstack down --state-dir $(STATE_DIR); \
 	else echo "nothing to stop (no virtualenv)"; fi
 
 status: venv ## which processes of the demo stack are running
-	$(BIN)/mailward stack status --state-dir $(STATE_DIR)
+	$(BIN)/python -m mailward_localstack status --state-dir $(STATE_DIR)
 
 bench: bench-dns bench-policy bench-tlsrpt bench-compliance ## all benchmarks (each prints mailward beside a reference)
 

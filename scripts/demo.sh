@@ -6,7 +6,7 @@ state_dir="${1:-.local/stack}"
 env_file="${2:-.local/demo.env}"
 cd "$(dirname "$0")/.."
 
-.venv/bin/mailward stack up --state-dir "$state_dir" --env-file "$env_file"
+.venv/bin/python -m mailward_localstack up --state-dir "$state_dir" --env-file "$env_file"
 # shellcheck disable=SC1090
 source "$env_file"
 
@@ -27,7 +27,7 @@ kubectl wait --for=condition=Compliant --timeout=180s maildomain/example ||
 
 echo
 echo "== Every workload is a pod, from images the project built (kubectl get pods -A -o wide)"
-.venv/bin/python -m mailward.localstack.demo_cluster wait-pods --kubeconfig "$KUBECONFIG" || true
+.venv/bin/python -m mailward_localstack.demo_cluster wait-pods --kubeconfig "$KUBECONFIG" || true
 kubectl get pods -A -o wide
 echo
 echo "\$ kubectl get pods -A -o custom-columns=NAMESPACE:.metadata.namespace,POD:.metadata.name,IMAGES:.spec.containers[*].image"
@@ -35,17 +35,17 @@ kubectl get pods -A -o 'custom-columns=NAMESPACE:.metadata.namespace,POD:.metada
 
 echo
 echo "== DNS: every record of the example through the validating resolver (AD = DNSSEC-validated)"
-.venv/bin/python -m mailward.localstack.demo_dns check --state-dir "$state_dir" || true
+.venv/bin/python -m mailward_localstack.demo_dns check --state-dir "$state_dir" || true
 echo
 echo "== MTA-STS policy and autoconfig, fetched over HTTPS from the policy endpoint pod"
-.venv/bin/python -m mailward.localstack.demo_policy check || true
+.venv/bin/python -m mailward_localstack.demo_policy check || true
 echo
 echo "== A sample TLS report mailed to the collector pod (tlsrpt@tlsrpt.$DEMO_DOMAIN), then counted"
-.venv/bin/python -m mailward.localstack.demo_reports feed --address "$MAILWARD_TLSRPT_COLLECTOR" \
+.venv/bin/python -m mailward_localstack.demo_reports feed --address "$MAILWARD_TLSRPT_COLLECTOR" \
   --domain "$DEMO_DOMAIN" || true
 echo
 echo "== Compliance: the operator's verdict, then \`mailward check\` as an outsider runs it"
-.venv/bin/python -m mailward.localstack.demo_compliance show --kubeconfig "$KUBECONFIG" \
+.venv/bin/python -m mailward_localstack.demo_compliance show --kubeconfig "$KUBECONFIG" \
   --domain "$DEMO_DOMAIN" --resolver "$MAILWARD_RESOLVER" --ca-file "$MAILWARD_CA_FILE" || true
 echo
 echo "== TLS reports received by the collector"

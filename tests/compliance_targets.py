@@ -22,8 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mailward.localstack.dns import ensure_loopback_address, remove_loopback_address
-from mailward.localstack.pki import IssuedCert
+from mailward_localstack.dns import ensure_loopback_address, remove_loopback_address
+from mailward_localstack.pki import IssuedCert
 
 # TR-03116-4 / TR-02102-2 compliant TLS 1.2 suites for an ECDSA key, mandatory one first.
 COMPLIANT_CIPHERS = (

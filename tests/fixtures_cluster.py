@@ -1,6 +1,6 @@
 """Pytest plugin: the real single-node cluster with mailward installed by its chart.
 
-`cluster` runs exactly what `make demo` runs (`mailward.localstack.stack.up`) on a loopback /24
+`cluster` runs exactly what `make demo` runs (`mailward_localstack.stack.up`) on a loopback /24
 of its own (`tests.net.NODE_NET`, 127.188.0.0/24 by default), so it can run beside the demo.
 Only tests that ask for it pay for it (about 30 s once the images are cached). The node is torn
 down at the end of the session, and by the watchdog if pytest dies first: no pod, mount or
@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 import yaml
 
-from mailward.localstack._process import start_watchdog
-from mailward.localstack.controlplane import kubectl
-from mailward.localstack.dns import ZoneSpec
-from mailward.localstack.stack import RELEASE_NAMESPACE, Stack, StackLayout, down, up
+from mailward_localstack._process import start_watchdog
+from mailward_localstack.controlplane import kubectl
+from mailward_localstack.dns import ZoneSpec
+from mailward_localstack.stack import RELEASE_NAMESPACE, Stack, StackLayout, down, up
 from tests.net import NODE_NET
 
 REPO = Path(__file__).resolve().parents[1]

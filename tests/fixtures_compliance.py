@@ -26,9 +26,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from mailward.localstack._process import stop_all
-from mailward.localstack.dns import DNSStack, ZoneSpec
-from mailward.localstack.pki import IssuedCert, LocalCA
+from mailward_localstack._process import stop_all
+from mailward_localstack.dns import DNSStack, ZoneSpec
+from mailward_localstack.pki import IssuedCert, LocalCA
 from tests.compliance_targets import PolicyRoute, PolicyServer, PostfixTarget, sts_policy
 from tests.net import addr
 

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from mailward.localstack._process import start_watchdog
-from mailward.localstack.controlplane import ControlPlane
+from mailward_localstack._process import start_watchdog
+from mailward_localstack.controlplane import ControlPlane
 
 
 @pytest.fixture(scope="session")

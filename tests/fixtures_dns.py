@@ -16,9 +16,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from mailward.localstack._process import stop_all
-from mailward.localstack.dns import DNSStack, ZoneSpec
-from mailward.localstack.pki import LocalCA
+from mailward_localstack._process import stop_all
+from mailward_localstack.dns import DNSStack, ZoneSpec
+from mailward_localstack.pki import LocalCA
 from tests.net import addr
 
 AUTH_ADDRESS = addr(53)

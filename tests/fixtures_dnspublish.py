@@ -19,10 +19,10 @@ import dns.name
 import dns.rdatatype
 import pytest
 
-from mailward.localstack.controlplane import wait_established
-from mailward.localstack.dns import DNSStack
-from mailward.localstack.pki import IssuedCert, LocalCA
 from mailward.render.dns_records import RRset
+from mailward_localstack.controlplane import wait_established
+from mailward_localstack.dns import DNSStack
+from mailward_localstack.pki import IssuedCert, LocalCA
 from tests.fixtures_operator import Kube
 from tests.net import addr
 

@@ -25,10 +25,10 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from mailward.localstack.dns import DNSStack
-from mailward.localstack.pki import IssuedCert, LocalCA
-from mailward.localstack.postfix import LocalPostfix, local_layout
 from mailward.render.postfix import DomainConfig, MTAOptions, PostfixConfig, render_postfix
+from mailward_localstack.dns import DNSStack
+from mailward_localstack.pki import IssuedCert, LocalCA
+from mailward_localstack.postfix import LocalPostfix, local_layout
 from tests.net import addr
 
 MTA_ADDRESS = addr(25)

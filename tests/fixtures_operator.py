@@ -20,8 +20,8 @@ import pytest
 from kubernetes import client, config
 
 from mailward.api.v1alpha1 import API_GROUP, API_VERSION, PLURAL
-from mailward.localstack._process import free_port
-from mailward.localstack.controlplane import ControlPlane, kubectl_path, wait_established
+from mailward_localstack._process import free_port
+from mailward_localstack.controlplane import ControlPlane, kubectl_path, wait_established
 from tests.chart import OPERATOR_GROUPS, OPERATOR_USER, RELEASE_NAMESPACE, rbac_documents
 from tests.fixtures_compliance import operator_environment as compliance_operator_environment
 from tests.processes import mailward_process

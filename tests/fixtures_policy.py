@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from mailward.localstack._process import free_port
-from mailward.localstack.pki import LocalCA
 from mailward.render.policy_objects import EndpointSettings, policy_server_args
+from mailward_localstack._process import free_port
+from mailward_localstack.pki import LocalCA
 from tests.fixtures_operator import Kube
 from tests.net import addr
 from tests.processes import mailward_process

@@ -24,9 +24,9 @@ from typing import Any
 
 import pytest
 
-from mailward.localstack._process import free_port, http_ok
-from mailward.localstack.controlplane import wait_established
-from mailward.localstack.pki import IssuedCert, LocalCA
+from mailward_localstack._process import free_port, http_ok
+from mailward_localstack.controlplane import wait_established
+from mailward_localstack.pki import IssuedCert, LocalCA
 from tests.net import addr
 
 DOMAIN = "example.test"
@@ -274,8 +274,8 @@ class TLSRptCluster:
 
 @pytest.fixture(scope="session")
 def tlsrpt_control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from mailward.localstack._process import start_watchdog
-    from mailward.localstack.controlplane import ControlPlane
+    from mailward_localstack._process import start_watchdog
+    from mailward_localstack.controlplane import ControlPlane
 
     plane = ControlPlane(tmp_path_factory.mktemp("tlsrpt-controlplane"), host=addr(30))
     watchdog = start_watchdog(plane.state_dir)

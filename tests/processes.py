@@ -10,7 +10,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from mailward.localstack._process import http_ok
+from mailward_localstack._process import http_ok
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""The `mailward` command: the operator, CRD generation and the local stack."""
+"""The `mailward` command: the operator, its servers, CRD generation and `check`."""
 
 from __future__ import annotations
 
@@ -62,19 +62,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     add_check_parser(commands)
 
-    stack = commands.add_parser("stack", help="the local stack for tests and the demo")
-    stack.add_argument(
-        "action",
-        choices=["up", "down", "status"],
-        help="start the local cluster with mailward installed, stop it, or show it",
-    )
-    stack.add_argument(
-        "--state-dir", type=Path, default=Path(".local/stack"), help="where the stack lives"
-    )
-    stack.add_argument(
-        "--env-file", type=Path, default=Path(".local/demo.env"), help="written by `up`"
-    )
-
     args = parser.parse_args(argv)
     if args.command == "check":
         from mailward.compliance.cli import run as run_check
@@ -92,9 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "collect-reports":
             return tlsrpt_cli.collect_reports(args.config)
         return tlsrpt_cli.reports(args.domain, args.collector, args.database, args.json)
-    from mailward.localstack.stack import command as stack_command
-
-    return stack_command(args.action, args.state_dir, args.env_file)
+    parser.error(f"unknown command {args.command!r}")
+    return 2
 
 
 def _run(namespaces: list[str], liveness: str | None) -> int:

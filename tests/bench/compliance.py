@@ -31,9 +31,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from mailward.localstack._process import stop_all
-from mailward.localstack.dns import DNSStack, ZoneSpec
-from mailward.localstack.pki import LocalCA
+from mailward_localstack._process import stop_all
+from mailward_localstack.dns import DNSStack, ZoneSpec
+from mailward_localstack.pki import LocalCA
 from tests.compliance_targets import PolicyRoute, PolicyServer, PostfixTarget, sts_policy
 from tests.fixtures_compliance import _dkim_records, zone_records
 from tests.net import addr

@@ -32,10 +32,10 @@ import dns.update
 from mailward.adapters import dns_rfc2136
 from mailward.adapters.dns_rfc2136 import RFC2136Config, RFC2136Provider
 from mailward.api.v1alpha1 import MailDomainSpec
-from mailward.localstack._process import stop_all
-from mailward.localstack.dns import DNSStack, ZoneSpec
 from mailward.plan.records import Owner
 from mailward.render.dns_records import RRset, desired_rrsets
+from mailward_localstack._process import stop_all
+from mailward_localstack.dns import DNSStack, ZoneSpec
 from tests.net import addr
 
 ZONE = "bench.test"

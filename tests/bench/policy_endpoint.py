@@ -27,12 +27,12 @@ import textwrap
 import time
 from pathlib import Path
 
-from mailward.localstack._process import free_port, http_ok, start_watchdog
-from mailward.localstack.controlplane import ControlPlane, kubectl_path, repo_root, wait_established
-from mailward.localstack.pki import LocalCA
 from mailward.reconcile import parse_spec
 from mailward.render.mta_sts import policy_for
 from mailward.render.policy_objects import EndpointSettings, policy_server_args, tls_secret_name
+from mailward_localstack._process import free_port, http_ok, start_watchdog
+from mailward_localstack.controlplane import ControlPlane, kubectl_path, repo_root, wait_established
+from mailward_localstack.pki import LocalCA
 from tests.net import addr
 
 DOMAIN = "bench.example.test"
@@ -170,7 +170,7 @@ def _wrk(address: str, work: Path, seconds: int, connections: int, close: bool) 
 
 
 def _fetch(address: str, ca_file: Path) -> bytes:
-    from mailward.localstack.demo_policy import fetch
+    from mailward_localstack.demo_policy import fetch
 
     return fetch(address, HOST, PATH, str(ca_file))[2]
 

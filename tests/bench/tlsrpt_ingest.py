@@ -112,8 +112,8 @@ def run_row(argv: list[str]) -> dict[str, Any]:
 
 
 def smtp_row(base: Path, count: int) -> dict[str, Any]:
-    from mailward.localstack._process import free_port
-    from mailward.localstack.pki import LocalCA
+    from mailward_localstack._process import free_port
+    from mailward_localstack.pki import LocalCA
     from tests.fixtures_tlsrpt import MAILBOX, MAILBOX_HOST, CollectorProcess
     from tests.net import addr
     from tests.tlsrpt_client import SMTPSender

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from mailward.localstack.demo_dns import PROVIDER_NAME, TSIG_SECRET_NAME, provider_manifests
+from mailward_localstack.demo_dns import PROVIDER_NAME, TSIG_SECRET_NAME, provider_manifests
 from tests.fixtures_compliance import (
     LAB_LABEL,
     OPERATED_ZONE,

@@ -16,8 +16,8 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from mailward.localstack._process import StackError
-from mailward.localstack.controlplane import ADMIN_USER, ControlPlane, kubectl, kubectl_path
+from mailward_localstack._process import StackError
+from mailward_localstack.controlplane import ADMIN_USER, ControlPlane, kubectl, kubectl_path
 
 pytestmark = pytest.mark.controlplane
 

@@ -20,13 +20,13 @@ import pytest
 import yaml
 
 from mailward.api.v1alpha1 import MailDomainSpec
-from mailward.localstack.demo_dns import check, create_dns_provider
-from mailward.localstack.dns import DNSStack
-from mailward.localstack.pki import LocalCA
 from mailward.parts.certificate import CERTIFICATE_CHAIN, parse_chain
 from mailward.parts.dns import desired_for
 from mailward.plan.records import decode_registry, registry_name
 from mailward.render.dns_records import RRset, spki_sha256
+from mailward_localstack.demo_dns import check, create_dns_provider
+from mailward_localstack.dns import DNSStack
+from mailward_localstack.pki import LocalCA
 from tests.fixtures_dnspublish import (
     REPO,
     PublishSetup,

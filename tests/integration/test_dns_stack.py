@@ -20,7 +20,7 @@ import dns.xfr
 import dns.zone
 import pytest
 
-from mailward.localstack.dns import DNSStack, TsigKey, send_update, zone_signature_problems
+from mailward_localstack.dns import DNSStack, TsigKey, send_update, zone_signature_problems
 from tests.net import addr
 
 pytestmark = pytest.mark.dnsstack

@@ -18,8 +18,8 @@ import uuid
 import dns.rdatatype
 import pytest
 
-from mailward.localstack.dns import DNSStack
 from mailward.render.postfix import DomainConfig
+from mailward_localstack.dns import DNSStack
 from tests.fixtures_mta import ACCOUNT, MTAFactory, RunningMTA
 
 pytestmark = pytest.mark.dnsstack

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
-from mailward.localstack.controlplane import kubectl
-from mailward.localstack.stack import Stack
+from mailward_localstack.controlplane import kubectl
+from mailward_localstack.stack import Stack
 from tests.fixtures_cluster import (
     MISMATCH_HOST,
     NAMESPACE,

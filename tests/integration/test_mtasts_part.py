@@ -22,9 +22,6 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
-from mailward.localstack._process import free_port, start_watchdog
-from mailward.localstack.controlplane import ControlPlane, wait_established
-from mailward.localstack.pki import LocalCA
 from mailward.reconcile import parse_spec
 from mailward.render.mta_sts import policy_for, policy_id
 from mailward.render.policy_objects import (
@@ -32,6 +29,9 @@ from mailward.render.policy_objects import (
     ingress_name,
     tls_secret_name,
 )
+from mailward_localstack._process import free_port, start_watchdog
+from mailward_localstack.controlplane import ControlPlane, wait_established
+from mailward_localstack.pki import LocalCA
 from tests.fixtures_mta import set_statefulset_ready
 from tests.fixtures_operator import REPO, Kube
 from tests.fixtures_policy import POLICY_NAMESPACE, PolicyEndpoint, running_policy_endpoint

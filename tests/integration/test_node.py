@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from mailward.localstack.controlplane import ControlPlane, kubectl
-from mailward.localstack.images import build_image
-from mailward.localstack.node import Node, _cgroup_dirs, _cgroup_pids, _read_state, teardown
+from mailward_localstack.controlplane import ControlPlane, kubectl
+from mailward_localstack.images import build_image
+from mailward_localstack.node import Node, _cgroup_dirs, _cgroup_pids, _read_state, teardown
 from tests.net import NODE_NET
 
 pytestmark = [pytest.mark.controlplane, pytest.mark.node]

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from mailward.api.v1alpha1 import API_GROUP
-from mailward.localstack.pki import LocalCA
+from mailward_localstack.pki import LocalCA
 from tests.fixtures_mta import set_statefulset_ready
 from tests.fixtures_operator import Kube, OperatorProcess
 from tests.manifests import INVALID_CASES, valid_maildomain

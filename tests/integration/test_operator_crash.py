@@ -19,15 +19,15 @@ from typing import Any
 import dns.rdatatype
 import pytest
 
-from mailward.localstack.controlplane import kubectl
-from mailward.localstack.demo_dns import create_dns_provider
-from mailward.localstack.node import _cgroup_pids, _read_state
-from mailward.localstack.stack import RELEASE_NAMESPACE, Stack
 from mailward.parts.certificate import CERTIFICATE_CHAIN, parse_chain
 from mailward.parts.dns import SERVED_POLICY_ID, desired_for
 from mailward.plan.records import REGISTRY_LABEL
 from mailward.reconcile import parse_spec
 from mailward.render.policy_objects import ingress_name, policy_hosts, tls_secret_name
+from mailward_localstack.controlplane import kubectl
+from mailward_localstack.demo_dns import create_dns_provider
+from mailward_localstack.node import _cgroup_pids, _read_state
+from mailward_localstack.stack import RELEASE_NAMESPACE, Stack
 from tests.fixtures_cluster import get_json, wait_for
 
 pytestmark = [pytest.mark.controlplane, pytest.mark.dnsstack, pytest.mark.node]

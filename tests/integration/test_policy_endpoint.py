@@ -23,9 +23,9 @@ import dns.rdatatype
 import pytest
 
 from mailward.api.v1alpha1 import MUASRVSpec
-from mailward.localstack.dns import DNSStack
 from mailward.reconcile import parse_spec
 from mailward.render.mta_sts import policy_for, policy_id, sts_txt_record
+from mailward_localstack.dns import DNSStack
 from tests.fixtures_operator import Kube
 from tests.fixtures_policy import PolicyEndpoint
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from mailward.localstack.controlplane import kubectl
-from mailward.localstack.stack import Stack
+from mailward_localstack.controlplane import kubectl
+from mailward_localstack.stack import Stack
 from tests.fixtures_cluster import (
     NAMESPACE,
     RESYNC_SECONDS,
@@ -182,7 +182,7 @@ def test_every_socket_of_every_pod_stays_on_loopback(
     cluster: Stack, example: dict[str, Any]
 ) -> None:
     """List every TCP/UDP socket the pods' processes hold; all ends are in 127.0.0.0/8."""
-    from mailward.localstack.node import Node, _cgroup_pids, _read_state
+    from mailward_localstack.node import Node, _cgroup_pids, _read_state
 
     state = _read_state(cluster.state_dir / "node")
     assert state is not None

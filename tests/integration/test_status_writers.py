@@ -20,7 +20,7 @@ from kubernetes import config as kube_config
 from mailward.adapters.status_writer import COMPLIANCE, RECONCILER, KubeStatusWriter
 from mailward.api.v1alpha1 import API_GROUP, API_VERSION, PLURAL
 from mailward.conditions import compliance_view, reconciler_view
-from mailward.localstack.controlplane import kubectl, wait_established
+from mailward_localstack.controlplane import kubectl, wait_established
 from tests.fixtures_operator import REPO
 from tests.manifests import minimal_maildomain
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from cryptography import x509
 
-from mailward.localstack.pki import IssuedCert, LocalCA
 from mailward.render.dns_records import spki_sha256
+from mailward_localstack.pki import IssuedCert, LocalCA
 from tests.fixtures_tlsrpt import (
     DOMAIN,
     MAILBOX,

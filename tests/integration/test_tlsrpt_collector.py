@@ -13,9 +13,9 @@ import zlib
 from datetime import UTC, datetime
 from typing import Any
 
-from mailward.localstack.pki import LocalCA
 from mailward.tlsrpt.model import RESULT_TYPES
 from mailward.tlsrpt.store import open_store
+from mailward_localstack.pki import LocalCA
 from tests.fixtures_tlsrpt import DOMAIN, MAILBOX, MAILBOX_HOST, CollectorFactory, CollectorProcess
 from tests.net import addr
 from tests.tlsrpt_client import Reply, SMTPSender, post_report

@@ -14,10 +14,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from mailward.localstack.dns import DNSStack
-from mailward.localstack.pki import LocalCA
 from mailward.render.tlsrpt_objects import API_SERVICE, CONFIG_KEY, NAME
 from mailward.tlsrpt.config import CollectorConfig
+from mailward_localstack.dns import DNSStack
+from mailward_localstack.pki import LocalCA
 from tests.chart import RELEASE_NAMESPACE
 from tests.fixtures_dnspublish import PublishSetup, tls_secret_manifest, zone_rrsets
 from tests.fixtures_operator import Kube, OperatorProcess

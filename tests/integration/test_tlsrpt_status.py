@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mailward.localstack.pki import LocalCA
+from mailward_localstack.pki import LocalCA
 from tests.fixtures_tlsrpt import DOMAIN, CollectorFactory, TLSRptCluster
 from tests.integration.test_tlsrpt_collector import send_samples
 from tests.manifests import valid_maildomain

@@ -15,8 +15,8 @@ from mailward.compliance.catalog import CATALOG, PROFILES
 from mailward.compliance.dnsprobe import txt_strings
 from mailward.compliance.model import CheckResult, Level, Report, Result
 from mailward.compliance.report import render_json, render_table
-from mailward.localstack.pki import LocalCA
 from mailward.parts.compliance import ComplianceSettings, decide
+from mailward_localstack.pki import LocalCA
 
 SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "compliance-report.schema.json"
 RESEARCH_IDS = {

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
-from mailward.localstack.pki import IssuedCert, LocalCA
+from mailward_localstack.pki import IssuedCert, LocalCA
 
 _E = TypeVar("_E", bound=x509.ExtensionType)
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from mailward.adapters.workloads import StatefulSetObservation
-from mailward.localstack.postfix import local_layout
 from mailward.parts.mta import mta_verdict
 from mailward.reconcile import parse_spec
 from mailward.render.mta_objects import (
@@ -32,6 +31,7 @@ from mailward.render.postfix import (
 )
 from mailward.render.resolver import Forwarder, ResolverSettings
 from mailward.sidecars.tlspolicy import Lookup, PolicyServer, decide, local_peer, split_host_port
+from mailward_localstack.postfix import local_layout
 from tests.manifests import valid_maildomain
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "postfix"

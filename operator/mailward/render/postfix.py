@@ -215,7 +215,7 @@ def render_postfix(
             (f"{a}@{d.domain}", f"{a}@{d.domain}") for d in domains for a in sorted(d.accounts)
         ),
         "command_filter": COMMAND_FILTER,
-        # Debian's Postfix reads the Cyrus SASL configuration from $config_directory/sasl/.
+        # Postfix reads the Cyrus SASL configuration from $cyrus_sasl_config_path.
         "sasl/smtpd.conf": _sasl_conf(layout),
         "openssl.cnf": OPENSSL_CNF,
     }
@@ -357,6 +357,9 @@ def _main_cf(
         ("smtpd_sasl_auth_enable", "no"),
         ("smtpd_sasl_type", "cyrus"),
         ("smtpd_sasl_path", "smtpd"),
+        # Said explicitly: Debian's trixie build no longer looks in $config_directory/sasl
+        # by itself and would fall back to its compiled-in default (other mechanisms, no db).
+        ("cyrus_sasl_config_path", "${config_directory}/sasl"),
         ("smtpd_sasl_security_options", "noanonymous, noplaintext"),
         ("smtpd_sasl_tls_security_options", "noanonymous"),
         ("smtpd_sasl_authenticated_header", "no"),

@@ -10,8 +10,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from mailward.localstack._process import StackError
-from mailward.localstack.controlplane import repo_root
+from mailward_localstack._process import StackError
+from mailward_localstack.controlplane import repo_root
 
 IMAGES = ("pause", "mta", "mailward")
 

@@ -7,7 +7,7 @@ operator's first verdict on the MailDomain, prints the `Compliant` column and ru
 `mailward check` as a user would: the verdict is as complete as the parts that have landed, and
 what is not there yet shows up as `fail`/`error`, not as a pass.
 
-    python -m mailward.localstack.demo_compliance show --kubeconfig K --domain example.test \
+    python -m mailward_localstack.demo_compliance show --kubeconfig K --domain example.test \
         --resolver 127.77.0.54 --ca-file .local/stack/ca/ca.pem
 """
 
@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from mailward.localstack.controlplane import kubectl
+from mailward_localstack.controlplane import kubectl
 
 
 def operator_environment(
@@ -70,7 +70,7 @@ def show(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mailward.localstack.demo_compliance")
+    parser = argparse.ArgumentParser(prog="python -m mailward_localstack.demo_compliance")
     sub = parser.add_subparsers(dest="command", required=True)
     s = sub.add_parser("show", help="the operator's verdict, then `mailward check`")
     s.add_argument("--kubeconfig", type=Path, required=True)

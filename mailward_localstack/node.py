@@ -42,10 +42,10 @@ from typing import Any
 
 import yaml
 
-from mailward.localstack._process import ManagedProcess, StackError, free_port, wait_until
-from mailward.localstack.controlplane import ControlPlane, kubectl
-from mailward.localstack.images import ImageArchive
-from mailward.localstack.pki import LocalCA
+from mailward_localstack._process import ManagedProcess, StackError, free_port, wait_until
+from mailward_localstack.controlplane import ControlPlane, kubectl
+from mailward_localstack.images import ImageArchive
+from mailward_localstack.pki import LocalCA
 
 NODE_NAME = "127.0.0.1"
 STORAGE_CLASS = "mailward-local"
@@ -549,9 +549,12 @@ def _cgroup_dirs(cgroup_root: str) -> Iterator[Path]:
 def _cgroup_pids(cgroup_root: str) -> set[int]:
     pids: set[int] = set()
     for top in _cgroup_dirs(cgroup_root):
-        for procs in top.rglob("cgroup.procs"):
-            with contextlib.suppress(OSError, ValueError):
-                pids.update(int(p) for p in procs.read_text().split())
+        # os.walk, not rglob: a pod's cgroup may vanish while we walk, which rglob raises on.
+        for directory, _, files in os.walk(top):
+            if "cgroup.procs" in files:
+                with contextlib.suppress(OSError, ValueError):
+                    text = (Path(directory) / "cgroup.procs").read_text()
+                    pids.update(int(p) for p in text.split())
     return pids
 
 

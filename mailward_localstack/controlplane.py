@@ -48,7 +48,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from mailward.localstack._process import (
+from mailward_localstack._process import (
     ManagedProcess,
     StackError,
     free_port,
@@ -56,7 +56,7 @@ from mailward.localstack._process import (
     wait_until,
     write_private,
 )
-from mailward.localstack.pki import LocalCA
+from mailward_localstack.pki import LocalCA
 
 CONTEXT_NAME = "mailward-local"
 ADMIN_USER = "mailward-admin"
@@ -75,7 +75,7 @@ _RENEW_BEFORE = datetime.timedelta(days=30)
 
 
 def repo_root() -> Path:
-    return Path(__file__).resolve().parents[3]
+    return Path(__file__).resolve().parents[1]
 
 
 def controlplane_bin_dir() -> Path:

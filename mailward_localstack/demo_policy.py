@@ -1,6 +1,6 @@
 """The demo's look at the MTA-STS policy endpoint pod, as a sending MTA fetches from it.
 
-`python -m mailward.localstack.demo_policy check` fetches the example's policy and autoconfig
+`python -m mailward_localstack.demo_policy check` fetches the example's policy and autoconfig
 document from the running endpoint, with the local CA as the only trust anchor.
 """
 
@@ -49,7 +49,7 @@ def check(domain: str, address: str, ca_file: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mailward.localstack.demo_policy")
+    parser = argparse.ArgumentParser(prog="python -m mailward_localstack.demo_policy")
     parser.add_argument("action", choices=["check"])
     parser.add_argument("--domain", default=os.environ.get("DEMO_DOMAIN", "example.test"))
     parser.add_argument("--address", default=DEMO_ADDRESS)

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from mailward.localstack._process import write_private
+from mailward_localstack._process import write_private
 
 __all__ = ["DEFAULT_VALIDITY", "IssuedCert", "KeyType", "LocalCA", "PrivateKey", "spki_sha256"]
 

@@ -3,7 +3,7 @@
 `create_dns_provider` creates the TSIG Secret and the `DNSProvider local-bind` that
 `examples/maildomain.yaml` names, from the TSIG key the demo's BIND was started with. `check`
 then shows, through the validating resolver, that every record the example wants resolves with
-the AD bit (`python -m mailward.localstack.demo_dns check`, for scripts/demo.sh).
+the AD bit (`python -m mailward_localstack.demo_dns check`, for scripts/demo.sh).
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import dns.flags
 import dns.rcode
 import dns.rdatatype
 
-from mailward.localstack.controlplane import kubectl, wait_established
-from mailward.localstack.dns import DNSStack
 from mailward.parts.certificate import CERTIFICATE_CHAIN, parse_chain
 from mailward.parts.dns import SERVED_POLICY_ID, desired_for
 from mailward.reconcile import parse_spec
+from mailward_localstack.controlplane import kubectl, wait_established
+from mailward_localstack.dns import DNSStack
 
 PROVIDER_NAME = "local-bind"
 TSIG_SECRET_NAME = "local-bind-tsig"
@@ -121,7 +121,7 @@ def _served_policy_id(stack: DNSStack, domain: str) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mailward.localstack.demo_dns")
+    parser = argparse.ArgumentParser(prog="python -m mailward_localstack.demo_dns")
     parser.add_argument("action", choices=["check"])
     parser.add_argument("--state-dir", type=Path, default=Path(".local/stack"))
     parser.add_argument("--kubeconfig", type=Path, default=None)

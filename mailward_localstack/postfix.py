@@ -21,11 +21,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from mailward.localstack._process import StackError
-from mailward.localstack.dns import ensure_loopback_address, remove_loopback_address
 from mailward.render.postfix import MAILBOX_UID, MTALayout, PostfixConfig
+from mailward_localstack._process import StackError
+from mailward_localstack.dns import ensure_loopback_address, remove_loopback_address
 
-ACCOUNTS_SCRIPT = Path(__file__).resolve().parents[3] / "images" / "mta" / "mailward-mta-accounts"
+ACCOUNTS_SCRIPT = Path(__file__).resolve().parents[1] / "images" / "mta" / "mailward-mta-accounts"
 
 
 def local_layout(

@@ -168,8 +168,8 @@ _WATCHDOG = """
 import os, sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[3])
-from mailward.localstack._process import stop_all
-from mailward.localstack.node import teardown_below
+from mailward_localstack._process import stop_all
+from mailward_localstack.node import teardown_below
 while os.getppid() == int(sys.argv[1]):
     time.sleep(0.5)
 teardown_below(Path(sys.argv[2]))
@@ -185,7 +185,7 @@ def start_watchdog(state_dir: Path) -> subprocess.Popen[bytes]:
     survives our death and the terminal's signals and notices it by being re-parented. Terminate
     the returned process after a normal clean-up.
     """
-    import_path = str(Path(__file__).resolve().parents[2])
+    import_path = str(Path(__file__).resolve().parents[1])
     return subprocess.Popen(
         [sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(state_dir), import_path],
         stdin=subprocess.DEVNULL,

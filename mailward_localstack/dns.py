@@ -62,7 +62,7 @@ import dns.xfr
 import dns.zone
 
 from mailward.adapters.wire import dns_exchange_tcp
-from mailward.localstack._process import ManagedProcess, StackError, wait_until, write_private
+from mailward_localstack._process import ManagedProcess, StackError, wait_until, write_private
 
 __all__ = [
     "PARENT_ZONE",
@@ -560,7 +560,7 @@ class AuthoritativeDNS:
                 "};\n"
             )
         return (
-            "# Written by mailward.localstack.dns.AuthoritativeDNS; regenerated on every start.\n"
+            "# Written by mailward_localstack.dns.AuthoritativeDNS; regenerated on every start.\n"
             f'include "{self.tsig_file}";\n'
             "options {\n"
             f'    directory "{work}";\n'
@@ -894,7 +894,7 @@ class ValidatingResolver:
         ip6 = _is_ipv6(self.address) or _is_ipv6(self.auth_address)
         auth = f"{self.auth_address}@{self.auth_port}"
         return (
-            "# Written by mailward.localstack.dns.ValidatingResolver; regenerated on every start.\n"
+            "# Written by mailward_localstack.dns.ValidatingResolver; regenerated on every start.\n"
             "server:\n"
             "    verbosity: 1\n"
             f"    interface: {self.address}@{self.port}\n"

@@ -6,8 +6,8 @@ import functools
 import subprocess
 from pathlib import Path
 
-from mailward.localstack._process import StackError
-from mailward.localstack.controlplane import repo_root
+from mailward_localstack._process import StackError
+from mailward_localstack.controlplane import repo_root
 
 
 @functools.cache

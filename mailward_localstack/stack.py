@@ -1,7 +1,7 @@
 """The local stack: a real single-node cluster with mailward installed by its Helm chart.
 
-`mailward stack up` is what `make demo` runs; the tests' `cluster` fixture runs the same on a
-/24 of its own. On one loopback /24 (127.77.0.0/24 for the demo) it starts:
+`python -m mailward_localstack up` is what `make demo` runs; the tests' `cluster` fixture
+runs the same on a /24 of its own. On one loopback /24 (127.77.0.0/24 for the demo) it starts:
 - the "internet": BIND serving the DNSSEC-signed `test.` and the example's zone (RFC 2136 +
   TSIG), a validating Unbound as the outside world's resolver, and a local CA;
 - the cluster: etcd, kube-apiserver on the `kubernetes` Service address (.129:443, the Service
@@ -13,7 +13,7 @@
   example publishes.
 
 It is idempotent by restarting: whatever an earlier `up` left running in the state directory is
-stopped first; etcd's data, the CA and the DNS keys are kept. `mailward stack down` stops it all.
+stopped first; etcd's data, the CA and the DNS keys are kept. `make down` stops it all.
 """
 
 from __future__ import annotations
@@ -28,28 +28,28 @@ from typing import Any
 
 import yaml
 
-from mailward.localstack._process import (
+from mailward.render.policy_objects import policy_hosts, tls_secret_name
+from mailward_localstack._process import (
     StackError,
     managed_pid_files,
     read_live_pid,
     stop_all,
     wait_until,
 )
-from mailward.localstack.controlplane import ControlPlane, kubectl, kubectl_path, repo_root
-from mailward.localstack.demo_dns import create_dns_provider
-from mailward.localstack.dns import (
+from mailward_localstack.controlplane import ControlPlane, kubectl, kubectl_path, repo_root
+from mailward_localstack.demo_dns import create_dns_provider
+from mailward_localstack.dns import (
     AuthoritativeDNS,
     DNSStack,
     ZoneSpec,
     ensure_loopback_address,
     remove_loopback_address,
 )
-from mailward.localstack.helm import helm
-from mailward.localstack.images import IMAGES, ImageArchive, build_image
-from mailward.localstack.node import Node
-from mailward.localstack.node import teardown as node_teardown
-from mailward.localstack.pki import LocalCA
-from mailward.render.policy_objects import policy_hosts, tls_secret_name
+from mailward_localstack.helm import helm
+from mailward_localstack.images import IMAGES, ImageArchive, build_image
+from mailward_localstack.node import Node
+from mailward_localstack.node import teardown as node_teardown
+from mailward_localstack.pki import LocalCA
 
 RELEASE = "mailward"
 RELEASE_NAMESPACE = "mailward-system"
@@ -355,7 +355,7 @@ def command(action: str, state_dir: Path, env_file: Path) -> int:
         else:
             return status(state_dir)
     except StackError as error:
-        print(f"mailward stack {action}: {error}", file=sys.stderr)
+        print(f"mailward_localstack {action}: {error}", file=sys.stderr)
         return 2
     return 0
 
@@ -384,7 +384,7 @@ def _write_env_file(stack: Stack, path: Path) -> None:
         "DEMO_NAMESPACE": layout.namespace,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    lines = ["# Written by `mailward stack up` (make demo). Use: source .local/demo.env"]
+    lines = ["# Written by `make demo` (python -m mailward_localstack up). Use: source this file"]
     lines += [f"export {key}={json.dumps(value)}" for key, value in values.items()]
     lines.append(f'export PATH="{bin_dir}:$PATH"')
     path.write_text("\n".join(lines) + "\n")

@@ -1,6 +1,6 @@
 """The demo's sample TLS report: mailed to the collector pod as a sending MTA would.
 
-python -m mailward.localstack.demo_reports feed --address 127.77.0.26 --domain example.test
+python -m mailward_localstack.demo_reports feed --address 127.77.0.26 --domain example.test
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from typing import Any
 
-from mailward.localstack._process import StackError, wait_until
 from mailward.tlsrpt.rua import MAILBOX_LOCAL_PART
+from mailward_localstack._process import StackError, wait_until
 
 
 def sample_report(domain: str, now: datetime | None = None) -> dict[str, Any]:
@@ -112,7 +112,7 @@ def feed_sample_report(smtp: tuple[str, int], domain: str, mailbox: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mailward.localstack.demo_reports")
+    parser = argparse.ArgumentParser(prog="python -m mailward_localstack.demo_reports")
     parser.add_argument("action", choices=["feed"])
     parser.add_argument("--address", required=True, help="the collector's SMTP address")
     parser.add_argument("--port", type=int, default=25)

@@ -1,4 +1,4 @@
-"""`python -m mailward.localstack.demo_cluster wait-pods --kubeconfig K`: for scripts/demo.sh,
+"""`python -m mailward_localstack.demo_cluster wait-pods --kubeconfig K`: for scripts/demo.sh,
 until every pod of the cluster is Running and Ready, or a timeout says which are not."""
 
 from __future__ import annotations
@@ -7,12 +7,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from mailward.localstack._process import StackError
-from mailward.localstack.stack import wait_for_pods
+from mailward_localstack._process import StackError
+from mailward_localstack.stack import wait_for_pods
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mailward.localstack.demo_cluster")
+    parser = argparse.ArgumentParser(prog="python -m mailward_localstack.demo_cluster")
     parser.add_argument("action", choices=["wait-pods"])
     parser.add_argument("--kubeconfig", type=Path, required=True)
     parser.add_argument("--timeout", type=float, default=180)
