@@ -510,7 +510,9 @@ def _master_cf(options: MTAOptions) -> list[MasterEntry]:
             )
         )
     entries += [
-        MasterEntry("qmgr", "unix", "n", "n", wakeup="300", maxproc="1", command="qmgr"),
+        # Unprivileged, as in Postfix's own master.cf: run as root, the queue manager would
+        # create root-owned deferred/ directories that showq (postqueue -p) cannot read.
+        MasterEntry("qmgr", "unix", "n", wakeup="300", maxproc="1", command="qmgr"),
         MasterEntry("tlsmgr", "unix", wakeup="1000?", maxproc="1", command="tlsmgr"),
         MasterEntry("rewrite", "unix", command="trivial-rewrite"),
         MasterEntry("bounce", "unix", maxproc="0", command="bounce"),
