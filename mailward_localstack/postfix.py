@@ -1,31 +1,47 @@
-"""A real Postfix on loopback, started from a rendered configuration: for tests and the demo.
+"""The MTA image's Postfix on loopback, started from a rendered configuration: tests, demo.
+
+What runs is the Postfix build the MTA image ships (Debian trixie, Postfix 3.10), not the
+machine's: every command (`postfix check/start/stop/flush`, `postconf`, the image's own
+`/usr/local/bin/mailward-mta-accounts` with its `saslpasswd2`) runs chrooted into the image's
+unpacked root file system in a private mount namespace (`mailward_localstack.rootfs`). So the
+MTA integration tests prove the image's binaries, libraries (OpenSSL, Cyrus SASL) and users
+(the image's `postfix` and `vmail`, whose ids differ from the machine's).
 
 The configuration files are written exactly as rendered (`PostfixConfig.rendered_files()`);
 what differs from the pod is only what `MTALayout` holds (paths under the state directory, the
-listening address) and it is chosen by `local_layout`. The account database is built by the
-same script the image runs (`images/mta/mailward-mta-accounts`).
+listening address) and it is chosen by `local_layout`. The state directory is bind-mounted at
+its own absolute path inside the image's tree, so every path of the layout is valid both on
+the machine (where the tests read logs and mailboxes) and inside (where Postfix runs).
 
-Postfix gets the stack's validating resolver as its system resolver through a private mount
-namespace in which a resolv.conf naming it is bind-mounted over /etc/resolv.conf; `trust-ad`
-makes glibc pass the resolver's AD bit on, which `smtp_dns_support_level = dnssec` relies on.
+Postfix's master daemonizes and stays in the mount namespace of `postfix start`, which vanishes
+with the master and its children; `stop` waits for that. There is no PID or network namespace:
+master.pid holds the machine's pid and the listeners are on the machine's loopback address.
+
+Postfix gets the stack's validating resolver as its system resolver: a resolv.conf naming it is
+bind-mounted over the image's /etc/resolv.conf in that namespace; `trust-ad` makes glibc pass
+the resolver's AD bit on, which `smtp_dns_support_level = dnssec` relies on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import pwd
+import shlex
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mailward.render.postfix import MAILBOX_UID, MTALayout, PostfixConfig
 from mailward_localstack._process import StackError
 from mailward_localstack.dns import ensure_loopback_address, remove_loopback_address
+from mailward_localstack.rootfs import ImageRoot, mta_root
 
-ACCOUNTS_SCRIPT = Path(__file__).resolve().parents[1] / "images" / "mta" / "mailward-mta-accounts"
+# Inside the image (images/mta/customize.sh installs it from images/mta/).
+ACCOUNTS_SCRIPT = "/usr/local/bin/mailward-mta-accounts"
 
 
 def local_layout(
@@ -50,14 +66,20 @@ def local_layout(
 
 @dataclass
 class LocalPostfix:
-    """One Postfix instance with its own config, queue and data directories."""
+    """One Postfix instance of the MTA image with its own config, queue and data directories.
+
+    `state_dir` must lie where the image has an empty directory above it (e.g. under /tmp).
+    """
 
     state_dir: Path
     layout: MTALayout
     resolver: str | None = None
+    image: ImageRoot = field(default_factory=mta_root)
     # What `postfix check` said right before the start, on the configuration as rendered and
     # before any mail moved: a later check can race the queue manager creating directories.
     startup_check: str = ""
+    # The mount namespace the master runs in ("mnt:[inode]"): stop() waits until it is gone.
+    mount_namespace: str = ""
 
     @property
     def config_dir(self) -> Path:
@@ -103,10 +125,11 @@ class LocalPostfix:
         for name, text in files.items():
             (self.config_dir / name).parent.mkdir(parents=True, exist_ok=True)
             (self.config_dir / name).write_text(text)
-        postfix = pwd.getpwnam(self.layout.mail_owner)
+        # The image's users: Postfix reads the image's /etc/passwd, not the machine's.
+        postfix = self.image.user(self.layout.mail_owner)
         data = Path(self.layout.data_directory)
         data.mkdir(parents=True, exist_ok=True)
-        os.chown(data, postfix.pw_uid, postfix.pw_gid)
+        os.chown(data, postfix.uid, postfix.gid)
         mailboxes = Path(self.layout.mailbox_base)
         mailboxes.mkdir(parents=True, exist_ok=True)
         os.chown(mailboxes, MAILBOX_UID, MAILBOX_UID)
@@ -117,11 +140,11 @@ class LocalPostfix:
         fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(tls_key_pem)
-        self._build_accounts(accounts or {})
         if self.resolver:
             (self.state_dir / "resolv.conf").write_text(
                 f"nameserver {self.resolver}\noptions trust-ad attempts:2 timeout:2\n"
             )
+        self._build_accounts(accounts or {})
 
     def _build_accounts(self, accounts: Mapping[str, Mapping[str, str]]) -> None:
         """Lay the accounts out as the Secret volumes are in the pod; run the image's script."""
@@ -134,23 +157,29 @@ class LocalPostfix:
                 path.write_text(password)
         db = Path(self.layout.sasldb_path)
         db.parent.mkdir(parents=True, exist_ok=True)
-        self._run(["sh", str(ACCOUNTS_SCRIPT), str(db), str(root)])
+        result = self._run([ACCOUNTS_SCRIPT, str(db), str(root)])
+        if result.returncode != 0:
+            raise StackError(f"{ACCOUNTS_SCRIPT} failed:\n{result.stdout}{result.stderr}")
 
     def _postfix(self, *args: str) -> list[str]:
         return ["/usr/sbin/postfix", "-c", str(self.config_dir), *args]
 
+    def in_image(self, argv: list[str]) -> list[str]:
+        """The machine's argv that runs `argv` inside the image, with this instance's mounts."""
+        resolv_conf = self.state_dir / "resolv.conf" if self.resolver else None
+        return self.image.command(argv, binds=[self.state_dir.resolve()], resolv_conf=resolv_conf)
+
     def _run(
-        self, argv: list[str], *, namespaced: bool = False, timeout: float = 60
+        self, argv: list[str], *, timeout: float = 60, tty: bool = True
     ) -> subprocess.CompletedProcess[str]:
-        if namespaced and self.resolver:
-            # A private mount namespace: the bind mount is seen by Postfix and its children only.
-            script = 'mount --bind "$0" /etc/resolv.conf && exec "$@"'
-            argv = ["unshare", "-m", "sh", "-c", script, str(self.state_dir / "resolv.conf"), *argv]
-        # Postfix's commands print their errors to syslog only; `script` gives them a tty, on
-        # which they print them too (research note local-test-stack.md).
-        command = " ".join(_quote(a) for a in argv)
+        command = self.in_image(argv)
+        if tty:
+            # Postfix's commands print their errors to syslog only; `script` gives them a tty,
+            # on which they print them too (research note local-test-stack.md); stdout and
+            # stderr are one stream then.
+            command = ["script", "-qec", shlex.join(command), "/dev/null"]
         return subprocess.run(
-            ["script", "-qec", command, "/dev/null"],
+            command,
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -170,15 +199,33 @@ class LocalPostfix:
         if ensure_loopback_address(self.layout.inet_interfaces):
             (self.state_dir / "added-address").write_text(self.layout.inet_interfaces)
         self.startup_check = self.check()
-        result = self._run(self._postfix("start"), namespaced=True)
+        result = self._run(self._postfix("start"))
         if result.returncode != 0:
             raise StackError(f"postfix start failed:\n{result.stdout}{result.stderr}\n{self.log()}")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.is_running() and "daemon started" in self.log():
+            pid = self.master_pid()
+            if pid is not None and "daemon started" in self.log():
+                self.mount_namespace = os.readlink(f"/proc/{pid}/ns/mnt")
+                if self.master_root() != self.image.path:
+                    raise StackError(f"master {pid} does not run in {self.image.path}")
                 return
             time.sleep(0.1)
         raise StackError(f"postfix did not start:\n{self.log()[-3000:]}")
+
+    def master_root(self) -> Path | None:
+        """The root directory of the running master: the image's tree, seen from the machine."""
+        pid = self.master_pid()
+        if pid is None:
+            return None
+        return Path(os.readlink(f"/proc/{pid}/root"))
+
+    def postconf(self, *args: str) -> str:
+        """`postconf -c CONFIG ARGS...` of the image, e.g. `postconf("-h", "mail_version")`."""
+        result = self._run(["/usr/sbin/postconf", "-c", str(self.config_dir), *args], tty=False)
+        if result.returncode != 0:
+            raise StackError(f"postconf {' '.join(args)} failed:\n{result.stderr}")
+        return result.stdout.strip()
 
     def master_pid(self) -> int | None:
         pid_file = Path(self.layout.queue_directory) / "pid" / "master.pid"
@@ -200,11 +247,32 @@ class LocalPostfix:
                 time.sleep(0.1)
             pid = self.master_pid()
             if pid is not None:
-                os.kill(pid, 9)
+                os.kill(pid, signal.SIGKILL)
+        self._wait_namespace_gone()
         added = self.state_dir / "added-address"
         if added.exists():
             remove_loopback_address(added.read_text().strip())
             added.unlink()
+
+    def _wait_namespace_gone(self, timeout: float = 15) -> None:
+        """Wait until no process is left in the master's mount namespace, so its mounts are gone.
+
+        The master's children (and `postfix start`'s helpers) end with it; a straggler is killed.
+        """
+        if not self.mount_namespace:
+            return
+        deadline = time.monotonic() + timeout
+        while pids := _processes_in(self.mount_namespace):
+            if time.monotonic() > deadline:
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                deadline = time.monotonic() + 5
+                if not _wait_gone(self.mount_namespace, deadline):
+                    raise StackError(f"processes {pids} of {self.mount_namespace} do not end")
+                break
+            time.sleep(0.1)
+        self.mount_namespace = ""
 
     def flush(self) -> None:
         """Ask for an immediate delivery attempt of everything in the queue."""
@@ -220,7 +288,22 @@ class LocalPostfix:
         return [p.read_text(errors="replace") for p in files]
 
 
-def _quote(arg: str) -> str:
-    import shlex
+def _processes_in(namespace: str) -> list[int]:
+    """The pids whose mount namespace is `namespace` ("mnt:[inode]")."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.readlink(f"/proc/{entry}/ns/mnt") == namespace:
+                    found.append(int(entry))
+            except OSError:
+                continue  # gone meanwhile
+    return found
 
-    return shlex.quote(arg)
+
+def _wait_gone(namespace: str, deadline: float) -> bool:
+    while _processes_in(namespace):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True

@@ -1,11 +1,18 @@
-"""pytest plugin: real Postfix instances started from mailward's rendered configuration.
+"""pytest plugin: the MTA image's Postfix, started from mailward's rendered configuration.
 
 Register with `pytest_plugins = [..., "tests.fixtures_mta"]` in tests/conftest.py.
+
+What runs is the MTA image (`images/build.sh mta`: Debian trixie, Postfix 3.10), unpacked once
+into the cache and entered per command with a private mount namespace and chroot
+(`mailward_localstack.rootfs`); the machine's own Postfix is never used. The sidecars are the
+image's too, as the pod runs them: the DANE-first policy socketmap
+(`/usr/local/lib/mailward/tlspolicy.py` on the image's Python and dnspython) in front of
+postfix-mta-sts-resolver (`mta-sts-daemon`), both as nobody.
 
 Each instance gets exactly `render_postfix(...)` with `local_layout(...)`: the paths under a temp
 directory, the listening address `tests.net.addr(n)` and `inet_protocols = ipv4` are the only
 differences from the pod's configuration (tests/unit/test_postfix_render.py proves that).
-Postfix resolves through the session's validating resolver (`dns_stack`).
+Postfix and the sidecars resolve through the session's validating resolver (`dns_stack`).
 """
 
 from __future__ import annotations
@@ -14,7 +21,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -25,14 +31,23 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from mailward.render.postfix import DomainConfig, MTAOptions, PostfixConfig, render_postfix
+from mailward.render.mta_pod import MTA_STS_RESOLVER_PORT, render_mta_sts_daemon_conf
+from mailward.render.pods import NOBODY
+from mailward.render.postfix import (
+    TLS_POLICY_PORT,
+    DomainConfig,
+    MTAOptions,
+    PostfixConfig,
+    render_postfix,
+)
+from mailward_localstack._process import StackError
 from mailward_localstack.dns import DNSStack
 from mailward_localstack.pki import IssuedCert, LocalCA
 from mailward_localstack.postfix import LocalPostfix, local_layout
+from mailward_localstack.rootfs import Account, ImageRoot, mta_root
 from tests.net import addr
 
 MTA_ADDRESS = addr(25)
-TLS_POLICY_PORT = 8461
 ACCOUNT = ("alice", "correct horse battery staple")
 
 
@@ -64,11 +79,36 @@ def _wait_listening(address: str, port: int, timeout: float = 15) -> None:
 
 def _prerequisites() -> str | None:
     if os.geteuid() != 0:
-        return "Postfix on port 25 needs root"
-    missing = [p for p in ("/usr/sbin/postfix", "/usr/sbin/saslpasswd2") if not Path(p).exists()]
-    if missing or shutil.which("unshare") is None:
-        return f"{', '.join(missing) or 'unshare'} not installed (scripts/install-system-deps.sh)"
+        return "Postfix on port 25, mount namespaces and chroot need root"
+    missing = [c for c in ("unshare", "chroot", "mount", "tar") if shutil.which(c) is None]
+    if missing:
+        return f"{', '.join(missing)} not installed"
     return None
+
+
+def _start_sidecar(
+    image: ImageRoot, postfix: LocalPostfix, name: str, argv: list[str]
+) -> subprocess.Popen[bytes]:
+    """One of the pod's sidecars, from the image, as nobody (the pod's securityContext)."""
+    log = (postfix.state_dir / f"{name}.log").open("wb")
+    command = image.command(
+        argv,
+        binds=[postfix.state_dir.resolve()],
+        resolv_conf=postfix.state_dir / "resolv.conf",
+        user=Account(NOBODY, NOBODY),
+    )
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _stop_sidecar(process: subprocess.Popen[bytes]) -> None:
+    # `unshare`, `sh`, `chroot` and `env` exec the server: the pid is the server's, and its
+    # mount namespace ends with it.
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")
@@ -79,6 +119,10 @@ def mta_factory(
     reason = _prerequisites()
     if reason:
         pytest.skip(reason)
+    try:
+        image = mta_root()
+    except StackError as error:
+        pytest.fail(f"the MTA image is not available: {error}")
     started: list[LocalPostfix] = []
     sidecars: list[subprocess.Popen[bytes]] = []
     # Not under pytest's temp directory: pytest resets /tmp/pytest-of-<user> to 0700 whenever a
@@ -100,7 +144,7 @@ def mta_factory(
         layout = local_layout(state, address)
         config = render_postfix(domains, options or MTAOptions(), layout)
         cert = local_ca.issue_server_cert(list(domains[0].mx_hosts), out_dir=state / "issued")
-        postfix = LocalPostfix(state, layout, resolver=dns_stack.resolver.address)
+        postfix = LocalPostfix(state, layout, resolver=dns_stack.resolver.address, image=image)
         postfix.install(
             config,
             tls_chain_pem=cert.chain_file.read_bytes(),
@@ -110,24 +154,25 @@ def mta_factory(
         started.append(postfix)
         options = options or MTAOptions()
         if options.mta_sts_fallback:
-            # The DANE-first policy socketmap, as in the pod (without an MTA-STS resolver
-            # behind it: the test zone publishes no MTA-STS policies).
-            log = (state / "tlspolicy.log").open("wb")
+            # The MTA-STS resolver, then the DANE-first policy socketmap in front of it, as in
+            # the pod (render/mta_pod.py), with the rendered mta-sts-daemon.yml.
+            sts_conf = state / "mta-sts-daemon.yml"
+            sts_conf.write_text(render_mta_sts_daemon_conf(address))
             sidecars.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "mailward.sidecars.tlspolicy",
-                        "--listen",
-                        f"{address}:{TLS_POLICY_PORT}",
-                        "--nameserver",
-                        dns_stack.resolver.address,
-                    ],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
+                _start_sidecar(image, postfix, "mta-sts", ["mta-sts-daemon", "-c", str(sts_conf)])
             )
+            _wait_listening(address, MTA_STS_RESOLVER_PORT)
+            policy = [
+                "python3",
+                "/usr/local/lib/mailward/tlspolicy.py",
+                "--listen",
+                f"{address}:{TLS_POLICY_PORT}",
+                "--sts",
+                f"{address}:{MTA_STS_RESOLVER_PORT}",
+                "--nameserver",
+                dns_stack.resolver.address,
+            ]
+            sidecars.append(_start_sidecar(image, postfix, "tlspolicy", policy))
             _wait_listening(address, TLS_POLICY_PORT)
         postfix.start()
         return RunningMTA(postfix, config, address, cert, tuple(domains))
@@ -138,8 +183,7 @@ def mta_factory(
         for postfix in started:
             postfix.stop()
         for sidecar in sidecars:
-            sidecar.terminate()
-            sidecar.wait(timeout=10)
+            _stop_sidecar(sidecar)
         shutil.rmtree(base, ignore_errors=True)
 
 

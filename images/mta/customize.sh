@@ -19,6 +19,11 @@ install -m 0755 "$src/images/mta/mailward-mta-start" "$src/images/mta/mailward-m
 in_root groupadd --system --gid 5000 vmail
 in_root useradd --system --no-create-home --uid 5000 --gid 5000 --home-dir /nonexistent --shell /usr/sbin/nologin vmail
 
+# Debian's `postfix check` copies /etc/{hosts,resolv.conf,...} into the queue directory for
+# chrooted services (configure-instance.sh); no service is chrooted (render/postfix.py), and in
+# the pod that copy would land on the queue volume.
+printf 'SYNC_CHROOT=""\n' > "$root/etc/default/postfix"
+
 # The package's own configuration is never used: the pod reads the rendered one.
 rm -f "$root/etc/postfix/main.cf" "$root/etc/postfix/main.cf.proto.dpkg-new"
 # Key material generated at install time must not ship in an image (and is not reproducible).

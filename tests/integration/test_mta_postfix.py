@@ -5,6 +5,7 @@ What RFC 5321 §7, RFC 3207 and the TR-03116-4 profile ask of an MX, checked on 
 
 from __future__ import annotations
 
+import os
 import smtplib
 import socket
 import ssl
@@ -12,6 +13,7 @@ import subprocess
 import time
 import uuid
 from email.message import EmailMessage
+from pathlib import Path
 
 import pytest
 
@@ -61,6 +63,19 @@ def test_postfix_check_is_clean_and_no_warnings_at_start(mta: RunningMTA) -> Non
     assert start, mta.log()
     startup = mta.log().split(start[0])[0]
     assert not [line for line in startup.splitlines() if "warning" in line or "fatal" in line]
+
+
+def test_the_running_postfix_is_the_mta_images(mta: RunningMTA) -> None:
+    """The Postfix under test is the one the MTA image ships (trixie: 3.10), not the machine's."""
+    image = mta.postfix.image
+    pid = mta.postfix.master_pid()
+    assert pid is not None
+    assert mta.postfix.master_root() == image.path
+    assert Path(os.readlink(f"/proc/{pid}/exe")).is_relative_to(image.path)
+    version = mta.postfix.postconf("-h", "mail_version")
+    assert version.startswith("3.10."), version
+    assert f"postfix/master[{pid}]: daemon started -- version {version}," in mta.log()
+    print(f"\nevidence: master {pid} runs {os.readlink(f'/proc/{pid}/exe')}, Postfix {version}")
 
 
 def test_banner_names_host_and_protocol_only_and_starttls_is_offered(mta: RunningMTA) -> None:

@@ -345,7 +345,8 @@ def _main_cf(
         ("smtpd_tls_mandatory_ciphers", "high"),
         ("tls_high_cipherlist", ":".join(TLS12_CIPHERS)),
         ("tls_preempt_cipherlist", "yes"),
-        ("smtpd_tls_eecdh_grade", "auto"),
+        # No smtpd_tls_eecdh_grade: `auto` is the default since Postfix 3.6, and 3.10 warns
+        # that the parameter will be removed.
         ("tls_eecdh_auto_curves", " ".join(TLS_GROUPS)),
         # TR-03116-4 §2.2.3 / TR-02102-2 §3.3.4: no compression, no client renegotiation.
         ("tls_ssl_options", "NO_COMPRESSION NO_RENEGOTIATION"),
