@@ -296,11 +296,16 @@ def wait_for_pods(kubeconfig: Path, timeout: float = 180) -> None:
 
 
 def _configure_node_addresses(state_dir: Path, addresses: tuple[str, ...]) -> None:
-    """/32 aliases on `lo`: Postfix refuses an `inet_interfaces` address no interface has."""
-    added = [address for address in addresses if ensure_loopback_address(address)]
+    """/32 aliases on `lo`: Postfix refuses an `inet_interfaces` address no interface has.
+
+    All are recorded, also those an earlier run that was killed left behind: the stack owns its
+    /24, so `down` removes them whoever added them.
+    """
+    for address in addresses:
+        ensure_loopback_address(address)
     known = state_dir / "node-addresses.json"
     previous = json.loads(known.read_text()) if known.exists() else []
-    known.write_text(json.dumps(sorted(set(previous) | set(added))))
+    known.write_text(json.dumps(sorted(set(previous) | set(addresses))))
 
 
 def _remove_node_addresses(state_dir: Path) -> None:
