@@ -509,6 +509,18 @@ def teardown_below(directory: Path) -> list[str]:
     return stopped
 
 
+def pod_processes(state_dir: Path) -> set[int]:
+    """The pids of every process the pods of the node in `state_dir` run (its cgroups)."""
+    state = _read_state(state_dir)
+    return _cgroup_pids(state.cgroup_root) if state else set()
+
+
+def node_cgroups(state_dir: Path) -> list[Path]:
+    """The node's cgroup directories that exist, in every hierarchy (none after teardown)."""
+    state = _read_state(state_dir)
+    return list(_cgroup_dirs(state.cgroup_root)) if state else []
+
+
 def _read_state(state_dir: Path) -> NodeState | None:
     try:
         return NodeState(**json.loads((state_dir / _STATE_FILE).read_text()))

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import subprocess
-from functools import cache
 from pathlib import Path
+
+from mailward_localstack.helm import helm_path
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "mailward"
@@ -14,12 +15,8 @@ OPERATOR_GROUPS = ("system:serviceaccounts", f"system:serviceaccounts:{RELEASE_N
 KUBE_VERSION = "1.34.4"
 
 
-@cache
 def helm() -> str:
-    out = subprocess.run(
-        [str(REPO / "tools" / "helm" / "build.sh")], capture_output=True, text=True, check=True
-    ).stdout
-    return str(Path(out.strip()) / "helm")
+    return str(helm_path())
 
 
 def render(*values: str, crds: bool = True) -> str:

@@ -14,7 +14,7 @@ import pytest
 
 from mailward_localstack.controlplane import ControlPlane, kubectl
 from mailward_localstack.images import build_image
-from mailward_localstack.node import Node, _cgroup_dirs, _cgroup_pids, _read_state, teardown
+from mailward_localstack.node import Node, node_cgroups, pod_processes, teardown
 from tests.net import NODE_NET
 
 pytestmark = [pytest.mark.controlplane, pytest.mark.node]
@@ -68,9 +68,7 @@ def test_a_pod_runs_and_teardown_leaves_no_process_mount_or_cgroup(tmp_path: Pat
         }
         kubectl(plane.kubeconfig, "apply", "-f", "-", input=json.dumps(pod))
         kubectl(plane.kubeconfig, "wait", "--for=condition=Ready", "pod/sleeper", "--timeout=60s")
-        state = _read_state(node.state_dir)
-        assert state is not None
-        assert _cgroup_pids(state.cgroup_root), "the pod's processes are not in the node's cgroups"
+        assert pod_processes(node.state_dir), "the pod's processes are not in the node's cgroups"
         assert _mounts_below(tmp_path), "kubelet and containerd mounted nothing?"
         print(f"\nnode Ready in {node_ready:.1f}s")
     finally:
@@ -78,7 +76,7 @@ def test_a_pod_runs_and_teardown_leaves_no_process_mount_or_cgroup(tmp_path: Pat
         plane.stop()
     assert {"kubelet", "containerd", "pods"} <= set(stopped), stopped
     assert _mounts_below(tmp_path) == []
-    assert list(_cgroup_dirs(state.cgroup_root)) == []
+    assert node_cgroups(node.state_dir) == []
     assert _shims_of(node.containerd_socket) == []
 
 

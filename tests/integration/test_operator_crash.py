@@ -8,7 +8,6 @@ false`): 20 Postfix pods would measure the machine, not the operator.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import signal
@@ -26,9 +25,10 @@ from mailward.reconcile import parse_spec
 from mailward.render.policy_objects import ingress_name, policy_hosts, tls_secret_name
 from mailward_localstack.controlplane import kubectl
 from mailward_localstack.demo_dns import create_dns_provider
-from mailward_localstack.node import _cgroup_pids, _read_state
+from mailward_localstack.node import pod_processes
 from mailward_localstack.stack import RELEASE_NAMESPACE, Stack
 from tests.fixtures_cluster import get_json, wait_for
+from tests.fixtures_dnspublish import tls_secret_manifest
 
 pytestmark = [pytest.mark.controlplane, pytest.mark.dnsstack, pytest.mark.node]
 
@@ -64,24 +64,9 @@ def _maildomain(stack: Stack, domain: str) -> dict[str, Any]:
     }
 
 
-def _tls_secret(namespace: str, name: str, cert: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "kubernetes.io/tls",
-        "metadata": {"name": name, "namespace": namespace},
-        "data": {
-            "tls.crt": base64.b64encode(cert.chain_file.read_bytes()).decode(),
-            "tls.key": base64.b64encode(cert.key_file.read_bytes()).decode(),
-        },
-    }
-
-
 def _operator_pid(stack: Stack) -> int:
     """The `mailward run` process of the operator pod, as the node's cgroups hold it."""
-    state = _read_state(stack.state_dir / "node")
-    assert state is not None
-    for pid in _cgroup_pids(state.cgroup_root):
+    for pid in pod_processes(stack.state_dir / "node"):
         try:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
@@ -104,10 +89,10 @@ def test_a_killed_operator_pod_converges_20_domains_without_duplicates(cluster: 
     create_dns_provider(kubeconfig, cluster.state_dir / "dns", NAMESPACE)
     certs = cluster.state_dir / "certs" / "crash"
     mx = cluster.ca.issue_server_cert([f"mx.{d}" for d in _domains()], out_dir=certs)
-    secrets = [_tls_secret(NAMESPACE, "crash-mx-tls", mx)]
+    secrets = [tls_secret_manifest(NAMESPACE, mx, "crash-mx-tls")]
     for domain in _domains():
         policy = cluster.ca.issue_server_cert(policy_hosts(domain), out_dir=certs / domain)
-        secrets.append(_tls_secret(RELEASE_NAMESPACE, tls_secret_name(domain), policy))
+        secrets.append(tls_secret_manifest(RELEASE_NAMESPACE, policy, tls_secret_name(domain)))
     kubectl(
         kubeconfig,
         "apply",

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from mailward_localstack.controlplane import kubectl
+from mailward_localstack.node import pod_processes
 from mailward_localstack.stack import Stack
 from tests.fixtures_cluster import (
     NAMESPACE,
@@ -117,8 +118,17 @@ def test_a_postfix_setting_change_rolls_the_mta_pod_and_is_served(
     )  # fmt: skip
     wait_for(f"SIZE {wanted} in EHLO", lambda: _ehlo_size(address) == wanted, timeout=180)
     elapsed = time.monotonic() - began
-    new_pod = ready_pods(cluster, NAMESPACE, WORKLOADS["mta"][3])[0]
-    assert new_pod["metadata"]["uid"] != old_pod["metadata"]["uid"], "the pod was not rolled"
+    # Postfix may answer before kubelet has run the readiness probe of the new pod.
+    replaced = wait_for(
+        "the rolled MTA pod Ready",
+        lambda: [
+            pod
+            for pod in ready_pods(cluster, NAMESPACE, WORKLOADS["mta"][3])
+            if pod["metadata"]["uid"] != old_pod["metadata"]["uid"]
+        ],
+        timeout=60,
+    )
+    assert len(replaced) == 1, "the pod was not rolled"
     print(f"\nSIZE {before} -> {wanted}: served by a new MTA pod {elapsed:.1f}s after the patch")
 
 
@@ -170,23 +180,11 @@ def test_each_container_runs_as_its_security_context_says(
     assert seen >= 7  # operator, policy endpoint, collector, Postfix and its 3 sidecars
 
 
-def _pid_cgroup_root(pid: int) -> str:
-    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
-        _, controllers, path = line.split(":", 2)
-        if "memory" in controllers.split(","):
-            return path
-    return ""
-
-
 def test_every_socket_of_every_pod_stays_on_loopback(
     cluster: Stack, example: dict[str, Any]
 ) -> None:
     """List every TCP/UDP socket the pods' processes hold; all ends are in 127.0.0.0/8."""
-    from mailward_localstack.node import Node, _cgroup_pids, _read_state
-
-    state = _read_state(cluster.state_dir / "node")
-    assert state is not None
-    pids = _cgroup_pids(state.cgroup_root)
+    pids = pod_processes(cluster.state_dir / "node")
     assert len(pids) > 10, pids
     inodes: set[str] = set()
     for pid in pids:
@@ -211,7 +209,6 @@ def test_every_socket_of_every_pod_stays_on_loopback(
     assert not outside, outside
     listening = {end[1] for end in ends if end[2].startswith("0.0.0.0")}
     assert all(not address.startswith("0.0.0.0:") for address in listening), listening
-    _ = Node  # the node that owns these cgroups
 
 
 def _address(hex_address: str) -> str:
