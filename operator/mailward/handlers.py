@@ -54,6 +54,9 @@ MTA_RETRY_MAX_SECONDS = float(os.environ.get("MAILWARD_MTA_RETRY_MAX_SECONDS", "
 # Level-based resync: what lives outside the cluster (DNS records) drifts without any change
 # to the object, so every MailDomain is reconciled again this often; unchanged, it writes nothing.
 RESYNC_SECONDS = float(os.environ.get("MAILWARD_RESYNC_SECONDS", "300"))
+# Objects shared by many MailDomains (policy endpoint, collectors) are applied again at least
+# this often, so that one resync repairs them when someone deleted or edited them by hand.
+SHARED_APPLY_REFRESH_SECONDS = min(60.0, RESYNC_SECONDS / 2)
 
 _parts: list[Part] | None = None
 _status_writer: StatusWriter | None = None
@@ -76,9 +79,9 @@ def parts() -> list[Part]:
                 ResolverSettings.from_environment(),
                 os.environ.get("MAILWARD_MTA_IMAGE") or DEFAULT_MTA_IMAGE,
             ),
-            mtasts_part_from_env(),
+            mtasts_part_from_env(SHARED_APPLY_REFRESH_SECONDS),
             # Before the DNS part: the collector's public address goes into tlsrpt.<domain>.
-            tlsrpt_part_from_env(),
+            tlsrpt_part_from_env(apply_refresh_seconds=SHARED_APPLY_REFRESH_SECONDS),
             dns_part_from_env(),
             compliance_part_from_env(),
         ]

@@ -245,8 +245,9 @@ def test_a_workload_deleted_by_hand_comes_back_within_a_resync(
         )  # fmt: skip
         return bool(found) and found != old_uid
 
-    # The shared objects' apply memo (adapters/apply.py) lasts 60 s; one resync follows it.
-    wait_for(f"{kind}/{name} re-created", recreated, timeout=60 + 2 * RESYNC_SECONDS + 30)
+    # Shared objects are re-sent after half a resync (handlers.SHARED_APPLY_REFRESH_SECONDS),
+    # so at most one resync passes before the next reconcile applies them again.
+    wait_for(f"{kind}/{name} re-created", recreated, timeout=2 * RESYNC_SECONDS + 15)
     elapsed = time.monotonic() - began
     selector = WORKLOADS[workload][3]
     wait_for("its pod Ready again", lambda: ready_pods(cluster, namespace, selector), timeout=120)

@@ -134,11 +134,17 @@ class MTASTSPart:
         self._unreachable_retry_seconds = unreachable_retry_seconds
 
     @classmethod
-    def from_environment(cls, env: Mapping[str, str] | None = None) -> MTASTSPart:
+    def from_environment(
+        cls, env: Mapping[str, str] | None = None, *, apply_refresh_seconds: float = 60.0
+    ) -> MTASTSPart:
         env = os.environ if env is None else env
         url = env.get("MAILWARD_POLICY_ENDPOINT_URL")
         fetcher = EndpointFetcher(url, env.get("MAILWARD_POLICY_CA_FILE")) if url else None
-        objects = KubeObjectApplier() if env.get("MAILWARD_POLICY_NAMESPACE") else None
+        objects = (
+            KubeObjectApplier(refresh_seconds=apply_refresh_seconds)
+            if env.get("MAILWARD_POLICY_NAMESPACE")
+            else None
+        )
         retry = float(env.get("MAILWARD_POLICY_RETRY_SECONDS", "2"))
         return cls(fetcher, objects, EndpointSettings.from_environment(env), retry_seconds=retry)
 
@@ -197,6 +203,7 @@ __all__ = [
 ]
 
 
-def mtasts_part_from_env() -> MTASTSPart:
-    """The part as the operator configures it from its environment (see the module doc)."""
-    return MTASTSPart.from_environment()
+def mtasts_part_from_env(apply_refresh_seconds: float = 60.0) -> MTASTSPart:
+    """The part as the operator configures it from its environment (see the module doc);
+    the shared objects are sent again at least every `apply_refresh_seconds`."""
+    return MTASTSPart.from_environment(apply_refresh_seconds=apply_refresh_seconds)

@@ -287,8 +287,11 @@ def _no_address(ctx: ReconcileContext, message: str) -> PartResult:
     return PartResult([verdict], events=events)
 
 
-def tlsrpt_part_from_env(env: Mapping[str, str] | None = None) -> TLSRptPart:
-    """The part as the operator runs it, configured from its environment (see the module doc)."""
+def tlsrpt_part_from_env(
+    env: Mapping[str, str] | None = None, *, apply_refresh_seconds: float = 60.0
+) -> TLSRptPart:
+    """The part as the operator runs it, configured from its environment (see the module doc);
+    the collector's objects are sent again at least every `apply_refresh_seconds`."""
     import os
 
     from mailward.adapters.apply import KubeObjectApplier
@@ -302,7 +305,7 @@ def tlsrpt_part_from_env(env: Mapping[str, str] | None = None) -> TLSRptPart:
     deployment = (
         CollectorDeployment(
             KubeMailDomainLister(),
-            KubeObjectApplier(),
+            KubeObjectApplier(refresh_seconds=apply_refresh_seconds),
             CollectorSettings.from_environment(env),
             KubeServiceIngressReader(),
         )
