@@ -114,9 +114,6 @@ class StackLayout:
         return (self.operator, self.mta, self.tlsrpt_collector, self.policy_endpoint)
 
 
-DemoLayout = StackLayout
-
-
 @dataclass(frozen=True)
 class Stack:
     """A running stack, as `up` leaves it (attach to one with `Stack.attach`)."""
@@ -272,13 +269,6 @@ def _apply_tls_secret(kubeconfig: Path, namespace: str, name: str, cert: Any) ->
         "--dry-run=client", "-o", "json",
     )  # fmt: skip
     kubectl(kubeconfig, "apply", "-f", "-", input=secret)
-
-
-def attach(state_dir: Path, layout: StackLayout = StackLayout()) -> Stack:
-    state_dir = state_dir.resolve()
-    plane = ControlPlane.attach(state_dir / "controlplane")
-    ca = LocalCA.load(state_dir / "ca")
-    return Stack(state_dir, layout, plane, ca, {})
 
 
 def wait_for_pods(kubeconfig: Path, timeout: float = 180) -> None:
