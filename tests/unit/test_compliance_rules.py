@@ -266,3 +266,28 @@ def test_vrfy_judged_by_rfc_5321_section_7_3(known: str, random: str, expected: 
     _judge_vrfy(findings, "d.test", smtp, "mx.d.test:25")
     (finding,) = findings.items["TR-SMTP-04"]
     assert finding.result == expected, finding.message
+
+
+def test_a_domain_counts_as_reconciled_once_ready_observed_its_generation() -> None:
+    from mailward.parts.compliance import reconciled
+
+    def body(generation: int, observed: int | None) -> dict[str, object]:
+        conditions = (
+            []
+            if observed is None
+            else [
+                {
+                    "type": "Ready",
+                    "status": "False",
+                    "reason": "DNSPending",
+                    "message": "",
+                    "observedGeneration": observed,
+                    "lastTransitionTime": "2026-12-01T00:00:00Z",
+                }
+            ]
+        )
+        return {"metadata": {"generation": generation}, "status": {"conditions": conditions}}
+
+    assert not reconciled(body(1, None))  # just created: no pass yet
+    assert not reconciled(body(2, 1))  # an edit the handler has not seen yet
+    assert reconciled(body(2, 2))  # seen, Ready or not: what it published is out there

@@ -33,6 +33,7 @@ from mailward.compliance.engine import check_domain
 from mailward.compliance.model import Report
 from mailward.conditions import (
     COMPLIANT,
+    READY,
     Verdict,
     apply_verdicts,
     compliance_view,
@@ -253,6 +254,12 @@ class ComplianceRunner:
         wakeup = self._wakeups.setdefault(uid, asyncio.Event())
         delay = random.uniform(0, FIRST_CHECK_MAX_DELAY)
         try:
+            # Judge a new domain on what the operator published for it, not half set up: its
+            # first probe waits for the reconcile handler's first pass (at most one interval).
+            deadline = time.monotonic() + _interval_seconds(body)
+            # kopf updates `body` in place from its watch and offers no event to wait on.
+            while not stopped and not reconciled(body) and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.5)
             while not stopped:
                 await self._sleep(delay, wakeup, stopped)
                 if stopped:
@@ -278,6 +285,13 @@ class ComplianceRunner:
             if remaining <= 0:
                 return
             await asyncio.sleep(min(1.0, remaining))
+
+
+def reconciled(body: Mapping[str, Any]) -> bool:
+    """Whether the reconcile handler finished a pass over the object's current generation."""
+    generation = body.get("metadata", {}).get("generation")
+    ready = find(parse_status(body.get("status")).conditions, READY)
+    return ready is not None and generation is not None and ready.observed_generation == generation
 
 
 def _interval_seconds(body: Mapping[str, Any]) -> float:
