@@ -42,7 +42,13 @@ from typing import Any
 
 import yaml
 
-from mailward_localstack._process import ManagedProcess, StackError, free_port, wait_until
+from mailward_localstack._process import (
+    ManagedProcess,
+    StackError,
+    free_port,
+    http_ok,
+    wait_until,
+)
 from mailward_localstack.controlplane import ControlPlane, kubectl
 from mailward_localstack.images import ImageArchive
 from mailward_localstack.pki import LocalCA
@@ -354,15 +360,13 @@ oom_score = 0
         kubelet.log_file.unlink(missing_ok=True)
         kubelet.start()
 
-        def healthy() -> bool:
-            import urllib.request
-
-            url = f"http://{NODE_NAME}:{state.healthz_port}/healthz"
-            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-            with opener.open(url, timeout=2) as response:
-                return bool(response.status == 200)
-
-        wait_until(healthy, timeout=_left(deadline), what="kubelet /healthz", process=kubelet)
+        healthz = f"http://{NODE_NAME}:{state.healthz_port}/healthz"
+        wait_until(
+            lambda: http_ok(healthz, timeout=2),
+            timeout=_left(deadline),
+            what="kubelet /healthz",
+            process=kubelet,
+        )
 
     def _await_schedulable(self, deadline: float) -> None:
         kubeconfig = self.plane.kubeconfig
