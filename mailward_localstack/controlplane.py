@@ -98,9 +98,7 @@ def kubectl_path() -> Path:
     return controlplane_bin_dir() / "kubectl"
 
 
-def kubectl(
-    kubeconfig: Path, *args: str, input: str | None = None, check: bool = True
-) -> str:
+def kubectl(kubeconfig: Path, *args: str, input: str | None = None, check: bool = True) -> str:
     """Run the pinned kubectl against `kubeconfig`, as a person would; its standard output.
 
     With `check`, a failure raises StackError with kubectl's own message.

@@ -77,16 +77,16 @@ def check(kubeconfig: Path, dns_state_dir: Path, namespace: str, name: str, time
     """Print every record the MailDomain wants as the resolver answers it, with its AD flag;
     1 if one is missing, different or not validated."""
     stack = DNSStack.attach(dns_state_dir)
-    body = json.loads(
-        kubectl(kubeconfig, "get", "maildomain", name, "-n", namespace, "-o", "json")
-    )
+    body = json.loads(kubectl(kubeconfig, "get", "maildomain", name, "-n", namespace, "-o", "json"))
     spec = parse_spec(body["spec"])
-    secret = json.loads(
-        kubectl(kubeconfig, "get", "secret", spec.tls.secret_name, "-n", namespace, "-o", "json")
-    )
-    facts: dict[str, object] = {
-        CERTIFICATE_CHAIN: parse_chain(base64.b64decode(secret["data"]["tls.crt"]))
-    }
+    facts: dict[str, object] = {}
+    if spec.tls is not None and not spec.attached:
+        secret = json.loads(
+            kubectl(
+                kubeconfig, "get", "secret", spec.tls.secret_name, "-n", namespace, "-o", "json"
+            )
+        )
+        facts[CERTIFICATE_CHAIN] = parse_chain(base64.b64decode(secret["data"]["tls.crt"]))
     served = _served_policy_id(stack, spec.domain)
     if served:
         facts[SERVED_POLICY_ID] = served  # whatever the policy endpoint serves, as the operator

@@ -7,7 +7,7 @@ unpacked root file system in a private mount namespace (`mailward_localstack.roo
 MTA integration tests prove the image's binaries, libraries (OpenSSL, Cyrus SASL) and users
 (the image's `postfix` and `vmail`, whose ids differ from the machine's).
 
-The configuration files are written exactly as rendered (`PostfixConfig.rendered_files()`);
+The configuration files are written exactly as rendered (`PostfixConfig.all_files()`);
 what differs from the pod is only what `MTALayout` holds (paths under the state directory, the
 listening address) and it is chosen by `local_layout`. The state directory is bind-mounted at
 its own absolute path inside the image's tree, so every path of the layout is valid both on
@@ -105,7 +105,7 @@ class LocalPostfix:
     ) -> None:
         """Write the rendered files, the TLS key pair and the account database."""
         self.install_files(
-            config.rendered_files(),
+            config.all_files(),
             tls_chain_pem=tls_chain_pem,
             tls_key_pem=tls_key_pem,
             accounts=accounts,

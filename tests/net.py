@@ -18,6 +18,7 @@ def addr(host: int) -> str:
         raise ValueError(f"host part {host} outside 1..254")
     return f"{TEST_NET}.{host}"
 
+
 # The real node's stack (tests/fixtures_cluster.py) takes a /24 of its own; its upper half is
 # the cluster's Service range. Derived from TEST_NET so two sessions still do not collide.
 _first, _second, _third = TEST_NET.split(".")

@@ -14,7 +14,9 @@ from typing import Any, cast
 
 import kopf
 
+from mailward import fleet_handlers as fleet_handlers  # registers the MailServer handlers
 from mailward.adapters.kube import KubeSecretObserver, load_client_config
+from mailward.adapters.mailservers import KubeMailServerDirectory
 from mailward.adapters.status_writer import RECONCILER, KubeStatusWriter, StatusWriter
 from mailward.adapters.workloads import KubeWorkloadClient
 from mailward.api.mta import DEFAULT_MTA_IMAGE
@@ -69,15 +71,18 @@ def parts() -> list[Part]:
         load_client_config()
         _status_writer = KubeStatusWriter()
         _parts = [
-            CertificatePart(
-                KubeSecretObserver(), TLS_SECRET_RETRY_SECONDS, TLS_SECRET_RETRY_MAX_SECONDS
-            ),
+            # First: it decides who serves the domain, and for an attached domain the MX hosts
+            # every later part publishes (or stops the pass when the fleet refuses it).
             MTAPart(
                 KubeWorkloadClient(),
                 MTA_RETRY_SECONDS,
                 MTA_RETRY_MAX_SECONDS,
                 ResolverSettings.from_environment(),
                 os.environ.get("MAILWARD_MTA_IMAGE") or DEFAULT_MTA_IMAGE,
+                KubeMailServerDirectory(),
+            ),
+            CertificatePart(
+                KubeSecretObserver(), TLS_SECRET_RETRY_SECONDS, TLS_SECRET_RETRY_MAX_SECONDS
             ),
             mtasts_part_from_env(SHARED_APPLY_REFRESH_SECONDS),
             # Before the DNS part: the collector's public address goes into tlsrpt.<domain>.
@@ -161,7 +166,7 @@ async def reconcile(
             break
     part_verdicts = [v for r in results for v in r.verdicts]
     owned_status = {k: v for r in results for k, v in r.status.items()}
-    verdicts = [ready_verdict(model, part_verdicts), *part_verdicts]
+    verdicts = [ready_verdict(ctx.spec, part_verdicts), *part_verdicts]
     await _write_status(where, current, verdicts, owned_status, generation)
     for result in results:
         for event in result.events:

@@ -16,14 +16,12 @@ import yaml
 from aiosmtpd.smtp import SMTP
 
 from mailward.reconcile import parse_spec
-from mailward.render.mta_objects import Owner, render_mta_objects
-from mailward.render.mta_pod import POSTFIX_CAPABILITIES, render_mta_config
+from mailward.render.mta_pod import POSTFIX_CAPABILITIES
 from mailward.render.pods import SMTP_EHLO_PROBE, SOCKETMAP_PROBE
 from mailward.render.resolver import ResolverSettings
 from mailward.sidecars.tlspolicy import PolicyServer
 from tests.manifests import valid_maildomain
-
-OWNER = Owner("example", "default", "0000-1111")
+from tests.own_mta import own_config, own_objects
 
 
 def _spec(**mta: Any) -> Any:
@@ -34,8 +32,8 @@ def _spec(**mta: Any) -> Any:
 
 def _objects(**mta: Any) -> tuple[dict[str, str], dict[str, Any]]:
     """The ConfigMap's data and the pod template's spec."""
-    objects = render_mta_objects(OWNER, _spec(**mta), ["alice"], ResolverSettings())
-    configmap = next(o for o in objects if o["kind"] == "ConfigMap")
+    objects = own_objects(_spec(**mta), ["alice"], ResolverSettings())
+    configmap = next(o for o in objects if o["metadata"]["name"].endswith("-config"))
     statefulset = next(o for o in objects if o["kind"] == "StatefulSet")
     return configmap["data"], statefulset["spec"]["template"]["spec"]
 
@@ -54,7 +52,7 @@ def test_in_its_own_network_the_pod_listens_as_before() -> None:
     data, pod = _objects()
     assert "hostNetwork" not in pod
     assert "affinity" not in pod
-    config = render_mta_config(_spec(), [])
+    config = own_config(_spec(), [])
     assert config.parameter("inet_interfaces") == "all"
     assert config.parameter("smtp_tls_policy_maps") == "socketmap:inet:127.0.0.1:8461:postfix"
     with pytest.raises(KeyError):
@@ -93,7 +91,7 @@ def test_every_process_asks_the_pods_validating_resolver() -> None:
 def test_on_the_host_network_postfix_binds_exactly_the_mx_addresses() -> None:
     data, pod = _objects(hostNetwork=True)
     assert pod["hostNetwork"] is True
-    config = render_mta_config(_spec(hostNetwork=True), [])
+    config = own_config(_spec(hostNetwork=True), [])
     assert config.parameter("inet_interfaces") == "127.77.0.25, [::1]"
     assert config.parameter("inet_protocols") == "all"
     assert config.parameter("smtp_bind_address") == "127.77.0.25"
@@ -137,15 +135,15 @@ def test_the_published_families_decide_what_postfix_speaks() -> None:
         {"host": "mx2.example.test", "addresses": ["192.0.2.26"]},
     ]
     manifest["mta"] = {"hostNetwork": True}
-    config = render_mta_config(parse_spec(manifest), [])
+    config = own_config(parse_spec(manifest), [])
     assert config.parameter("inet_interfaces") == "192.0.2.25, 192.0.2.26"
     assert config.parameter("inet_protocols") == "ipv4"
     assert config.parameter("smtp_bind_address") == "192.0.2.25"
     with pytest.raises(KeyError):
         config.parameter("smtp_bind_address6")
     # A public address: the resolver also lets in queries from that address itself.
-    objects = render_mta_objects(OWNER, parse_spec(manifest), [])
-    unbound = objects[0]["data"]["unbound.conf"]
+    objects = own_objects(parse_spec(manifest), [])
+    unbound = objects[1]["data"]["unbound.conf"]
     assert "    interface: 192.0.2.25\n" in unbound
     assert "    access-control: 192.0.2.25/32 allow\n" in unbound
     # Its queries leave from that address too, as the mail does.

@@ -12,13 +12,7 @@ import pytest
 from mailward.adapters.workloads import StatefulSetObservation
 from mailward.parts.mta import mta_verdict
 from mailward.reconcile import parse_spec
-from mailward.render.mta_objects import (
-    CONFIG_HASH_ANNOTATION,
-    Owner,
-    render_mta_config,
-    render_mta_objects,
-)
-from mailward.render.mta_pod import render_mta_files
+from mailward.render.mta_objects import CONFIG_HASH_ANNOTATION
 from mailward.render.postfix import (
     TLS12_CIPHERS,
     DomainConfig,
@@ -33,14 +27,14 @@ from mailward.render.resolver import Forwarder, ResolverSettings
 from mailward.sidecars.tlspolicy import Lookup, PolicyServer, decide, local_peer, split_host_port
 from mailward_localstack.postfix import local_layout
 from tests.manifests import valid_maildomain
+from tests.own_mta import OWNER, own_config, own_files, own_objects
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "postfix"
 SPEC = parse_spec(valid_maildomain()["spec"])
-OWNER = Owner("example", "default", "0000-1111")
 
 
 def test_rendered_files_match_the_golden_files() -> None:
-    files = render_mta_config(SPEC, ["alice", "bob"]).rendered_files()
+    files = own_config(SPEC, ["alice", "bob"]).all_files()
     if os.environ.get("UPDATE_GOLDEN"):
         GOLDEN.mkdir(parents=True, exist_ok=True)
         for name, text in files.items():
@@ -50,7 +44,7 @@ def test_rendered_files_match_the_golden_files() -> None:
 
 
 def test_tls_profile_follows_tr_03116_4() -> None:
-    config = render_mta_config(SPEC, [])
+    config = own_config(SPEC, [])
     assert config.parameter("smtpd_tls_protocols") == ">=TLSv1.2"
     assert config.parameter("smtpd_tls_mandatory_protocols") == ">=TLSv1.2"
     assert config.parameter("smtp_tls_protocols") == ">=TLSv1.2"
@@ -71,7 +65,7 @@ def test_tls_profile_follows_tr_03116_4() -> None:
 
 
 def test_relay_vrfy_outbound_and_queue_settings() -> None:
-    config = render_mta_config(SPEC, [])
+    config = own_config(SPEC, [])
     assert config.parameter("mynetworks") == ""
     assert config.parameter("smtpd_relay_restrictions") == (
         "permit_mynetworks, reject_unauth_destination"
@@ -131,14 +125,19 @@ def test_one_mta_for_several_domains() -> None:
         ]
     )
     assert config.parameter("myhostname") == "mx.one.test"
-    assert config.parameter("virtual_mailbox_domains") == "one.test two.test"
-    assert "b@two.test two.test/b/" in config.files["mailboxes"]
-    assert "postmaster@two.test two.test/postmaster/" in config.files["mailboxes"]
-    assert config.files["sender_logins"] == "a@one.test a@one.test\nb@two.test b@two.test\n"
+    assert config.parameter("virtual_mailbox_domains") == "texthash:${config_directory}/domains"
+    assert config.tables["domains"] == "one.test OK\ntwo.test OK\n"
+    assert "b@two.test two.test/b/" in config.tables["mailboxes"]
+    assert "postmaster@two.test two.test/postmaster/" in config.tables["mailboxes"]
+    assert config.tables["sender_logins"] == "a@one.test a@one.test\nb@two.test b@two.test\n"
     with pytest.raises(ValueError, match="twice"):
         render_postfix([DomainConfig("x.test", ("mx.x.test",))] * 2)
-    with pytest.raises(ValueError, match="at least one"):
+    with pytest.raises(ValueError, match="hostname and an origin"):
         render_postfix([])
+    # A fleet names itself, whatever domains it serves (none, even).
+    fleet = render_postfix([], hostname="mx1.fleet.test", origin="fleet.test")
+    assert fleet.parameter("myhostname") == "mx1.fleet.test"
+    assert fleet.tables["domains"] == ""
 
 
 def test_options_switch_parts_off() -> None:
@@ -158,9 +157,10 @@ def test_master_cf_refuses_white_space_in_options() -> None:
 
 
 def test_objects_carry_owner_references_and_the_config_hash() -> None:
-    objects = render_mta_objects(OWNER, SPEC, ["alice"])
+    objects = own_objects(SPEC, ["alice"])
     kinds = [o["kind"] for o in objects]
     assert kinds == [
+        "ConfigMap",
         "ConfigMap",
         "Service",
         "Service",
@@ -172,19 +172,22 @@ def test_objects_carry_owner_references_and_the_config_hash() -> None:
         (ref,) = obj["metadata"]["ownerReferences"]
         assert ref["uid"] == OWNER.uid
         assert ref["controller"] is True
-    configmap, sts = objects[0], objects[3]
+    tables, configmap, sts = objects[0], objects[1], objects[4]
     assert all("/" not in key for key in configmap["data"])
     items = sts["spec"]["template"]["spec"]["volumes"][0]["configMap"]["items"]
     assert {"key": "sasl_smtpd.conf", "path": "sasl/smtpd.conf"} in items
     # The hash covers every file of the ConfigMap, the sidecars' too: a new upstream for the
     # resolver rolls the pods as a Postfix change does.
     digest = sts["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH_ANNOTATION]
-    assert digest == render_mta_files(SPEC, ["alice"], ResolverSettings()).digest()
+    assert digest == own_files(SPEC, ResolverSettings()).digest()
     assert {"unbound.conf", "mta-sts-daemon.yml", "main.cf"} <= set(configmap["data"])
-    other = render_mta_objects(OWNER, SPEC, ["alice", "bob"])[3]
-    assert other["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH_ANNOTATION] != digest
+    # Accounts and domains are tables: reloaded by the pods, so the digest stays the same.
+    assert set(tables["data"]) == {"domains", "mailboxes", "sender_logins"}
+    other = own_objects(SPEC, ["alice", "bob"])
+    assert other[4]["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH_ANNOTATION] == digest
+    assert other[0]["data"]["mailboxes"] != tables["data"]["mailboxes"]
     forwarded = ResolverSettings(forwarders=(Forwarder("192.0.2.53"),))
-    third = render_mta_objects(OWNER, SPEC, ["alice"], forwarded)[3]
+    third = own_objects(SPEC, ["alice"], forwarded)[4]
     assert third["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH_ANNOTATION] != digest
     # No accounts Secret configured: no accounts volume.
     assert "accounts" not in [v["name"] for v in sts["spec"]["template"]["spec"]["volumes"]]

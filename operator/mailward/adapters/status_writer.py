@@ -1,4 +1,4 @@
-"""Writes a MailDomain's status by server-side apply, one field manager per writer.
+"""Writes a MailDomain's (or MailServer's) status by server-side apply, one manager per writer.
 
 Two writers share the status: the reconcile handler (every part's condition, `Ready`, the parts'
 status fields) and the compliance daemon (`Compliant` and `status.compliance`), which runs on its
@@ -31,9 +31,13 @@ class StatusWriter(Protocol):
 
 
 class KubeStatusWriter:
-    def __init__(self, api: client.ApiClient | None = None) -> None:
+    def __init__(
+        self, api: client.ApiClient | None = None, *, kind: str = KIND, plural: str = PLURAL
+    ) -> None:
         # One client for every call: a new ApiClient per call opens a new connection pool.
         self._api = client.CustomObjectsApi(api or client.ApiClient())
+        self._kind = kind
+        self._plural = plural
 
     async def apply_status(
         self, namespace: str, name: str, status: dict[str, Any], *, field_manager: str
@@ -41,7 +45,7 @@ class KubeStatusWriter:
         api = self._api
         body = {
             "apiVersion": f"{API_GROUP}/{API_VERSION}",
-            "kind": KIND,
+            "kind": self._kind,
             "metadata": {"name": name, "namespace": namespace},
             "status": status,
         }
@@ -50,7 +54,7 @@ class KubeStatusWriter:
             API_GROUP,
             API_VERSION,
             namespace,
-            PLURAL,
+            self._plural,
             name,
             body,
             field_manager=field_manager,

@@ -129,6 +129,56 @@ def maildomain_crd() -> JSONSchema:
     }
 
 
+def mailserver_crd() -> JSONSchema:
+    from mailward.api import mailserver
+
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{mailserver.MAILSERVER_PLURAL}.{v1alpha1.API_GROUP}"},
+        "spec": {
+            "group": v1alpha1.API_GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": mailserver.MAILSERVER_KIND,
+                "listKind": f"{mailserver.MAILSERVER_KIND}List",
+                "plural": mailserver.MAILSERVER_PLURAL,
+                "singular": mailserver.MAILSERVER_SINGULAR,
+                "shortNames": list(mailserver.MAILSERVER_SHORT_NAMES),
+                "categories": ["mailward"],
+            },
+            "versions": [
+                {
+                    "name": v1alpha1.API_VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": mailserver.MailServerResource.printer_columns,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": (
+                                "An MTA fleet (Postfix pods behind a few MX names) that serves "
+                                "every MailDomain attached to it and allowed by it."
+                            ),
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": structural_schema(mailserver.MailServerSpec),
+                                "status": structural_schema(
+                                    mailserver.MailServerStatus, defaults=False
+                                ),
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
 def dns_provider_crd(*, cluster: bool) -> JSONSchema:
     """DNSProvider (namespaced) or ClusterDNSProvider: spec only, as cert-manager's issuers."""
     from mailward.api import dnsprovider
@@ -183,6 +233,7 @@ def render_crds() -> dict[str, str]:
     """File name → YAML text of every CRD mailward defines."""
     header = "# Generated from operator/mailward/api by `make crds`; do not edit.\n"
     crds = {f"{v1alpha1.API_GROUP}_{v1alpha1.PLURAL}.yaml": maildomain_crd()}
+    crds[f"{v1alpha1.API_GROUP}_mailservers.yaml"] = mailserver_crd()
     for cluster in (False, True):
         crd = dns_provider_crd(cluster=cluster)
         crds[f"{v1alpha1.API_GROUP}_{crd['spec']['names']['plural']}.yaml"] = crd

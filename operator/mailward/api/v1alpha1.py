@@ -44,6 +44,10 @@ PLURAL = "maildomains"
 SINGULAR = "maildomain"
 SHORT_NAMES = ("md",)
 
+ATTACHMENT_RULE = (
+    "set either spec.mailServerRef (a MailServer serves the domain) or spec.mx and spec.tls "
+    "(an MTA of its own); spec.mx must be empty with spec.mailServerRef"
+)
 # RFC 8461 §3.2: max_age is at most 31557600 seconds (about one year).
 MTA_STS_MAX_AGE_LIMIT = 31557600
 
@@ -84,6 +88,20 @@ class TLSSpec(_Model):
             "certificate chain (`tls.crt`) and key (`tls.key`) for every MX host. Its public key "
             "is what the DANE TLSA records pin."
         )
+    )
+
+
+class MailServerReference(_Model):
+    """The MailServer (MTA fleet) that serves the domain."""
+
+    name: ObjectName = Field(description="Name of the MailServer.")
+    namespace: ObjectName | None = Field(
+        default=None,
+        max_length=63,
+        description=(
+            "Namespace of the MailServer; the MailDomain's own when unset. The MailServer's "
+            "`spec.allowedDomains` decides whether this namespace may attach."
+        ),
     )
 
 
@@ -427,6 +445,13 @@ class MailDomainSpec(_Model):
                 },
                 {
                     "rule": (
+                        "has(self.mailServerRef) ? !has(self.mx) || self.mx.size() == 0 : "
+                        "has(self.mx) && self.mx.size() > 0 && has(self.tls)"
+                    ),
+                    "message": ATTACHMENT_RULE,
+                },
+                {
+                    "rule": (
                         "!has(self.mta) || !has(self.mta.hostNetwork) || !self.mta.hostNetwork || "
                         "self.mx.exists(m, has(m.addresses) && m.addresses.size() > 0)"
                     ),
@@ -449,15 +474,33 @@ class MailDomainSpec(_Model):
         },
     )
     mx: list[MXHost] = Field(
-        min_length=1,
+        default_factory=list,
         max_length=10,
-        description="The mail exchangers of the domain; each host appears once.",
+        description=(
+            "The mail exchangers of the domain; each host appears once. Leave empty when "
+            "`spec.mailServerRef` names a MailServer: the domain then uses the fleet's hosts."
+        ),
         json_schema_extra={
             "x-kubernetes-list-type": "map",
             "x-kubernetes-list-map-keys": ["host"],
         },
     )
-    tls: TLSSpec = Field(description="The certificate served on SMTP and the policy endpoint.")
+    tls: TLSSpec | None = Field(
+        default=None,
+        description=(
+            "The certificate served on SMTP by the domain's own MTA and by the namespace's TLSRPT "
+            "collector for `tlsrpt.<domain>`. Required with `spec.mx`; optional for a domain "
+            "attached to a MailServer, whose MX hosts serve the fleet's certificate."
+        ),
+    )
+    mail_server_ref: MailServerReference | None = Field(
+        default=None,
+        description=(
+            "Attach the domain to a MailServer (an MTA fleet serving many domains) instead of "
+            "running an MTA of its own: the MX records name the fleet's hosts, whose TLSA "
+            "records the fleet publishes once. Set either this or `spec.mx`."
+        ),
+    )
 
     @field_validator("mx")
     @classmethod
@@ -497,8 +540,21 @@ class MailDomainSpec(_Model):
         return list(dict.fromkeys(a for entry in self.mx for a in entry.addresses))
 
     @model_validator(mode="after")
+    def _own_mta_or_mail_server(self) -> MailDomainSpec:
+        own = bool(self.mx) and self.tls is not None
+        if self.mail_server_ref is not None and self.mx:
+            raise ValueError(ATTACHMENT_RULE)
+        if self.mail_server_ref is None and not own:
+            raise ValueError(ATTACHMENT_RULE)
+        return self
+
+    @property
+    def attached(self) -> bool:
+        return self.mail_server_ref is not None
+
+    @model_validator(mode="after")
     def _host_network_has_addresses(self) -> MailDomainSpec:
-        if self.mta.host_network and not self.mx_addresses():
+        if self.mta.host_network and self.mx and not self.mx_addresses():
             raise ValueError(HOST_NETWORK_NEEDS_ADDRESSES)
         return self
 

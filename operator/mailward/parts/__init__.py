@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from mailward.api.v1alpha1 import MailDomainSpec, MailDomainStatus
+from mailward.api.v1alpha1 import MailDomainSpec, MailDomainStatus, MXHost
 from mailward.conditions import Verdict
 
 # Fact (bool) a part sets when it changed what the world sees of the domain in this pass (the DNS
@@ -25,6 +25,15 @@ RECORDS_CHANGED = "compliance.records_changed"
 TLSRPT_COLLECTOR_TARGET = "tlsrpt.collector_target"
 
 
+@dataclass(frozen=True)
+class FleetAttachment:
+    """The MailServer that serves an attached domain, as the MTA part found it."""
+
+    namespace: str
+    name: str
+    hosts: tuple[MXHost, ...]
+
+
 @dataclass
 class ReconcileContext:
     """What every part may read about the MailDomain being reconciled."""
@@ -33,10 +42,14 @@ class ReconcileContext:
     namespace: str
     uid: str
     generation: int
+    # The MTA part replaces `mx` of an attached domain with its fleet's hosts (no addresses:
+    # those records are the fleet's), so the later parts publish and serve them as the MX.
     spec: MailDomainSpec
     status: MailDomainStatus
     # Facts one part found and a later part needs, e.g. the served certificate chain.
     facts: dict[str, Any] = field(default_factory=dict)
+    # Set by the MTA part when a MailServer serves the domain.
+    fleet: FleetAttachment | None = None
 
 
 @dataclass

@@ -31,6 +31,15 @@ class CertificatePart:
         self._backoff = Backoff(retry_seconds, retry_max_seconds)
 
     async def reconcile(self, ctx: ReconcileContext) -> PartResult:
+        if ctx.spec.tls is None:
+            # Only an attached domain has none: its MX hosts serve the fleet's certificate.
+            verdict = Verdict(
+                CERTIFICATE_READY,
+                "True",
+                "MailServerCertificate",
+                "the MX hosts serve the certificate of the domain's MailServer",
+            )
+            return PartResult([verdict])
         secret_name = ctx.spec.tls.secret_name
         observation = await self._secrets.observe_tls_secret(ctx.namespace, secret_name)
         verdict = certificate_verdict(observation)

@@ -56,6 +56,8 @@ log = logging.getLogger("mailward.dns")
 
 
 def tlsa_digests(spec: MailDomainSpec, facts: Mapping[str, Any]) -> dict[str, list[str]]:
+    if spec.mail_server_ref is not None:
+        return {}  # the fleet publishes its hosts' TLSA records, once for every domain
     override = facts.get(TLSA_DIGESTS)
     if override is not None:
         return {host: list(digests) for host, digests in override.items()}

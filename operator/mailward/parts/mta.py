@@ -1,8 +1,14 @@
-"""The MTA part: the MailDomain's Postfix StatefulSet and its companions, and `MTAReady`.
+"""The MTA part: who serves the domain's mail, and `MTAReady`.
 
-It renders the objects (render/mta_objects.py), applies them by server-side apply, and reads
-the StatefulSet's status back. StatefulSets are not watched by the operator, so while the MTA
-is not ready yet the part asks to be run again after a short delay.
+A domain with `spec.mx` runs an MTA of its own: the part renders its objects as a fleet of one
+domain (render/mta_server.py, render/mta_objects.py), applies them by server-side apply, and
+reads the StatefulSet's status back. StatefulSets are not watched by the operator, so while the
+MTA is not ready yet the part asks to be run again after a short delay.
+
+A domain with `spec.mailServerRef` is served by that MailServer's fleet: the part decides
+whether it may attach (attachment.py) and stops the pass with the reason if not, so nothing is
+published for a domain no fleet accepts; if it may, the later parts see the fleet's hosts as
+the domain's MX (`ctx.fleet`, `ctx.spec.mx`).
 
 Facts it leaves for later parts (`ctx.facts`):
 - `mta.service`: `<namespace>/<name>` of the Service that receives mail on 25/465/587;
@@ -15,17 +21,16 @@ Configuration (operator environment): `MAILWARD_MTA_RESOLVER_TRUST_ANCHORS` and
 
 from __future__ import annotations
 
+from mailward.adapters.mailservers import MailServerDirectory
 from mailward.adapters.workloads import StatefulSetObservation, WorkloadClient
 from mailward.api.mta import DEFAULT_MTA_IMAGE
+from mailward.api.v1alpha1 import KIND, MXHost
+from mailward.attachment import ServerKey, decide
 from mailward.conditions import Verdict
-from mailward.parts import RECORDS_CHANGED, Event, PartResult, ReconcileContext
+from mailward.parts import RECORDS_CHANGED, Event, FleetAttachment, PartResult, ReconcileContext
 from mailward.parts.backoff import Backoff
-from mailward.render.mta_objects import (
-    CONFIG_HASH_ANNOTATION,
-    Owner,
-    mta_name,
-    render_mta_objects,
-)
+from mailward.render.mta_objects import CONFIG_HASH_ANNOTATION, render_own_mta_objects
+from mailward.render.mta_server import ResourceOwner
 from mailward.render.resolver import ResolverSettings
 
 MTA_READY = "MTAReady"
@@ -68,19 +73,19 @@ class MTAPart:
         retry_max_seconds: float = 300.0,
         resolver: ResolverSettings | None = None,
         default_image: str = DEFAULT_MTA_IMAGE,
+        mail_servers: MailServerDirectory | None = None,
     ) -> None:
         self._workloads = workloads
+        self._mail_servers = mail_servers
         self._default_image = default_image
         # The trust anchor and upstream of every MTA pod's resolver (operator-level settings).
         self._resolver = resolver or ResolverSettings()
         self._backoff = Backoff(retry_seconds, retry_max_seconds)
 
     async def reconcile(self, ctx: ReconcileContext) -> PartResult:
+        if ctx.spec.mail_server_ref is not None:
+            return await self._attach(ctx)
         spec = ctx.spec
-        if spec.mta.image is None:
-            spec = spec.model_copy(
-                update={"mta": spec.mta.model_copy(update={"image": self._default_image})}
-            )
         if not spec.mta.enabled:
             return PartResult(
                 [Verdict(MTA_READY, "True", "MTANotManaged", "spec.mta.enabled is false")]
@@ -98,12 +103,12 @@ class MTAPart:
                     retry_after=self._backoff.next(ctx.uid),
                 )
             accounts = keys
-        owner = Owner(ctx.name, ctx.namespace, ctx.uid)
-        objects = render_mta_objects(owner, spec, accounts, self._resolver)
+        owner = ResourceOwner(KIND, ctx.name, ctx.namespace, ctx.uid)
+        objects = render_own_mta_objects(owner, spec, accounts, self._resolver, self._default_image)
         for manifest in objects:
             await self._workloads.apply(manifest)
-        name = mta_name(owner)
         statefulset = next(o for o in objects if o["kind"] == "StatefulSet")
+        name = statefulset["metadata"]["name"]
         ctx.facts["mta.service"] = f"{ctx.namespace}/{name}"
         ctx.facts["mta.config_hash"] = statefulset["spec"]["template"]["metadata"]["annotations"][
             CONFIG_HASH_ANNOTATION
@@ -122,6 +127,40 @@ class MTAPart:
         else:
             retry = self._backoff.next(ctx.uid)
         return PartResult([verdict], retry_after=retry, events=events)
+
+    async def _attach(self, ctx: ReconcileContext) -> PartResult:
+        ref = ctx.spec.mail_server_ref
+        assert ref is not None
+        assert self._mail_servers is not None
+        key = ServerKey(ref.namespace or ctx.namespace, ref.name)
+        observed = await self._mail_servers.mail_server(key.namespace, key.name)
+        labels = await self._mail_servers.namespace_labels(ctx.namespace)
+        attachment = decide(ctx.namespace, key, observed.spec, labels, server_found=observed.found)
+        if not attachment.allowed or observed.spec is None:
+            verdict = Verdict(MTA_READY, "False", attachment.reason, attachment.message)
+            previous = next((c for c in ctx.status.conditions if c.type == MTA_READY), None)
+            events = []
+            if previous is None or previous.reason != attachment.reason:
+                events.append(Event("Warning", attachment.reason, attachment.message))
+            # Stop here: no record may point at a fleet that does not serve the domain.
+            return PartResult(
+                [verdict], retry_after=self._backoff.next(ctx.uid), events=events, blocking=True
+            )
+        hosts = tuple(MXHost(host=h.host, priority=h.priority) for h in observed.spec.hosts)
+        ctx.fleet = FleetAttachment(key.namespace, key.name, hosts)
+        ctx.spec = ctx.spec.model_copy(update={"mx": list(hosts)})
+        if not observed.ready:
+            verdict = Verdict(
+                MTA_READY,
+                "Unknown",
+                "MailServerNotReady",
+                f"{key.describe()} serves the domain once ready: {observed.ready_message}",
+            )
+            return PartResult([verdict], retry_after=self._backoff.next(ctx.uid))
+        self._backoff.reset(ctx.uid)
+        names = ", ".join(h.host for h in hosts)
+        verdict = Verdict(MTA_READY, "True", "AttachedToMailServer", f"{key.describe()} ({names})")
+        return PartResult([verdict])
 
     async def release(self, ctx: ReconcileContext) -> None:
         """The objects carry owner references: the garbage collector removes them."""

@@ -34,9 +34,10 @@ class Owner:
     namespace: str
     name: str
     uid: str
+    kind: str = "MailDomain"
 
     def describe(self) -> str:
-        return f"MailDomain {self.namespace}/{self.name}"
+        return f"{self.kind} {self.namespace}/{self.name}"
 
 
 @dataclass(frozen=True)

@@ -192,6 +192,24 @@ def desired_rrsets(
     return sorted(_merge(rrsets))
 
 
+def fleet_host_rrsets(
+    host: str,
+    addresses: Sequence[str],
+    *,
+    ttl: int,
+    tlsa_ttl: int,
+    tlsa_spki_sha256: Sequence[str],
+) -> list[RRset]:
+    """A MailServer's records for one of its hosts: A/AAAA and the `3 1 1` TLSA RRset that every
+    domain it serves relies on (published once, at `_25._tcp.<host>`)."""
+    rrsets = _address_rrsets(host, addresses, ttl)
+    if tlsa_spki_sha256:
+        rrsets.append(
+            make_rrset(tlsa_name(host), "TLSA", tlsa_ttl, (f"3 1 1 {d}" for d in tlsa_spki_sha256))
+        )
+    return sorted(rrsets)
+
+
 def _host_rrsets(name: str, target: HostTarget, ttl: int) -> list[RRset]:
     if target.cname is not None:
         return [make_rrset(name, "CNAME", ttl, [absolute(target.cname)])]

@@ -1,99 +1,130 @@
-"""The Kubernetes objects of a MailDomain's MTA, as plain manifests (pure).
+"""The Kubernetes objects of an MTA fleet, as plain manifests (pure).
 
-One StatefulSet runs the MTA's pod (render/mta_pod.py: Postfix, its validating resolver and the
-outbound TLS policy sidecars) with the rendered configuration (a ConfigMap). Its queue lives on
-a PersistentVolumeClaim per pod, so a restarted pod finds the mail it had accepted. The
-ConfigMap's digest is an annotation of the pod template: any configuration change rolls the
-pods, and nothing else does.
+Each group of the fleet (render/mta_server.py) is one StatefulSet running the MTA's pod
+(render/mta_pod.py: Postfix, its validating resolver and the outbound TLS policy sidecars)
+with its rendered configuration (a ConfigMap per group), a headless and a public Service, a
+PodDisruptionBudget and a NetworkPolicy. The queue lives on a PersistentVolumeClaim per pod,
+so a restarted pod finds the mail it had accepted. The configuration's digest is an annotation
+of the pod template: a change of the fleet's own settings rolls the pods, and nothing else does.
 
-Every object carries an owner reference to the MailDomain (garbage collection removes them with
-it), the same labels, and is applied by server-side apply, so applying an unchanged manifest is
-a no-op on the API server.
+The domain tables (which domains, which mailboxes) are one ConfigMap for the whole fleet,
+outside that digest: a domain attached or detached reaches the running pods by the kubelet's
+update of the volume and a `postfix reload`, without a restart.
+
+Every object carries an owner reference to the resource that asked for the fleet (a MailServer,
+or a MailDomain with an MTA of its own), the same labels, and is applied by server-side apply,
+so applying an unchanged manifest is a no-op on the API server.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
-from mailward.api.v1alpha1 import API_GROUP, API_VERSION, KIND, MailDomainSpec
-from mailward.render.mta_pod import (
-    MTAFiles,
-    render_mta_config,
-    render_mta_files,
-    render_pod_spec,
+from mailward.api.mta import DEFAULT_MTA_IMAGE
+from mailward.api.v1alpha1 import API_GROUP, MailDomainSpec
+from mailward.render.mta_pod import MTAFiles, render_domain_files, render_mta_files, render_pod_spec
+from mailward.render.mta_server import MTAServer, ResourceOwner, ServerGroup, own_mta_server
+from mailward.render.postfix import (
+    SMTP_PORT,
+    SUBMISSION_PORT,
+    SUBMISSIONS_PORT,
+    DomainConfig,
+    files_digest,
 )
-from mailward.render.postfix import SMTP_PORT, SUBMISSION_PORT, SUBMISSIONS_PORT
 from mailward.render.resolver import ResolverSettings
 
 Manifest = dict[str, Any]
 
 CONFIG_HASH_ANNOTATION = f"{API_GROUP}/config-hash"
-
-__all__ = ["CONFIG_HASH_ANNOTATION", "Owner", "mta_name", "render_mta_config", "render_mta_objects"]
-
-
-@dataclass(frozen=True)
-class Owner:
-    """The MailDomain that owns the objects."""
-
-    name: str
-    namespace: str
-    uid: str
+# On the pods (not the template): the digest of the domain tables they were last given. Writing
+# it makes the kubelet sync the pod at once, which refreshes the ConfigMap volume without
+# waiting for its periodic sync; the StatefulSet controller ignores pod annotations.
+DOMAINS_HASH_ANNOTATION = f"{API_GROUP}/domains-hash"
+COMPONENT = "mailward-mta"
 
 
-def mta_name(owner: Owner) -> str:
-    return f"{owner.name}-mta"
-
-
-def labels(owner: Owner) -> dict[str, str]:
+def labels(server: MTAServer, group: ServerGroup | None = None) -> dict[str, str]:
     return {
-        "app.kubernetes.io/name": "mailward-mta",
-        "app.kubernetes.io/instance": mta_name(owner),
+        "app.kubernetes.io/name": COMPONENT,
+        "app.kubernetes.io/instance": group.name if group else server.base_name,
+        "app.kubernetes.io/part-of": server.base_name,
         "app.kubernetes.io/managed-by": "mailward",
-        f"{API_GROUP}/maildomain": owner.name,
+        f"{API_GROUP}/{server.owner.kind.lower()}": server.owner.name,
     }
 
 
-def selector(owner: Owner) -> dict[str, str]:
-    return {"app.kubernetes.io/instance": mta_name(owner), "app.kubernetes.io/name": "mailward-mta"}
+def selector(group: ServerGroup) -> dict[str, str]:
+    return {"app.kubernetes.io/instance": group.name, "app.kubernetes.io/name": COMPONENT}
 
 
-def _metadata(owner: Owner, name: str) -> dict[str, Any]:
+def fleet_selector(server: MTAServer) -> str:
+    """A label selector (string form) for every pod of the fleet."""
+    return f"app.kubernetes.io/name={COMPONENT},app.kubernetes.io/part-of={server.base_name}"
+
+
+def _metadata(server: MTAServer, name: str, group: ServerGroup | None = None) -> dict[str, Any]:
     return {
         "name": name,
-        "namespace": owner.namespace,
-        "labels": labels(owner),
-        "ownerReferences": [
-            {
-                "apiVersion": f"{API_GROUP}/{API_VERSION}",
-                "kind": KIND,
-                "name": owner.name,
-                "uid": owner.uid,
-                "controller": True,
-                "blockOwnerDeletion": True,
-            }
-        ],
+        "namespace": server.namespace,
+        "labels": labels(server, group),
+        "ownerReferences": [server.owner.reference()],
     }
+
+
+def domains_digest(domains: Sequence[DomainConfig]) -> str:
+    return files_digest(render_domain_files(domains))
+
+
+def own_mta_domain(spec: MailDomainSpec, accounts: Sequence[str]) -> DomainConfig:
+    """The one domain a MailDomain's own MTA serves."""
+    return DomainConfig(spec.domain, tuple(mx.host for mx in spec.mx), tuple(sorted(accounts)))
+
+
+def render_own_mta_objects(
+    owner: ResourceOwner,
+    spec: MailDomainSpec,
+    accounts: Sequence[str],
+    resolver: ResolverSettings | None = None,
+    default_image: str = DEFAULT_MTA_IMAGE,
+) -> list[Manifest]:
+    """The objects of a MailDomain's own MTA: a fleet of one group serving that domain."""
+    server = own_mta_server(owner.name, owner.namespace, owner.uid, spec, default_image)
+    return render_mta_objects(server, [own_mta_domain(spec, accounts)], resolver)
 
 
 def render_mta_objects(
-    owner: Owner,
-    spec: MailDomainSpec,
-    accounts: list[str],
+    server: MTAServer,
+    domains: Sequence[DomainConfig],
     resolver: ResolverSettings | None = None,
 ) -> list[Manifest]:
-    """ConfigMap, headless and public Services, StatefulSet, PodDisruptionBudget, NetworkPolicy.
+    """The domain tables' ConfigMap, then per group: ConfigMap, headless and public Services,
+    StatefulSet, PodDisruptionBudget, NetworkPolicy.
 
     On the host network the public Service still selects the pods, but reaches Postfix only
-    where the MX addresses are the nodes' own: mail comes to the MX addresses directly.
+    where the addresses are the nodes' own: mail comes to the MX addresses directly.
     """
-    files = render_mta_files(spec, accounts, resolver or ResolverSettings())
-    name = mta_name(owner)
+    tables: Manifest = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(server, server.domains_configmap()),
+        "data": render_domain_files(domains),
+    }
+    objects = [tables]
+    for group in server.groups:
+        objects += _group_objects(server, group, resolver or ResolverSettings())
+    return objects
+
+
+def _group_objects(
+    server: MTAServer, group: ServerGroup, resolver: ResolverSettings
+) -> list[Manifest]:
+    files = render_mta_files(server, group, resolver)
+    name = group.name
     configmap: Manifest = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _metadata(owner, f"{name}-config"),
+        "metadata": _metadata(server, f"{name}-config", group),
         "data": files.data(),
     }
     ports = [
@@ -114,42 +145,42 @@ def render_mta_objects(
     service: Manifest = {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(owner, name),
+        "metadata": _metadata(server, name, group),
         "spec": {
             "type": "LoadBalancer",
             # Postfix must see the client's own address: relay control, rate limits and logs
             # depend on it. `Local` keeps it (no SNAT to a node address).
             "externalTrafficPolicy": "Local",
-            "selector": selector(owner),
+            "selector": selector(group),
             "ports": ports,
         },
     }
     headless: Manifest = {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(owner, f"{name}-pods"),
+        "metadata": _metadata(server, f"{name}-pods", group),
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
-            "selector": selector(owner),
+            "selector": selector(group),
             "ports": [{"name": "smtp", "port": SMTP_PORT, "targetPort": "smtp"}],
         },
     }
-    statefulset = _statefulset(owner, spec, files)
+    statefulset = _statefulset(server, group, files)
     pdb: Manifest = {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": _metadata(owner, name),
+        "metadata": _metadata(server, name, group),
         # One pod at a time may be drained; with one replica the drain is not blocked forever
         # (the queue is on a volume and the sending MTAs retry, RFC 5321 §4.5.4.1).
-        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector(owner)}},
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector(group)}},
     }
     network_policy: Manifest = {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": _metadata(owner, name),
+        "metadata": _metadata(server, name, group),
         "spec": {
-            "podSelector": {"matchLabels": selector(owner)},
+            "podSelector": {"matchLabels": selector(group)},
             "policyTypes": ["Ingress", "Egress"],
             "ingress": [
                 {
@@ -169,26 +200,25 @@ def render_mta_objects(
     return [configmap, headless, service, statefulset, pdb, network_policy]
 
 
-def _statefulset(owner: Owner, spec: MailDomainSpec, files: MTAFiles) -> Manifest:
-    name = mta_name(owner)
-    mta = spec.mta
+def _statefulset(server: MTAServer, group: ServerGroup, files: MTAFiles) -> Manifest:
+    name = group.name
     claim: dict[str, Any] = {
-        "metadata": {"name": "queue", "labels": labels(owner)},
+        "metadata": {"name": "queue", "labels": labels(server, group)},
         "spec": {
             "accessModes": ["ReadWriteOnce"],
-            "resources": {"requests": {"storage": mta.storage.size}},
+            "resources": {"requests": {"storage": server.storage_size}},
         },
     }
-    if mta.storage.storage_class_name:
-        claim["spec"]["storageClassName"] = mta.storage.storage_class_name
+    if server.storage_class:
+        claim["spec"]["storageClassName"] = server.storage_class
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
-        "metadata": _metadata(owner, name),
+        "metadata": _metadata(server, name, group),
         "spec": {
-            "replicas": mta.replicas,
+            "replicas": server.replicas,
             "serviceName": f"{name}-pods",
-            "selector": {"matchLabels": selector(owner)},
+            "selector": {"matchLabels": selector(group)},
             "podManagementPolicy": "Parallel",
             "updateStrategy": {"type": "RollingUpdate"},
             # The queue holds accepted mail: never delete it with the StatefulSet or on scale-in.
@@ -198,10 +228,10 @@ def _statefulset(owner: Owner, spec: MailDomainSpec, files: MTAFiles) -> Manifes
             },
             "template": {
                 "metadata": {
-                    "labels": labels(owner),
+                    "labels": labels(server, group),
                     "annotations": {CONFIG_HASH_ANNOTATION: files.digest()},
                 },
-                "spec": render_pod_spec(spec, files, f"{name}-config", selector(owner)),
+                "spec": render_pod_spec(server, group, files, f"{name}-config", selector(group)),
             },
             "volumeClaimTemplates": [claim],
         },

@@ -2,20 +2,24 @@
 
 Postfix runs with the rendered configuration, after a validating resolver that the whole pod
 asks (render/resolver.py) and two sidecars for outbound TLS policy (docs/mta.md), all from the
-MTA image. With `spec.mta.hostNetwork` the pod runs on the node's network: Postfix binds
-exactly the MX addresses and every other listener the first of them (a wildcard or 127.0.0.1
-would collide with the next pod on the node); without it, everything listens inside the pod's
-own network namespace.
+MTA image. On the host network (`spec.mta.hostNetwork` of a MailDomain, `spec.hostNetwork`
+of a MailServer) Postfix binds exactly its group's addresses and every other listener the first
+of them (a wildcard or 127.0.0.1 would collide with the next pod on the node); without it,
+everything listens inside the pod's own network namespace.
+
+The domain tables are a volume of their own (`DOMAINS_DIR`): the start script watches it and
+runs `postfix reload` when the kubelet swaps its contents, so attaching a domain to a running
+fleet restarts nothing.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mailward.api.v1alpha1 import MailDomainSpec
+from mailward.render.mta_server import MTAServer, ServerGroup
 from mailward.render.pods import (
     DNS_PROBE,
     NOBODY,
@@ -39,9 +43,9 @@ from mailward.render.postfix import (
     TLS_POLICY_PORT,
     DomainConfig,
     MTALayout,
-    MTAOptions,
     PostfixConfig,
     files_digest,
+    render_domain_tables,
     render_postfix,
 )
 from mailward.render.resolver import RESOLVER_PORT, ResolverSettings, render_unbound_conf
@@ -49,6 +53,7 @@ from mailward.render.resolver import RESOLVER_PORT, ResolverSettings, render_unb
 Manifest = dict[str, Any]
 
 CONFIG_DIR = "/etc/mailward/postfix"
+DOMAINS_DIR = "/etc/mailward/domains"
 RESOLVER_DIR = "/etc/mailward/resolver"
 MTA_STS_DIR = "/etc/mailward/mta-sts"
 TLS_DIR = "/etc/mailward/tls"
@@ -70,18 +75,6 @@ POSTFIX_CAPABILITIES = [
     "SETGID",
     "SETUID",
 ]
-
-
-def domain_config(spec: MailDomainSpec, accounts: list[str]) -> DomainConfig:
-    return DomainConfig(spec.domain, tuple(mx.host for mx in spec.mx), tuple(sorted(accounts)))
-
-
-def mta_options(spec: MailDomainSpec) -> MTAOptions:
-    return MTAOptions(
-        message_size_limit=spec.mta.message_size_limit,
-        hide_submission_client=spec.mta.hide_submission_client,
-        mta_sts_fallback=spec.mta.mta_sts_fallback,
-    )
 
 
 @dataclass(frozen=True)
@@ -107,17 +100,16 @@ class PodAddresses:
         return list(listeners) if self.host_network else []
 
 
-def pod_addresses(spec: MailDomainSpec) -> PodAddresses:
-    if not spec.mta.host_network:
+def pod_addresses(server: MTAServer, group: ServerGroup) -> PodAddresses:
+    if not server.host_network:
         return PodAddresses(False)
-    mx = tuple(spec.mx_addresses())
-    return PodAddresses(True, mx, mx[0])
+    return PodAddresses(True, group.addresses, group.addresses[0])
 
 
 def pod_layout(addresses: PodAddresses) -> MTALayout:
     """The pod's `MTALayout`: its file system, and on the host network its addresses."""
     if not addresses.host_network:
-        return MTALayout()
+        return MTALayout(domains_directory=DOMAINS_DIR)
     ips = [ipaddress.ip_address(a) for a in addresses.mx]
     v4 = [str(ip) for ip in ips if ip.version == 4]
     v6 = [str(ip) for ip in ips if ip.version == 6]
@@ -130,13 +122,18 @@ def pod_layout(addresses: PodAddresses) -> MTALayout:
         smtp_bind_address=v4[0] if v4 else "",
         smtp_bind_address6=v6[0] if v6 else "",
         tls_policy_socketmap=f"inet:{host_port(addresses.local, TLS_POLICY_PORT)}",
+        domains_directory=DOMAINS_DIR,
     )
 
 
-def render_mta_config(spec: MailDomainSpec, accounts: list[str]) -> PostfixConfig:
-    """The pod's Postfix configuration."""
-    layout = pod_layout(pod_addresses(spec))
-    return render_postfix([domain_config(spec, accounts)], mta_options(spec), layout)
+def render_mta_config(
+    server: MTAServer, group: ServerGroup, domains: Sequence[DomainConfig]
+) -> PostfixConfig:
+    """The Postfix configuration of the group's pods serving `domains`."""
+    layout = pod_layout(pod_addresses(server, group))
+    return render_postfix(
+        domains, server.options, layout, hostname=group.hostname, origin=server.origin
+    )
 
 
 def render_mta_sts_daemon_conf(address: str) -> str:
@@ -163,7 +160,8 @@ def render_mta_sts_daemon_conf(address: str) -> str:
 
 @dataclass(frozen=True)
 class MTAFiles:
-    """What the ConfigMap holds: Postfix's directory and the sidecars' files, by key."""
+    """What one group's configuration ConfigMap holds: Postfix's directory and the sidecars'
+    files, by key. The domain tables are not here: they have a ConfigMap of their own."""
 
     postfix: dict[str, str]
     sidecars: dict[str, str]
@@ -176,17 +174,21 @@ class MTAFiles:
         return files_digest({**self.postfix, **self.sidecars})
 
 
-def render_mta_files(
-    spec: MailDomainSpec, accounts: list[str], resolver: ResolverSettings
-) -> MTAFiles:
-    addresses = pod_addresses(spec)
+def render_mta_files(server: MTAServer, group: ServerGroup, resolver: ResolverSettings) -> MTAFiles:
+    """The group's configuration, which does not depend on the domains it serves."""
+    addresses = pod_addresses(server, group)
     unbound = render_unbound_conf(
         resolver, addresses.local, RESOLVER_DIR, host_network=addresses.host_network
     )
     sidecars = {UNBOUND_CONF: unbound}
-    if spec.mta.mta_sts_fallback:
+    if server.options.mta_sts_fallback:
         sidecars[MTA_STS_DAEMON_CONF] = render_mta_sts_daemon_conf(addresses.local)
-    return MTAFiles(render_mta_config(spec, accounts).rendered_files(), sidecars)
+    return MTAFiles(render_mta_config(server, group, ()).rendered_files(), sidecars)
+
+
+def render_domain_files(domains: Sequence[DomainConfig]) -> dict[str, str]:
+    """The domain tables' ConfigMap data: reloaded by the pods, never rolled."""
+    return render_domain_tables(domains)
 
 
 def configmap_key(file_name: str) -> str:
@@ -210,16 +212,16 @@ SIDECAR_LIVENESS = ProbeTiming(period=20, timeout=5, failures=3)
 RESOLVER_READINESS = ProbeTiming(period=15, timeout=3, failures=2)
 
 
-def _postfix_container(spec: MailDomainSpec, addresses: PodAddresses) -> Manifest:
+def _postfix_container(server: MTAServer, addresses: PodAddresses) -> Manifest:
     layout = MTALayout()
-    mta = spec.mta
     smtp_host = addresses.local  # the first MX address, or loopback in the pod's namespace
     container: Manifest = {
         "name": "postfix",
-        "image": mta.image,
+        "image": server.image,
         "command": ["/usr/local/bin/mailward-mta-start"],
         "env": [
             {"name": "MAILWARD_CONFIG_DIR", "value": CONFIG_DIR},
+            {"name": "MAILWARD_DOMAINS_DIR", "value": DOMAINS_DIR},
             {"name": "MAILWARD_ACCOUNTS_DIR", "value": ACCOUNTS_DIR},
             {"name": "MAILWARD_SASLDB", "value": layout.sasldb_path},
         ],
@@ -231,14 +233,15 @@ def _postfix_container(spec: MailDomainSpec, addresses: PodAddresses) -> Manifes
             SMTP_EHLO_PROBE, [smtp_host, str(SMTP_PORT), "8"], SMTP_LIVENESS
         ),
         "resources": {
-            "requests": {"cpu": mta.resources.cpu, "memory": mta.resources.memory},
-            "limits": {"memory": mta.resources.memory},
+            "requests": {"cpu": server.cpu, "memory": server.memory},
+            "limits": {"memory": server.memory},
         },
         # Postfix's master must start as root (it binds port 25 and runs each daemon as
         # `postfix`); everything a root process could do beyond that is taken away.
         "securityContext": root_with(POSTFIX_CAPABILITIES),
         "volumeMounts": [
             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+            {"name": "domains", "mountPath": DOMAINS_DIR, "readOnly": True},
             {"name": "tls", "mountPath": TLS_DIR, "readOnly": True},
             {"name": "queue", "mountPath": layout.queue_directory},
             {"name": "data", "mountPath": layout.data_directory},
@@ -246,18 +249,18 @@ def _postfix_container(spec: MailDomainSpec, addresses: PodAddresses) -> Manifes
             {"name": "tmp", "mountPath": "/tmp"},
         ],
     }
-    if mta.accounts_secret_name:
+    if server.accounts_secret:
         container["volumeMounts"].append(
-            {"name": "accounts", "mountPath": f"{ACCOUNTS_DIR}/{spec.domain}", "readOnly": True}
+            {"name": "accounts", "mountPath": f"{ACCOUNTS_DIR}/{server.origin}", "readOnly": True}
         )
     return container
 
 
-def _resolver_container(spec: MailDomainSpec, addresses: PodAddresses) -> Manifest:
+def _resolver_container(server: MTAServer, addresses: PodAddresses) -> Manifest:
     dns_args = [addresses.local, "2"]
     return {
         "name": "resolver",
-        "image": spec.mta.image,
+        "image": server.image,
         "command": ["unbound", "-d", "-c", f"{RESOLVER_DIR}/{UNBOUND_CONF}"],
         "restartPolicy": "Always",
         "ports": container_ports(
@@ -277,14 +280,14 @@ def _resolver_container(spec: MailDomainSpec, addresses: PodAddresses) -> Manife
     }
 
 
-def _policy_containers(spec: MailDomainSpec, addresses: PodAddresses) -> list[Manifest]:
+def _policy_containers(server: MTAServer, addresses: PodAddresses) -> list[Manifest]:
     """The MTA-STS resolver, then the DANE-first socketmap in front of it (docs/mta.md)."""
     local = addresses.local
     socketmap = host_port(local, TLS_POLICY_PORT)
     return [
         {
             "name": "mta-sts-resolver",
-            "image": spec.mta.image,
+            "image": server.image,
             "command": ["mta-sts-daemon", "-c", f"{MTA_STS_DIR}/{MTA_STS_DAEMON_CONF}"],
             "restartPolicy": "Always",
             "ports": container_ports(
@@ -301,7 +304,7 @@ def _policy_containers(spec: MailDomainSpec, addresses: PodAddresses) -> list[Ma
         },
         {
             "name": "tls-policy",
-            "image": spec.mta.image,
+            "image": server.image,
             "command": [
                 "python3",
                 "/usr/local/lib/mailward/tlspolicy.py",
@@ -332,18 +335,24 @@ def _policy_containers(spec: MailDomainSpec, addresses: PodAddresses) -> list[Ma
 
 
 def render_pod_spec(
-    spec: MailDomainSpec, files: MTAFiles, configmap: str, selector: Mapping[str, str]
+    server: MTAServer,
+    group: ServerGroup,
+    files: MTAFiles,
+    configmap: str,
+    selector: Mapping[str, str],
 ) -> Manifest:
-    """The pod template's spec; `selector` matches the pods of this MTA (anti-affinity)."""
-    mta = spec.mta
-    addresses = pod_addresses(spec)
+    """The pod template's spec; `selector` matches the pods of this group (anti-affinity)."""
+    addresses = pod_addresses(server, group)
     volumes: list[Manifest] = [
         _config_volume(configmap, "config", {configmap_key(f): f for f in files.postfix}),
         _config_volume(configmap, "resolver-config", {UNBOUND_CONF: UNBOUND_CONF}),
+        # All keys, no `items` and no subPath: the kubelet replaces the directory's contents
+        # when the ConfigMap changes, and the start script reloads Postfix (docs/mta.md).
+        {"name": "domains", "configMap": {"name": server.domains_configmap()}},
         {
             "name": "tls",
             "secret": {
-                "secretName": spec.tls.secret_name,
+                "secretName": server.tls_secret,
                 "defaultMode": 0o400,
                 "items": [
                     {"key": "tls.key", "path": "tls.key"},
@@ -355,19 +364,19 @@ def render_pod_spec(
         {"name": "state", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
         {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
     ]
-    if mta.accounts_secret_name:
+    if server.accounts_secret:
         volumes.append(
             {
                 "name": "accounts",
-                "secret": {"secretName": mta.accounts_secret_name, "defaultMode": 0o400},
+                "secret": {"secretName": server.accounts_secret, "defaultMode": 0o400},
             }
         )
     # Native sidecars (restartable init containers), in this order: each starts once the one
     # before answers, Postfix last, so its first delivery finds DNS and the policy socketmap;
     # at shutdown they stop only after Postfix has, so deliveries still running can end.
-    sidecars = [_resolver_container(spec, addresses)]
-    if mta.mta_sts_fallback:
-        sidecars += _policy_containers(spec, addresses)
+    sidecars = [_resolver_container(server, addresses)]
+    if server.options.mta_sts_fallback:
+        sidecars += _policy_containers(server, addresses)
         volumes.append(
             _config_volume(configmap, "mta-sts-config", {MTA_STS_DAEMON_CONF: MTA_STS_DAEMON_CONF})
         )
@@ -390,7 +399,7 @@ def render_pod_spec(
             "options": [{"name": "edns0"}, {"name": "trust-ad"}],
         },
         "initContainers": sidecars,
-        "containers": [_postfix_container(spec, addresses)],
+        "containers": [_postfix_container(server, addresses)],
         "volumes": volumes,
     }
     if addresses.host_network:

@@ -103,6 +103,9 @@ class MTALayout:
     smtp_bind_address: str = ""
     smtp_bind_address6: str = ""
     tls_policy_socketmap: str = TLS_POLICY_SOCKETMAP
+    # The domain tables (`domains`, `mailboxes`, `sender_logins`): a directory of their own in
+    # the pod, so that a change of the served domains is a reload, not a new configuration.
+    domains_directory: str = "${config_directory}"
     # Postfix drops root privileges to this user; the image's Debian package creates it.
     mail_owner: str = "postfix"
     setgid_group: str = "postdrop"
@@ -127,11 +130,16 @@ class MasterEntry:
 
 @dataclass(frozen=True)
 class PostfixConfig:
-    """The rendered files, by name: what the ConfigMap holds and `postfix -c` reads."""
+    """The rendered files, by name: what the ConfigMap holds and `postfix -c` reads.
+
+    `tables` are the files that change with the set of served domains; they live in
+    `MTALayout.domains_directory` and are picked up by `postfix reload`.
+    """
 
     main: list[tuple[str, str]]
     master: list[MasterEntry]
     files: dict[str, str] = field(default_factory=dict)
+    tables: dict[str, str] = field(default_factory=dict)
 
     def parameter(self, name: str) -> str:
         for key, value in self.main:
@@ -146,12 +154,17 @@ class PostfixConfig:
         raise KeyError(name)
 
     def rendered_files(self) -> dict[str, str]:
-        """Every file of the configuration directory, by name, as text."""
+        """Every file of the configuration directory, by name, as text (tables excluded)."""
         return {
             "main.cf": render_main_cf(self.main),
             "master.cf": render_master_cf(self.master),
             **self.files,
         }
+
+    def all_files(self) -> dict[str, str]:
+        """Configuration and tables in one directory (a layout with the default
+        `domains_directory`, as the loopback tests run it)."""
+        return {**self.rendered_files(), **self.tables}
 
     def digest(self) -> str:
         return files_digest(self.rendered_files())
@@ -195,25 +208,23 @@ def render_postfix(
     domains: Sequence[DomainConfig],
     options: MTAOptions = MTAOptions(),
     layout: MTALayout = MTALayout(),
+    *,
+    hostname: str | None = None,
+    origin: str | None = None,
 ) -> PostfixConfig:
-    """The configuration of one MTA for `domains`; the first domain's first MX names the host."""
-    if not domains:
-        raise ValueError("an MTA serves at least one domain")
-    names = [d.domain for d in domains]
-    if len(set(names)) != len(names):
-        raise ValueError("a domain is listed twice")
-    hostname = domains[0].mx_hosts[0]
-    main = _main_cf(domains, hostname, options, layout)
+    """The configuration of one MTA for `domains`.
+
+    `hostname` (the greeting and HELO name) and `origin` (`mydomain`) default to the first
+    domain's first MX and the first domain; a fleet passes its own, so that neither depends on
+    which domains are attached.
+    """
+    hostname = hostname or (domains[0].mx_hosts[0] if domains else None)
+    origin = origin or (domains[0].domain if domains else None)
+    if hostname is None or origin is None:
+        raise ValueError("an MTA without domains needs a hostname and an origin")
+    main = _main_cf(hostname, origin, options, layout)
     master = _master_cf(options)
     files = {
-        # Maildir paths (trailing slash) under virtual_mailbox_base: <domain>/<local>/.
-        "mailboxes": _table(
-            (m, f"{d.domain}/{m.partition('@')[0]}/") for d in domains for m in d.mailboxes()
-        ),
-        # The SASL login of an account is its address; it may send only as itself.
-        "sender_logins": _table(
-            (f"{a}@{d.domain}", f"{a}@{d.domain}") for d in domains for a in sorted(d.accounts)
-        ),
         "command_filter": COMMAND_FILTER,
         # Postfix reads the Cyrus SASL configuration from $cyrus_sasl_config_path.
         "sasl/smtpd.conf": _sasl_conf(layout),
@@ -221,7 +232,27 @@ def render_postfix(
     }
     if options.hide_submission_client:
         files["submission_header_checks"] = SUBMISSION_HEADER_CHECKS
-    return PostfixConfig(main, master, files)
+    return PostfixConfig(main, master, files, render_domain_tables(domains))
+
+
+def render_domain_tables(domains: Sequence[DomainConfig]) -> dict[str, str]:
+    """The lookup tables that change with the served domains (texthash: read by each daemon
+    when it starts, so `postfix reload` brings a new set in without a restart)."""
+    names = [d.domain for d in domains]
+    if len(set(names)) != len(names):
+        raise ValueError("a domain is listed twice")
+    ordered = sorted(domains, key=lambda d: d.domain)
+    return {
+        "domains": _table((d.domain, "OK") for d in ordered),
+        # Maildir paths (trailing slash) under virtual_mailbox_base: <domain>/<local>/.
+        "mailboxes": _table(
+            (m, f"{d.domain}/{m.partition('@')[0]}/") for d in ordered for m in d.mailboxes()
+        ),
+        # The SASL login of an account is its address; it may send only as itself.
+        "sender_logins": _table(
+            (f"{a}@{d.domain}", f"{a}@{d.domain}") for d in ordered for a in sorted(d.accounts)
+        ),
+    }
 
 
 def _table(rows: Iterable[tuple[str, str]]) -> str:
@@ -281,14 +312,15 @@ def _set_only(*parameters: tuple[str, str]) -> list[tuple[str, str]]:
 
 
 def _main_cf(
-    domains: Sequence[DomainConfig], hostname: str, options: MTAOptions, layout: MTALayout
+    hostname: str, origin: str, options: MTAOptions, layout: MTALayout
 ) -> list[tuple[str, str]]:
     tls_key_pair = f"{layout.tls_key_file}, {layout.tls_cert_file}"
+    tables = _table_parameters(layout)
     p: list[tuple[str, str]] = [
         ("compatibility_level", "3.6"),
         # --- identity and places
         ("myhostname", hostname),
-        ("mydomain", domains[0].domain),
+        ("mydomain", origin),
         ("myorigin", "$mydomain"),
         ("mail_owner", layout.mail_owner),
         ("setgid_group", layout.setgid_group),
@@ -319,11 +351,11 @@ def _main_cf(
         ("local_transport", "error:5.1.1 local delivery is disabled"),
         # A map that holds no local name (an empty value would accept every local name), so
         # `root@[our-address]` is refused at RCPT rather than bounced later.
-        ("local_recipient_maps", "texthash:${config_directory}/mailboxes"),
+        ("local_recipient_maps", tables["local_recipient_maps"]),
         ("alias_maps", ""),
         ("alias_database", ""),
-        ("virtual_mailbox_domains", " ".join(d.domain for d in domains)),
-        ("virtual_mailbox_maps", "texthash:${config_directory}/mailboxes"),
+        ("virtual_mailbox_domains", tables["virtual_mailbox_domains"]),
+        ("virtual_mailbox_maps", tables["virtual_mailbox_maps"]),
         ("virtual_mailbox_base", layout.mailbox_base),
         ("virtual_uid_maps", f"static:{MAILBOX_UID}"),
         ("virtual_gid_maps", f"static:{MAILBOX_UID}"),
@@ -365,7 +397,7 @@ def _main_cf(
         ("smtpd_sasl_tls_security_options", "noanonymous"),
         ("smtpd_sasl_authenticated_header", "no"),
         ("broken_sasl_auth_clients", "no"),
-        ("smtpd_sender_login_maps", "texthash:${config_directory}/sender_logins"),
+        ("smtpd_sender_login_maps", tables["smtpd_sender_login_maps"]),
         # --- who may do what
         ("smtpd_helo_required", "yes"),
         ("smtpd_helo_restrictions", "reject_invalid_helo_hostname"),
@@ -539,9 +571,20 @@ def _master_cf(options: MTAOptions) -> list[MasterEntry]:
     return entries
 
 
+def _table_parameters(layout: MTALayout) -> dict[str, str]:
+    tables = layout.domains_directory
+    return {
+        "local_recipient_maps": f"texthash:{tables}/mailboxes",
+        "virtual_mailbox_domains": f"texthash:{tables}/domains",
+        "virtual_mailbox_maps": f"texthash:{tables}/mailboxes",
+        "smtpd_sender_login_maps": f"texthash:{tables}/sender_logins",
+    }
+
+
 def layout_parameters(layout: MTALayout) -> dict[str, str]:
     """The main.cf parameters whose values come from `layout` alone."""
     return {
+        **_table_parameters(layout),
         "queue_directory": layout.queue_directory,
         "data_directory": layout.data_directory,
         "inet_interfaces": layout.inet_interfaces,

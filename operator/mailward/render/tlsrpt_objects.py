@@ -174,7 +174,7 @@ def collector_config(
     specs: Sequence[MailDomainSpec], settings: CollectorSettings, listeners: Listeners
 ) -> CollectorConfig:
     specs = sorted(specs, key=lambda s: s.domain)
-    secrets = sorted({s.tls.secret_name for s in specs})
+    secrets = sorted({s.tls.secret_name for s in specs if s.tls is not None})
     return CollectorConfig(
         hostname=collector_host(specs[0].domain) if specs else NAME,
         domains=[s.domain for s in specs],
@@ -394,7 +394,7 @@ def render_collector(
     specs = [d.spec for d in served]
     listeners = collector_listeners(specs, settings)
     config = collector_config(specs, settings, listeners)
-    secrets = [s.tls.secret_name for s in specs]
+    secrets = [s.tls.secret_name for s in specs if s.tls is not None]
 
     def metadata() -> dict[str, Any]:
         return _metadata(NAME, namespace, served)

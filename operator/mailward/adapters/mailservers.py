@@ -1,0 +1,103 @@
+"""Reads of MailServers, namespaces and fleet pods that attaching a domain needs."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
+
+from mailward.api.mailserver import MAILSERVER_PLURAL, MailServerSpec
+from mailward.api.v1alpha1 import API_GROUP, API_VERSION
+
+
+@dataclass(frozen=True)
+class MailServerObservation:
+    found: bool
+    # None when the object exists but its spec does not validate.
+    spec: MailServerSpec | None = None
+    ready: bool = False
+    ready_message: str = ""
+
+
+class MailServerDirectory(Protocol):
+    async def mail_server(self, namespace: str, name: str) -> MailServerObservation: ...
+
+    async def namespace_labels(self, name: str) -> dict[str, str] | None: ...
+
+
+def observe_mail_server(body: dict[str, Any]) -> MailServerObservation:
+    try:
+        spec = MailServerSpec.model_validate(body.get("spec") or {})
+    except ValidationError:
+        return MailServerObservation(found=True)
+    generation = int(body.get("metadata", {}).get("generation") or 0)
+    ready = next(
+        (c for c in body.get("status", {}).get("conditions", []) if c.get("type") == "Ready"),
+        None,
+    )
+    current = ready is not None and int(ready.get("observedGeneration") or 0) == generation
+    return MailServerObservation(
+        found=True,
+        spec=spec,
+        ready=current and ready is not None and ready.get("status") == "True",
+        ready_message=(ready or {}).get("message", "not reconciled yet"),
+    )
+
+
+class KubeMailServerDirectory:
+    def __init__(self, api: client.ApiClient | None = None) -> None:
+        self._api = api or client.ApiClient()
+
+    async def mail_server(self, namespace: str, name: str) -> MailServerObservation:
+        def read() -> MailServerObservation:
+            try:
+                body = client.CustomObjectsApi(self._api).get_namespaced_custom_object(
+                    API_GROUP, API_VERSION, namespace, MAILSERVER_PLURAL, name
+                )
+            except ApiException as error:
+                if error.status == 404:
+                    return MailServerObservation(found=False)
+                raise
+            return observe_mail_server(dict(body))  # type: ignore[call-overload]
+
+        return await asyncio.to_thread(read)
+
+    async def namespace_labels(self, name: str) -> dict[str, str] | None:
+        def read() -> dict[str, str] | None:
+            try:
+                namespace = client.CoreV1Api(self._api).read_namespace(name)
+            except ApiException as error:
+                if error.status == 404:
+                    return None
+                raise
+            return dict((namespace.metadata and namespace.metadata.labels) or {})
+
+        return await asyncio.to_thread(read)
+
+
+class KubeFleetPods:
+    """Annotates a fleet's pods (metadata only: the StatefulSet controller leaves pod
+    annotations alone, and the kubelet syncs the pod, refreshing its ConfigMap volumes)."""
+
+    def __init__(self, api: client.ApiClient | None = None) -> None:
+        self._api = api or client.ApiClient()
+
+    async def annotate(self, namespace: str, selector: str, key: str, value: str) -> int:
+        def write() -> int:
+            core = client.CoreV1Api(self._api)
+            pods = core.list_namespaced_pod(namespace, label_selector=selector).items
+            changed = 0
+            for pod in pods:
+                meta = pod.metadata
+                if meta is None or (meta.annotations or {}).get(key) == value:
+                    continue
+                body = {"metadata": {"annotations": {key: value}}}
+                core.patch_namespaced_pod(str(meta.name), namespace, body)
+                changed += 1
+            return changed
+
+        return await asyncio.to_thread(write)

@@ -1,0 +1,123 @@
+"""kopf glue of the MailServer controller (fleet.py): an index of the MailDomains that name a
+MailServer, and one daemon per MailServer that reconciles it when that set or its spec changes.
+
+The index is kopf's, fed by the MailDomain watch the operator runs anyway: finding a fleet's
+domains costs no request. The daemon compares, once a second and in memory, what it last
+reconciled (generation, attaching domains) with what the index holds now, and runs a pass only
+when they differ, when a pass asked to be retried, or after the resync interval (drift of what
+lives outside the index: namespace labels, objects edited by hand, DNS).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from mailward.adapters.apply import KubeObjectApplier
+from mailward.adapters.dns_kube import KubeProviderResolver
+from mailward.adapters.kube import KubeSecretObserver, load_client_config
+from mailward.adapters.mailservers import KubeFleetPods, KubeMailServerDirectory
+from mailward.adapters.status_writer import KubeStatusWriter
+from mailward.adapters.workloads import KubeWorkloadClient
+from mailward.api.mailserver import MAILSERVER_KIND, MAILSERVER_PLURAL
+from mailward.api.mta import DEFAULT_MTA_IMAGE
+from mailward.api.v1alpha1 import API_GROUP, API_VERSION, PLURAL, MailDomainSpec
+from mailward.fleet import AttachingDomain, FleetController, MailServerObject
+from mailward.render.resolver import ResolverSettings
+
+# How often the daemon looks at the index (memory only).
+POLL_SECONDS = 1.0
+RESYNC_SECONDS = float(os.environ.get("MAILWARD_RESYNC_SECONDS", "300"))
+
+_controller: FleetController | None = None
+
+
+def controller() -> FleetController:
+    global _controller
+    if _controller is None:
+        load_client_config()
+        _controller = FleetController(
+            applier=KubeObjectApplier(refresh_seconds=min(60.0, RESYNC_SECONDS / 2)),
+            workloads=KubeWorkloadClient(),
+            directory=KubeMailServerDirectory(),
+            pods=KubeFleetPods(),
+            providers=KubeProviderResolver(),
+            secrets=KubeSecretObserver(),
+            status_writer=KubeStatusWriter(kind=MAILSERVER_KIND, plural=MAILSERVER_PLURAL),
+            resolver=ResolverSettings.from_environment(),
+            default_image=os.environ.get("MAILWARD_MTA_IMAGE") or DEFAULT_MTA_IMAGE,
+        )
+    return _controller
+
+
+@kopf.index(API_GROUP, API_VERSION, PLURAL)
+def fleet_domains(
+    namespace: str | None, name: str | None, spec: kopf.Spec, meta: kopf.Meta, **_: Any
+) -> dict[tuple[str, str], AttachingDomain] | None:
+    """MailServer (namespace, name) → the MailDomains that name it; a deleting or invalid
+    MailDomain names none."""
+    ref = spec.get("mailServerRef")
+    if not ref or meta.get("deletionTimestamp"):
+        return None
+    try:
+        model = MailDomainSpec.model_validate(dict(spec))
+    except ValidationError:
+        return None
+    assert model.mail_server_ref is not None
+    key = (model.mail_server_ref.namespace or namespace or "", model.mail_server_ref.name)
+    return {key: AttachingDomain(namespace or "", str(name), model.domain)}
+
+
+def _server(body: kopf.Body) -> MailServerObject:
+    meta = body.get("metadata", {})
+    return MailServerObject(
+        namespace=str(meta.get("namespace")),
+        name=str(meta.get("name")),
+        uid=str(meta.get("uid")),
+        generation=int(meta.get("generation") or 0),
+        spec=dict(body.get("spec") or {}),
+        status=dict(body.get("status") or {}),
+    )
+
+
+def _candidates(index: kopf.Index[Any, Any], key: tuple[str, str]) -> list[AttachingDomain]:
+    found: Iterable[AttachingDomain] = index.get(key, [])
+    return sorted(set(found))
+
+
+@kopf.daemon(API_GROUP, API_VERSION, MAILSERVER_PLURAL, id="fleet", cancellation_timeout=10)
+async def fleet(
+    body: kopf.Body,
+    stopped: kopf.DaemonStopped,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    **kwargs: Any,
+) -> None:
+    fleet_domains: kopf.Index[Any, Any] = kwargs["fleet_domains"]  # kopf passes indexes by name
+    last: tuple[int, list[AttachingDomain]] | None = None
+    next_pass = 0.0
+    while not stopped:
+        server = _server(body)
+        state = (server.generation, _candidates(fleet_domains, (server.namespace, server.name)))
+        if state != last or time.monotonic() >= next_pass:
+            try:
+                outcome = await controller().reconcile(server, state[1])
+            except Exception:  # a failed status write: the next second tries again
+                logger.exception("MailServer pass failed")
+                await stopped.wait(POLL_SECONDS)
+                continue
+            last = state
+            delay = outcome.retry_after if outcome.retry_after is not None else RESYNC_SECONDS
+            next_pass = time.monotonic() + delay
+        await stopped.wait(POLL_SECONDS)
+
+
+@kopf.on.delete(API_GROUP, API_VERSION, MAILSERVER_PLURAL)
+async def release_fleet(body: kopf.Body, **_: Any) -> None:
+    """The hosts' DNS records go; the objects follow their owner reference."""
+    await controller().release(_server(body))

@@ -1,0 +1,142 @@
+"""What the MTA renderers need to run one MTA fleet, from either resource that asks for one.
+
+A MailServer is a fleet serving many domains; a MailDomain with `spec.mx` runs an MTA of its
+own, which is rendered as a fleet of one domain by the same code (render/mta_objects.py). The
+renderers only see `MTAServer`: plain values, no resource models.
+
+A fleet is one or more groups, each one StatefulSet: without the host network one group serves
+every host name behind one Service; on the host network each host is a group whose pods bind
+exactly its addresses (a MailDomain's own MTA is one group binding every MX address, as
+before MailServers existed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mailward.api.mailserver import MAILSERVER_KIND, MailServerSpec
+from mailward.api.v1alpha1 import API_GROUP, API_VERSION, KIND, MailDomainSpec
+from mailward.render.postfix import MTAOptions
+
+
+@dataclass(frozen=True)
+class ResourceOwner:
+    """The object every rendered object is owned by (garbage collection, labels)."""
+
+    kind: str
+    name: str
+    namespace: str
+    uid: str
+
+    def reference(self) -> dict[str, object]:
+        return {
+            "apiVersion": f"{API_GROUP}/{API_VERSION}",
+            "kind": self.kind,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+@dataclass(frozen=True)
+class ServerGroup:
+    """One StatefulSet of the fleet."""
+
+    name: str
+    # Postfix's `myhostname`: the greeting, HELO, and the name the certificate must carry.
+    hostname: str
+    # Addresses the pods bind on the host network (empty: the pod's own network namespace).
+    addresses: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MTAServer:
+    owner: ResourceOwner
+    # Prefix of the shared objects' names (the domain tables' ConfigMap).
+    base_name: str
+    image: str
+    replicas: int
+    cpu: str
+    memory: str
+    storage_size: str
+    storage_class: str | None
+    host_network: bool
+    tls_secret: str
+    # `mydomain`: the domain of a MailDomain's own MTA, the parent of the first host of a fleet.
+    origin: str
+    options: MTAOptions
+    groups: tuple[ServerGroup, ...]
+    # A MailDomain's own accounts Secret, mounted as <accounts dir>/<origin>/ (none for fleets).
+    accounts_secret: str | None = None
+
+    @property
+    def namespace(self) -> str:
+        return self.owner.namespace
+
+    def domains_configmap(self) -> str:
+        return f"{self.base_name}-domains"
+
+
+def own_mta_server(
+    name: str, namespace: str, uid: str, spec: MailDomainSpec, default_image: str
+) -> MTAServer:
+    """A MailDomain's own MTA (`spec.mx`, `spec.mta`): a fleet of one group and one domain."""
+    mta = spec.mta
+    if spec.tls is None or not spec.mx:
+        raise ValueError("a MailDomain's own MTA needs spec.mx and spec.tls")
+    addresses = tuple(spec.mx_addresses()) if mta.host_network else ()
+    base = f"{name}-mta"
+    return MTAServer(
+        owner=ResourceOwner(KIND, name, namespace, uid),
+        base_name=base,
+        image=mta.image or default_image,
+        replicas=mta.replicas,
+        cpu=mta.resources.cpu,
+        memory=mta.resources.memory,
+        storage_size=mta.storage.size,
+        storage_class=mta.storage.storage_class_name,
+        host_network=mta.host_network,
+        tls_secret=spec.tls.secret_name,
+        origin=spec.domain,
+        options=MTAOptions(
+            message_size_limit=mta.message_size_limit,
+            hide_submission_client=mta.hide_submission_client,
+            mta_sts_fallback=mta.mta_sts_fallback,
+        ),
+        groups=(ServerGroup(base, spec.mx[0].host, addresses),),
+        accounts_secret=mta.accounts_secret_name,
+    )
+
+
+def fleet_server(
+    name: str, namespace: str, uid: str, spec: MailServerSpec, default_image: str
+) -> MTAServer:
+    """A MailServer's fleet."""
+    if spec.host_network:
+        groups = tuple(
+            ServerGroup(f"{name}-{index}", entry.host, tuple(entry.addresses))
+            for index, entry in enumerate(spec.hosts)
+        )
+    else:
+        groups = (ServerGroup(name, spec.hosts[0].host),)
+    first = spec.hosts[0].host
+    return MTAServer(
+        owner=ResourceOwner(MAILSERVER_KIND, name, namespace, uid),
+        base_name=name,
+        image=spec.image or default_image,
+        replicas=spec.replicas,
+        cpu=spec.resources.cpu,
+        memory=spec.resources.memory,
+        storage_size=spec.storage.size,
+        storage_class=spec.storage.storage_class_name,
+        host_network=spec.host_network,
+        tls_secret=spec.tls.secret_name,
+        origin=first.partition(".")[2] or first,
+        options=MTAOptions(
+            message_size_limit=spec.message_size_limit,
+            hide_submission_client=spec.hide_submission_client,
+            mta_sts_fallback=spec.mta_sts_fallback,
+        ),
+        groups=groups,
+    )
