@@ -89,7 +89,7 @@ def test_a_maildomain_either_attaches_or_has_its_own_mx() -> None:
     attached = parse_spec({"domain": "a.test", "mailServerRef": {"name": "fleet"}})
     assert attached.attached
     assert attached.mx == []
-    with pytest.raises(InvalidSpec, match="spec.mailServerRef"):
+    with pytest.raises(InvalidSpec, match=r"spec\.mailServerRef"):
         parse_spec(
             {
                 "domain": "a.test",
@@ -97,7 +97,7 @@ def test_a_maildomain_either_attaches_or_has_its_own_mx() -> None:
                 "mx": [{"host": "mx.a.test"}],
             }
         )
-    with pytest.raises(InvalidSpec, match="spec.mailServerRef"):
+    with pytest.raises(InvalidSpec, match=r"spec\.mailServerRef"):
         parse_spec({"domain": "a.test"})
 
 
