@@ -13,7 +13,7 @@ ENV_FILE := .local/demo.env
 PYTEST_ARGS ?=
 
 .PHONY: help install system-deps venv controlplane helm images crds lint test test-unit test-integration \
-        demo down status clean bench bench-dns bench-policy bench-tlsrpt bench-compliance
+        demo down status clean bench bench-dns bench-policy bench-tlsrpt bench-compliance bench-fleet
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -71,7 +71,7 @@ down: ## stop everything `make demo` started
 status: venv ## which processes of the demo stack are running
 	$(BIN)/python -m mailward_localstack status --state-dir $(STATE_DIR)
 
-bench: bench-dns bench-policy bench-tlsrpt bench-compliance ## all benchmarks (each prints mailward beside a reference)
+bench: bench-dns bench-policy bench-tlsrpt bench-compliance bench-fleet ## all benchmarks (each prints mailward beside a reference)
 
 bench-dns: install ## publish 1,000 domains: UPDATE messages and records/s vs one message per record
 	$(BIN)/python -m tests.bench.dns_publish
@@ -84,6 +84,9 @@ bench-tlsrpt: install ## ingest 10,000 TLS reports: reports/s and peak RSS vs pa
 
 bench-compliance: install ## check 100 local domains: domains/min and peak RSS vs checkdmarc
 	$(BIN)/python -m tests.bench.compliance
+
+bench-fleet: install ## MailServer with 1,000 domains: render, pod memory, attach time vs 1 domain and a roll
+	$(BIN)/python -m tests.bench.fleet
 
 clean: down ## remove the virtualenv and the demo state (keeps the control-plane cache)
 	rm -rf $(VENV) .local .mypy_cache .ruff_cache .pytest_cache

@@ -105,13 +105,24 @@ class StackLayout:
         return self.address(44)
 
     @property
+    def fleet_mx(self) -> str:
+        """The demo MailServer's host (examples/mailserver.yaml)."""
+        return self.address(31)
+
+    @property
     def tlsrpt_host(self) -> str:
         return f"tlsrpt.{self.domain}"
 
     @property
     def node_addresses(self) -> tuple[str, ...]:
         """The addresses host-network pods bind, configured on the node as on a mail server."""
-        return (self.operator, self.mta, self.tlsrpt_collector, self.policy_endpoint)
+        return (
+            self.operator,
+            self.mta,
+            self.tlsrpt_collector,
+            self.policy_endpoint,
+            self.fleet_mx,
+        )
 
 
 @dataclass(frozen=True)
@@ -198,13 +209,13 @@ def _install(stack: Stack, dns_stack: DNSStack, extra_env: dict[str, str]) -> No
     mx_cert = ca.issue_server_cert(
         [*layout.mx_hosts, layout.tlsrpt_host], out_dir=stack.state_dir / "certs"
     )
-    _apply_tls_secret(kubeconfig, layout.namespace, layout.tls_secret, mx_cert)
+    apply_tls_secret(kubeconfig, layout.namespace, layout.tls_secret, mx_cert)
     _say(f"TLS Secret {layout.namespace}/{layout.tls_secret} for {', '.join(layout.mx_hosts)}")
     # What cert-manager would issue for the policy endpoint's Ingress: no wildcard (TR-03108).
     policy_cert = ca.issue_server_cert(
         policy_hosts(layout.domain), out_dir=stack.state_dir / "certs" / "policy"
     )
-    _apply_tls_secret(kubeconfig, RELEASE_NAMESPACE, tls_secret_name(layout.domain), policy_cert)
+    apply_tls_secret(kubeconfig, RELEASE_NAMESPACE, tls_secret_name(layout.domain), policy_cert)
 
     values_file = stack.state_dir / "values.yaml"
     values = chart_values(stack, dns_stack, extra_env)
@@ -261,7 +272,7 @@ def chart_values(stack: Stack, dns_stack: DNSStack, extra_env: dict[str, str]) -
     }
 
 
-def _apply_tls_secret(kubeconfig: Path, namespace: str, name: str, cert: Any) -> None:
+def apply_tls_secret(kubeconfig: Path, namespace: str, name: str, cert: Any) -> None:
     secret = kubectl(
         kubeconfig,
         "create", "secret", "tls", name, "-n", namespace,

@@ -26,6 +26,19 @@ kubectl wait --for=condition=Compliant --timeout=180s maildomain/example ||
   echo "(not compliant: see the checks below)"
 
 echo
+echo "== One MTA fleet for more domains: a MailServer, and two MailDomains from two namespaces"
+.venv/bin/python -m mailward_localstack.demo_fleet prepare --state-dir "$state_dir"
+echo "\$ kubectl apply -f examples/mailserver.yaml"
+kubectl apply -f examples/mailserver.yaml
+echo "\$ kubectl wait --for=condition=Ready mailserver/fleet -n mail-platform"
+kubectl wait --for=condition=Ready --timeout=180s mailserver/fleet -n mail-platform ||
+  kubectl describe mailserver fleet -n mail-platform
+kubectl wait --for=condition=Ready --timeout=180s maildomain/shop -n default || true
+kubectl wait --for=condition=Ready --timeout=180s maildomain/lab -n tenants || true
+echo "\$ kubectl get mailservers -A"
+kubectl get mailservers -A
+
+echo
 echo "== Every workload is a pod, from images the project built (kubectl get pods -A -o wide)"
 .venv/bin/python -m mailward_localstack.demo_cluster wait-pods --kubeconfig "$KUBECONFIG" || true
 kubectl get pods -A -o wide
@@ -52,8 +65,8 @@ echo "== TLS reports received by the collector"
 .venv/bin/mailward reports "$DEMO_DOMAIN" --collector "http://$MAILWARD_TLSRPT_COLLECTOR:9108" || true
 
 echo
-echo "\$ kubectl get maildomains -o wide"
-kubectl get maildomains -o wide
+echo "\$ kubectl get maildomains -A -o wide"
+kubectl get maildomains -A -o wide
 cat <<EOT
 
 The cluster keeps running in the background; everything is on 127.77.0.0/24. To look around:

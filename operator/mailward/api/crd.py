@@ -62,6 +62,11 @@ def _rewrite(node: JSONSchema, definitions: dict[str, JSONSchema]) -> JSONSchema
             del node["default"]
     out: JSONSchema = {}
     for key, value in node.items():
+        if key == "additionalProperties" and isinstance(value, dict):
+            # A map (`dict[str, X]`): its values' schema; `false` (extra="forbid") is dropped,
+            # a structural schema prunes unknown fields by itself.
+            out[key] = _rewrite(value, definitions)
+            continue
         if key in _DROPPED_KEYS:
             continue
         if key == "properties":

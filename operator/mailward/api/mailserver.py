@@ -137,7 +137,7 @@ class AllowedNamespaces(_Model):
         json_schema_extra={
             "x-kubernetes-validations": [
                 {
-                    "rule": "self.from == 'Selector' ? has(self.selector) : !has(self.selector)",
+                    "rule": "(has(self.from) && self.from == 'Selector') == has(self.selector)",
                     "message": "selector is required with from: Selector and allowed only then",
                 }
             ]

@@ -1,0 +1,338 @@
+"""Benchmark: one MailServer fleet serving 1,000 attached MailDomains, each figure beside a
+reference measured in the same run.
+
+    .venv/bin/python -m tests.bench.fleet [--render-only] [--domains 1000] [--budget 840]
+
+Rows:
+- render: `render_mta_objects` of a two-host fleet (host network, one pod per host) for 10, 100
+  and 1,000 domains, median of 9 runs; reference: the same render for 1 domain (the fixed
+  cost), beside the size of the domain tables' ConfigMap (the API server takes up to 1 MiB);
+- memory (real cluster): each fleet pod's pod-level cgroup (`memory.current`, on cgroup v1
+  `memory.usage_in_bytes`; anon and file from `memory.stat`) with 1,000 domains; reference: the
+  same pods with 1 domain, read before the other 999 were attached;
+- attach: from `kubectl apply` of one more MailDomain until both hosts answer 250 to
+  RCPT TO:<postmaster@that-domain> over STARTTLS (a `postfix reload`, no restart); reference:
+  from a patch of the MailServer's `spec.messageSizeLimit` until both hosts announce the new
+  SIZE in EHLO (a pod roll).
+
+The cluster is `mailward_localstack` on 127.93.0.0/24 (state in /root/mwlogs/bench-fleet-state,
+wiped first). The MailServer and its MailDomains have no `spec.dns` (records "by hand"), so the
+MTA, the policy endpoint (a TLS Secret per domain is issued) and the status do the work. The
+domains live in 20 namespaces of 50 (the TLSRPT part lists a domain's namespace per reconcile),
+all allowed (`allowedDomains: {namespaces: {from: All}}`).
+Operator settings: the production resync (300 s; the tests' 20 s would be 50 reconciles/s for
+1,000 domains), compliance probes only for a label the bench domains lack (1,000 full outside
+checks would measure the checks), an hourly TLSRPT retry (no collector runs). Needs root. It
+stops itself after `--budget` seconds; the cluster and the loopback aliases go in any case.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import os
+import shutil
+import signal
+import smtplib
+import ssl
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from mailward.api.mailserver import MailServerSpec
+from mailward.render.mta_objects import fleet_selector, render_mta_objects
+from mailward.render.mta_server import MTAServer, fleet_server
+from mailward.render.policy_objects import policy_hosts, tls_secret_name
+from mailward.render.postfix import DomainConfig
+from mailward_localstack._process import StackError, wait_until
+from mailward_localstack.controlplane import kubectl
+from mailward_localstack.dns import ensure_loopback_address, remove_loopback_address
+from mailward_localstack.node import node_cgroups
+from mailward_localstack.pki import IssuedCert
+from mailward_localstack.stack import RELEASE_NAMESPACE, Stack, StackLayout, down, up
+
+STATE = Path("/root/mwlogs/bench-fleet-state")
+LAYOUT = StackLayout(net="127.93.0")
+SERVER_NS = "fleet-bench"
+DOMAIN_NS = tuple(f"fleet-bench-{i:02d}" for i in range(20))
+HOSTS = ("mx1.fleet.example.test", "mx2.fleet.example.test")
+HOST_NUMBERS = (35, 36)  # .31 is the demo MailServer's (StackLayout.fleet_mx)
+SENDER = "probe@sender.test"
+API = "mailward.io/v1alpha1"
+SERVER = ("fleet", "-n", SERVER_NS)
+OPERATOR_ENV = {
+    "MAILWARD_RESYNC_SECONDS": "300",
+    "MAILWARD_COMPLIANCE_LABEL_SELECTOR": "bench.mailward.io/compliance=yes",
+    "MAILWARD_TLSRPT_RETRY_SECONDS": "3600",
+}
+SETTLE_SECONDS = 15.0  # between the last SMTP session and a memory reading
+MIB = 1024 * 1024
+
+
+def domain(i: int) -> str:
+    return f"d{i:04d}.example.test"
+
+
+def server_spec(addresses: Sequence[str]) -> dict[str, Any]:
+    hosts = [
+        {"host": host, "priority": 10 * (n + 1), "addresses": [address]}
+        for n, (host, address) in enumerate(zip(HOSTS, addresses, strict=True))
+    ]
+    spec = {"hosts": hosts, "replicas": 1, "hostNetwork": True, "tls": {"secretName": "fleet-tls"}}
+    return {**spec, "allowedDomains": {"namespaces": {"from": "All"}}}
+
+
+def bench_server() -> MTAServer:
+    """The fleet as the renderers see it (the cluster's MailServer has the same name)."""
+    spec = MailServerSpec.model_validate(server_spec(("192.0.2.1", "192.0.2.2")))
+    return fleet_server("fleet", "bench", "uid", spec, "img")
+
+
+def render_rows(repeat: int = 9) -> None:
+    server = bench_server()
+    render_mta_objects(server, [])  # warm-up: imports and caches out of the first row
+    rows: list[tuple[int, float, int]] = []
+    for count in (1, 10, 100, 1000):
+        domains = [DomainConfig(domain(i), HOSTS) for i in range(count)]
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            objects = render_mta_objects(server, domains)
+            times.append(time.perf_counter() - start)
+        assert objects[0]["metadata"]["name"] == server.domains_configmap()
+        rows.append((count, statistics.median(times), len(json.dumps(objects[0]).encode())))
+    print(f"\nrender_mta_objects, 2 hosts, {len(objects)} objects, median of {repeat} runs")
+    print(f"{'domains':>8} {'median ms':>10} {'x fixed':>8} {'tables ConfigMap bytes':>23}")
+    for count, seconds, size in rows:
+        note = "  (reference: fixed cost)" if count == 1 else ""
+        print(f"{count:>8,} {seconds * 1e3:>10.2f} {seconds / rows[0][1]:>8.1f} {size:>23,}{note}")
+    per_domain = (rows[-1][2] - rows[0][2]) / (rows[-1][0] - 1)
+    print(f"tables: {per_domain:.0f} bytes/domain, so the 1 MiB ConfigMap limit comes at "
+          f"about {MIB / per_domain:,.0f} domains")  # fmt: skip
+
+
+# -- the cluster ---------------------------------------------------------------------------------
+
+
+def say(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def apply(stack: Stack, items: list[dict[str, Any]], *flags: str) -> None:
+    listing = json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+    kubectl(stack.kubeconfig, "apply", *flags, "-f", "-", input=listing)
+
+
+def jsonpath(stack: Stack, *args: str, path: str) -> str:
+    return kubectl(stack.kubeconfig, "get", *args, "-o", f"jsonpath={path}")
+
+
+def manifest(api: str, kind: str, meta: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    return {"apiVersion": api, "kind": kind, "metadata": meta, **fields}
+
+
+def secret(namespace: str, name: str, cert: IssuedCert) -> dict[str, Any]:
+    files = {"tls.crt": cert.chain_file, "tls.key": cert.key_file}
+    data = {key: base64.b64encode(path.read_bytes()).decode() for key, path in files.items()}
+    meta = {"name": name, "namespace": namespace}
+    return manifest("v1", "Secret", meta, type="kubernetes.io/tls", data=data)
+
+
+def maildomain(i: int) -> dict[str, Any]:
+    meta = {"name": f"d{i:04d}", "namespace": DOMAIN_NS[i % len(DOMAIN_NS)]}
+    spec = {"domain": domain(i), "mailServerRef": {"name": "fleet", "namespace": SERVER_NS}}
+    return manifest(API, "MailDomain", meta, spec=spec)
+
+
+def smtp(stack: Stack, host: int, tls: bool = True) -> smtplib.SMTP:
+    session = smtplib.SMTP(LAYOUT.address(HOST_NUMBERS[host]), 25, timeout=10)
+    vars(session)["_host"] = HOSTS[host]  # the name STARTTLS verifies
+    session.ehlo("probe.sender.test")
+    if tls:
+        session.starttls(context=ssl.create_default_context(cafile=str(stack.ca.ca_file)))
+        session.ehlo("probe.sender.test")
+    return session
+
+
+def accepts(stack: Stack, host: int, recipient: str) -> bool:
+    with smtp(stack, host) as session:
+        session.mail(SENDER)
+        return session.rcpt(recipient)[0] == 250
+
+
+def announces(stack: Stack, host: int, size: int) -> bool:
+    with smtp(stack, host, tls=False) as session:
+        return session.esmtp_features.get("size") == str(size)
+
+
+def until_both(what: str, check: Callable[[int], bool], start: float, timeout: float) -> float:
+    """Seconds from `start` until `check` held on both hosts (each polled until it does)."""
+    done: dict[int, float] = {}
+
+    def probe() -> bool:
+        for host in (0, 1):
+            if host not in done and check(host):
+                done[host] = time.monotonic() - start
+        return len(done) == 2
+
+    wait_until(probe, timeout=timeout, what=what, interval=0.2)
+    return max(done.values())
+
+
+def fleet_pods(stack: Stack) -> dict[str, str]:
+    path = "{range .items[*]}{.metadata.name}={.metadata.uid} {end}"
+    selector = fleet_selector(bench_server())
+    listing = jsonpath(stack, "pods", "-n", SERVER_NS, "-l", selector, path=path)
+    return dict(pair.split("=") for pair in listing.split())
+
+
+def pod_memory(stack: Stack, uid: str) -> tuple[int, int, int]:
+    """(memory.current, anon, file) of the pod-level cgroup, v2 or v1 names."""
+    names = {f"pod{uid}", f"pod{uid.replace('-', '_')}"}
+    for top in node_cgroups(stack.state_dir / "node"):
+        for directory, _, files in os.walk(top):
+            if Path(directory).name not in names or "memory.stat" not in files:
+                continue
+            current = "memory.current" if "memory.current" in files else "memory.usage_in_bytes"
+            stat = dict(line.split() for line in (Path(directory) / "memory.stat").open())
+            anon = stat.get("anon", stat.get("total_rss", "0"))
+            file = stat.get("file", stat.get("total_cache", "0"))
+            return int((Path(directory) / current).read_text()), int(anon), int(file)
+    raise LookupError(f"no memory cgroup for pod {uid}")
+
+
+def memory(stack: Stack, pods: dict[str, str], recipient: str) -> dict[str, tuple[int, int, int]]:
+    for host in (0, 1):  # the same traffic before each reading: one session per host
+        accepts(stack, host, recipient)
+    time.sleep(SETTLE_SECONDS)
+    return {name: pod_memory(stack, uid) for name, uid in sorted(pods.items())}
+
+
+def ready_domains(stack: Stack) -> int:
+    path = '{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{" "}{end}'
+    return jsonpath(stack, "maildomains", "-A", path=path).split().count("True")
+
+
+def prepare(stack: Stack, count: int) -> dict[str, Any]:
+    """Namespaces, the fleet's and the policy endpoint's TLS Secrets; the MailServer."""
+    names = (SERVER_NS, *DOMAIN_NS)
+    apply(stack, [manifest("v1", "Namespace", {"name": ns}) for ns in names])
+    certs = STATE / "certs"
+    secrets = [secret(SERVER_NS, "fleet-tls", stack.ca.issue_server_cert(list(HOSTS)))]
+    for i in range(count):
+        cert = stack.ca.issue_server_cert(policy_hosts(domain(i)), out_dir=certs)
+        secrets.append(secret(RELEASE_NAMESPACE, tls_secret_name(domain(i)), cert))
+    apply(stack, secrets, "--server-side")
+    say(f"{len(secrets)} TLS Secrets applied")
+    spec = server_spec([LAYOUT.address(n) for n in HOST_NUMBERS])
+    return manifest(API, "MailServer", {"name": "fleet", "namespace": SERVER_NS}, spec=spec)
+
+
+def measure(stack: Stack, count: int, runs: int, rolls: int) -> None:
+    server = prepare(stack, count + runs)
+    began = time.monotonic()
+    apply(stack, [server, maildomain(0)])
+    first, last = f"postmaster@{domain(0)}", f"postmaster@{domain(count - 1)}"
+    until_both("the fleet serving 1 domain", partial(accepts, stack, recipient=first), began, 420)
+    say(f"the fleet serves 1 domain {time.monotonic() - began:.0f}s after apply")
+    pods = fleet_pods(stack)
+    one = memory(stack, pods, first)
+
+    began = time.monotonic()
+    apply(stack, [maildomain(i) for i in range(1, count)], "--server-side")
+    applied = time.monotonic() - began
+    served = until_both("the last domain", partial(accepts, stack, recipient=last), began, 420)
+    attached = partial(jsonpath, stack, "mailserver", *SERVER, path="{.status.attachedDomains}")
+    wait_until(lambda: attached() == str(count), timeout=120, what="attachedDomains", interval=2)
+    say(f"{count - 1} MailDomains applied in {applied:.0f}s, all served {served:.0f}s after")
+    with contextlib.suppress(StackError):  # let the operator finish the burst (capped)
+        wait_until(lambda: ready_domains(stack) >= count, timeout=180, what="Ready", interval=10)
+    ready, same = ready_domains(stack), fleet_pods(stack) == pods
+    many = memory(stack, pods, last)
+
+    attach: list[float] = []
+    for i in range(count, count + runs):
+        who = f"postmaster@{domain(i)}"
+        start = time.monotonic()
+        apply(stack, [maildomain(i)])
+        attach.append(until_both(who, partial(accepts, stack, recipient=who), start, 180))
+        time.sleep(2)
+    roll: list[float] = []
+    for n in range(rolls):
+        size = (26 + n) * MIB
+        patch = json.dumps({"spec": {"messageSizeLimit": size}})
+        start = time.monotonic()
+        kubectl(stack.kubeconfig, "patch", "mailserver", *SERVER, "--type=merge", "-p", patch)
+        roll.append(until_both(f"SIZE {size}", partial(announces, stack, size=size), start, 300))
+
+    pods_were = "the same" if same else "REPLACED"
+    print(f"\nfleet: 2 host-network pods, 1 node; {ready}/{count} MailDomains Ready; the pods "
+          f"were {pods_were} from 1 to {count} domains")  # fmt: skip
+    print(f"{'pod memory, MiB':44} {'current':>8} {'anon':>8} {'file':>8}")
+    for label, readings in ((f"{count:,} domains", many), ("1 domain (reference)", one)):
+        for pod, (current, anon, file) in readings.items():
+            row = f"{label}, {pod}"
+            print(f"{row:44} {current / MIB:>8.1f} {anon / MIB:>8.1f} {file / MIB:>8.1f}")
+    print(f"{'seconds until served on both hosts':44} {'median':>8}  runs")
+    for label, times in (
+        (f"apply MailDomain #{count + 1}.. (reload)", attach),
+        ("patch messageSizeLimit (roll, reference)", roll),
+    ):
+        each = " ".join(f"{t:.1f}" for t in times)
+        print(f"{label:44} {statistics.median(times):>8.1f}  {each}")
+
+
+def cluster_rows(count: int, runs: int, rolls: int) -> None:
+    if STATE.exists():  # a fresh etcd: no MailDomain of an earlier run
+        down(STATE)
+        shutil.rmtree(STATE, ignore_errors=True)
+    STATE.mkdir(parents=True)
+    added: list[str] = []
+    try:
+        began = time.monotonic()
+        stack = up(STATE, None, LAYOUT, extra_env=OPERATOR_ENV)
+        say(f"stack up in {time.monotonic() - began:.0f}s")
+        added = [a for a in map(LAYOUT.address, HOST_NUMBERS) if ensure_loopback_address(a)]
+        measure(stack, count, runs, rolls)
+    finally:
+        signal.alarm(0)
+        for address in added:
+            remove_loopback_address(address)
+        down(STATE)
+
+
+class Stopped(BaseException):
+    """Not an Exception: no probe's `except Exception` may swallow the end of the budget."""
+
+
+def _stop(signum: int, _: FrameType | None) -> None:
+    raise Stopped(f"stopped by signal {signum} (budget spent, or terminated)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--render-only", action="store_true", help="no cluster: the render rows")
+    parser.add_argument("--domains", type=int, default=1000)
+    parser.add_argument("--runs", type=int, default=3, help="domains then attached one by one")
+    parser.add_argument("--rolls", type=int, default=2, help="messageSizeLimit changes")
+    parser.add_argument("--budget", type=int, default=840, help="seconds before it stops")
+    args = parser.parse_args()
+    render_rows()
+    if args.render_only:
+        return 0
+    signal.signal(signal.SIGALRM, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    signal.alarm(args.budget)
+    cluster_rows(args.domains, args.runs, args.rolls)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
