@@ -220,6 +220,13 @@ def ready_domains(stack: Stack) -> int:
     return jsonpath(stack, "maildomains", "-A", path=path).split().count("True")
 
 
+def diagnose(stack: Stack) -> None:
+    """What the MailServer says and the operator's last words, on stderr (the log)."""
+    say(jsonpath(stack, "mailserver", *SERVER, path="{.status}"))
+    logs = ("logs", "-n", RELEASE_NAMESPACE, "deploy/mailward", "--tail=60")
+    say(kubectl(stack.kubeconfig, *logs, check=False))
+
+
 def prepare(stack: Stack, count: int) -> dict[str, Any]:
     """Namespaces, the fleet's and the policy endpoint's TLS Secrets; the MailServer."""
     names = (SERVER_NS, *DOMAIN_NS)
@@ -249,12 +256,17 @@ def measure(stack: Stack, count: int, runs: int, rolls: int) -> None:
     apply(stack, [maildomain(i) for i in range(1, count)], "--server-side")
     applied = time.monotonic() - began
     served = until_both("the last domain", partial(accepts, stack, recipient=last), began, 420)
-    attached = partial(jsonpath, stack, "mailserver", *SERVER, path="{.status.attachedDomains}")
-    wait_until(lambda: attached() == str(count), timeout=120, what="attachedDomains", interval=2)
     say(f"{count - 1} MailDomains applied in {applied:.0f}s, all served {served:.0f}s after")
-    with contextlib.suppress(StackError):  # let the operator finish the burst (capped)
-        wait_until(lambda: ready_domains(stack) >= count, timeout=180, what="Ready", interval=10)
-    ready, same = ready_domains(stack), fleet_pods(stack) == pods
+    attached = partial(jsonpath, stack, "mailserver", *SERVER, path="{.status.attachedDomains}")
+
+    def settled() -> bool:
+        return attached() == str(count) and ready_domains(stack) >= count
+
+    with contextlib.suppress(StackError):  # the operator finishes the burst (capped)
+        wait_until(settled, timeout=240, what="the burst settled", interval=10)
+    ready, shown, same = ready_domains(stack), attached(), fleet_pods(stack) == pods
+    if shown != str(count):
+        diagnose(stack)
     many = memory(stack, pods, last)
 
     attach: list[float] = []
@@ -272,9 +284,9 @@ def measure(stack: Stack, count: int, runs: int, rolls: int) -> None:
         kubectl(stack.kubeconfig, "patch", "mailserver", *SERVER, "--type=merge", "-p", patch)
         roll.append(until_both(f"SIZE {size}", partial(announces, stack, size=size), start, 300))
 
-    pods_were = "the same" if same else "REPLACED"
-    print(f"\nfleet: 2 host-network pods, 1 node; {ready}/{count} MailDomains Ready; the pods "
-          f"were {pods_were} from 1 to {count} domains")  # fmt: skip
+    pods_were = "the same pods" if same else "pods REPLACED"
+    print(f"\nfleet: 2 host-network pods, 1 node; {pods_were} from 1 to {count} domains; "
+          f"status.attachedDomains {shown}, {ready}/{count} MailDomains Ready")  # fmt: skip
     print(f"{'pod memory, MiB':44} {'current':>8} {'anon':>8} {'file':>8}")
     for label, readings in ((f"{count:,} domains", many), ("1 domain (reference)", one)):
         for pod, (current, anon, file) in readings.items():
@@ -301,6 +313,10 @@ def cluster_rows(count: int, runs: int, rolls: int) -> None:
         say(f"stack up in {time.monotonic() - began:.0f}s")
         added = [a for a in map(LAYOUT.address, HOST_NUMBERS) if ensure_loopback_address(a)]
         measure(stack, count, runs, rolls)
+    except BaseException:
+        with contextlib.suppress(Exception):  # `stack` is unbound when `up` failed
+            diagnose(stack)
+        raise
     finally:
         signal.alarm(0)
         for address in added:

@@ -125,48 +125,47 @@ def fleet(cluster: Stack, example: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """The example runs the TLSRPT collector the fleet's domains send reports to."""
     addresses = [cluster.layout.address(n) for n in HOST_NUMBERS]
     added = [a for a in addresses if ensure_loopback_address(a)]
-    kubeconfig = cluster.kubeconfig
-    for namespace in NAMESPACES:
-        kubectl(kubeconfig, "create", "namespace", namespace)
-        kubectl(kubeconfig, "label", "namespace", namespace, "=".join(ALLOW_LABEL))
-        create_dns_provider(kubeconfig, cluster.state_dir / "dns", namespace)
-    kubectl(kubeconfig, "create", "namespace", OUTSIDER_NAMESPACE)
-    create_dns_provider(kubeconfig, cluster.state_dir / "dns", OUTSIDER_NAMESPACE)
-    certs = cluster.state_dir / "certs" / "fleet"
-    mx = cluster.ca.issue_server_cert(list(HOSTS), out_dir=certs)
-    secrets = [tls_secret_manifest(SERVER_NAMESPACE, mx, "fleet-tls")]
-    for index in range(COUNT + 2):
-        domain = _domain(index)
-        policy = cluster.ca.issue_server_cert(policy_hosts(domain), out_dir=certs / domain)
-        secrets.append(tls_secret_manifest(RELEASE_NAMESPACE, policy, tls_secret_name(domain)))
-    _apply(cluster, secrets)
-
-    began = time.monotonic()
-    _apply(cluster, [_mail_server(cluster)])
-    domains = []
-    for index in range(COUNT):
-        manifest = _maildomain(cluster, index)
-        manifest["metadata"]["labels"] = {"test.mailward.io/fleet": "yes"}
-        domains.append(manifest)
-    _apply(cluster, domains)
-
-    def fleet_ready() -> dict[str, Any] | None:
-        body = get_json(cluster, "mailserver", "fleet", "-n", SERVER_NAMESPACE)
-        status = body.get("status", {})
-        ready = _ready(body) and status.get("attachedDomains") == COUNT
-        return body if ready else None
-
-    server = wait_for("the MailServer Ready with 100 domains", fleet_ready, timeout=300, interval=2)
-    wait_for(
-        "100 MailDomains Ready",
-        lambda: _domains_ready(cluster) == COUNT,
-        timeout=600,
-        interval=3,
-    )
-    print(
-        f"\nfleet Ready with {COUNT} domains, all Ready {time.monotonic() - began:.1f}s after apply"
-    )
     try:
+        kubeconfig = cluster.kubeconfig
+        for namespace in NAMESPACES:
+            kubectl(kubeconfig, "create", "namespace", namespace)
+            kubectl(kubeconfig, "label", "namespace", namespace, "=".join(ALLOW_LABEL))
+            create_dns_provider(kubeconfig, cluster.state_dir / "dns", namespace)
+        kubectl(kubeconfig, "create", "namespace", OUTSIDER_NAMESPACE)
+        create_dns_provider(kubeconfig, cluster.state_dir / "dns", OUTSIDER_NAMESPACE)
+        certs = cluster.state_dir / "certs" / "fleet"
+        mx = cluster.ca.issue_server_cert(list(HOSTS), out_dir=certs)
+        secrets = [tls_secret_manifest(SERVER_NAMESPACE, mx, "fleet-tls")]
+        for index in range(COUNT + 2):
+            domain = _domain(index)
+            policy = cluster.ca.issue_server_cert(policy_hosts(domain), out_dir=certs / domain)
+            secrets.append(tls_secret_manifest(RELEASE_NAMESPACE, policy, tls_secret_name(domain)))
+        _apply(cluster, secrets)
+
+        began = time.monotonic()
+        _apply(cluster, [_mail_server(cluster)])
+        domains = []
+        for index in range(COUNT):
+            manifest = _maildomain(cluster, index)
+            manifest["metadata"]["labels"] = {"test.mailward.io/fleet": "yes"}
+            domains.append(manifest)
+        _apply(cluster, domains)
+
+        def fleet_ready() -> dict[str, Any] | None:
+            body = get_json(cluster, "mailserver", "fleet", "-n", SERVER_NAMESPACE)
+            status = body.get("status", {})
+            ready = _ready(body) and status.get("attachedDomains") == COUNT
+            return body if ready else None
+
+        server = wait_for("the MailServer Ready with 100 domains", fleet_ready, timeout=300)
+        wait_for(
+            "100 MailDomains Ready",
+            lambda: _domains_ready(cluster) == COUNT,
+            timeout=600,
+            interval=3,
+        )
+        elapsed = time.monotonic() - began
+        print(f"\nfleet Ready with {COUNT} domains, all Ready {elapsed:.1f}s after apply")
         yield server
     finally:
         for address in added:

@@ -99,6 +99,25 @@ class DNSStatus(_Model):
     )
 
 
+class MailServerAttachment(_Model):
+    """The MailServer serving the domain, as the MTA part last found it."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True, strict=False
+    )
+
+    namespace: str = Field(max_length=63, description="Namespace of the MailServer.")
+    name: str = Field(max_length=253, description="Name of the MailServer.")
+    hosts: list[Annotated[str, Field(max_length=253)]] = Field(
+        default_factory=list,
+        max_length=10,
+        description=(
+            "The fleet's MX hosts, which the domain's MX records and MTA-STS policy name (the "
+            "policy endpoint reads them here)."
+        ),
+    )
+
+
 class MailDomainStatus(_Model):
     """The observed state of the mail domain, written by the operator only."""
 
@@ -120,6 +139,10 @@ class MailDomainStatus(_Model):
     )
     dns: DNSStatus | None = Field(
         default=None, description="The domain's records in DNS (written by the DNS part)."
+    )
+    mail_server: MailServerAttachment | None = Field(
+        default=None,
+        description="The MailServer serving the domain, when attached (written by the MTA part).",
     )
     mta_sts: MTASTSStatus | None = Field(
         default=None, description="The MTA-STS policy being served (written by the mtasts part)."

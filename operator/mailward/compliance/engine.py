@@ -20,6 +20,7 @@ from typing import TypeVar
 from mailward.compliance import rptmailbox, rules
 from mailward.compliance.catalog import BY_ID, CATALOG, DEFAULT_PROFILE, PROFILES
 from mailward.compliance.dnsprobe import Answer, DNSClient, ValidatingResolverClient, txt_strings
+from mailward.compliance.endpoint_probes import EndpointProbes
 from mailward.compliance.httpsprobe import HTTPSResult, fetch
 from mailward.compliance.model import CheckResult, Finding, Level, Report, Result, unmet, worst
 from mailward.compliance.tlsprobe import (
@@ -86,10 +87,20 @@ class Engine:
         *,
         cafile: str | None = None,
         limit: asyncio.Semaphore | None = None,
+        shared: EndpointProbes | None = None,
+        shared_max_age: float = 0.0,
     ) -> None:
         self.dns = dns
         self.cafile = cafile
         self.limit = limit or asyncio.Semaphore(DEFAULT_CONCURRENCY)
+        # Endpoint observations shared with the other domains checked within `shared_max_age`.
+        self.shared = shared
+        self.shared_max_age = shared_max_age
+
+    async def _endpoint(self, kind: str, ep: Endpoint, fn: Callable[[Endpoint], T]) -> T:
+        if self.shared is None or self.shared_max_age <= 0:
+            return await self._blocking(fn, ep)
+        return await self.shared.get(kind, ep, self.shared_max_age, lambda: self._blocking(fn, ep))
 
     async def _blocking(self, fn: Callable[..., T], *args: object) -> T:
         async with self.limit:
@@ -183,14 +194,16 @@ class Engine:
                 return
             if mx.smtp.starttls_offered:
                 try:
-                    mx.injection = await self._blocking(
-                        starttls_injection, Endpoint(mx.name, mx.addresses[0], 25)
+                    mx.injection = await self._endpoint(
+                        "injection", Endpoint(mx.name, mx.addresses[0], 25), starttls_injection
                     )
                 except (ProbeError, OSError) as e:
                     mx.injection_error = str(e)
 
         async def tls(ep: Endpoint) -> None:
-            obs.tls[ep] = await self._blocking(observe_tls, ep, self.cafile)
+            obs.tls[ep] = await self._endpoint(
+                "tls", ep, lambda endpoint: observe_tls(endpoint, self.cafile)
+            )
 
         async def sts() -> None:
             assert obs.sts_txt is not None
@@ -271,9 +284,18 @@ async def check_domain(
     profile: str = DEFAULT_PROFILE,
     cafile: str | None = None,
     limit: asyncio.Semaphore | None = None,
+    shared: EndpointProbes | None = None,
+    shared_max_age: float = 0.0,
 ) -> Report:
-    """One domain, one fresh DNS cache."""
-    engine = Engine(ValidatingResolverClient(resolver, port), cafile=cafile, limit=limit)
+    """One domain, one fresh DNS cache; endpoint observations from `shared` when another
+    domain served by the same endpoint was checked less than `shared_max_age` seconds ago."""
+    engine = Engine(
+        ValidatingResolverClient(resolver, port),
+        cafile=cafile,
+        limit=limit,
+        shared=shared,
+        shared_max_age=shared_max_age,
+    )
     return await engine.check(domain, profile)
 
 

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from mailward.api.v1alpha1 import MXHost
 from mailward.reconcile import InvalidSpec, parse_spec
 from mailward.render.autoconfig import autoconfig_for
 from mailward.render.mta_sts import policy_for, policy_id, withdrawal_policy
@@ -94,6 +95,12 @@ def site_for(body: Mapping[str, Any]) -> Site | None:
         spec = parse_spec(body.get("spec") or {})
     except InvalidSpec:
         return None
+    if spec.attached:
+        # The fleet's hosts, as the operator's MTA part found them; none yet: nothing served.
+        hosts = ((body.get("status") or {}).get("mailServer") or {}).get("hosts") or []
+        if not hosts:
+            return None
+        spec = spec.model_copy(update={"mx": [MXHost(host=h) for h in hosts]})
     withdrawing = bool(meta.get("deletionTimestamp"))
     policy = withdrawal_policy(spec) if withdrawing else policy_for(spec)
     return Site(

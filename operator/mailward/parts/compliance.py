@@ -29,6 +29,7 @@ from mailward.adapters.status_writer import COMPLIANCE, StatusWriter
 from mailward.api.compliance_status import ComplianceStatus
 from mailward.api.v1alpha1 import MailDomainStatus, parse_duration
 from mailward.compliance import metrics
+from mailward.compliance.endpoint_probes import EndpointProbes
 from mailward.compliance.engine import check_domain
 from mailward.compliance.model import Report
 from mailward.conditions import (
@@ -187,6 +188,8 @@ class ComplianceRunner:
     _limit: asyncio.Semaphore | None = None
     _wakeups: dict[str, asyncio.Event] = field(default_factory=dict)
     _generations: dict[str, int] = field(default_factory=dict)
+    # MX endpoints (a MailServer's hosts) probed once per interval for every domain they serve.
+    endpoint_probes: EndpointProbes = field(default_factory=EndpointProbes)
 
     @property
     def limit(self) -> asyncio.Semaphore:
@@ -222,6 +225,9 @@ class ComplianceRunner:
             profile=spec.compliance.profile,
             cafile=self.settings.cafile,
             limit=self.limit,
+            shared=self.endpoint_probes,
+            # Below the domain's own interval: its next check never reuses its own last probe.
+            shared_max_age=0.9 * parse_duration(spec.compliance.interval),
         )
         metrics.record(namespace, name, report)
         current = parse_status(body.get("status"))

@@ -34,6 +34,7 @@ from mailward.render.mta_server import ResourceOwner
 from mailward.render.resolver import ResolverSettings
 
 MTA_READY = "MTAReady"
+FLEET_RETRY_MAX_SECONDS = 20.0
 
 
 def mta_verdict(observed: StatefulSetObservation, name: str) -> Verdict:
@@ -88,7 +89,8 @@ class MTAPart:
         spec = ctx.spec
         if not spec.mta.enabled:
             return PartResult(
-                [Verdict(MTA_READY, "True", "MTANotManaged", "spec.mta.enabled is false")]
+                [Verdict(MTA_READY, "True", "MTANotManaged", "spec.mta.enabled is false")],
+                status={"mailServer": None},
             )
         accounts: list[str] = []
         if spec.mta.accounts_secret_name:
@@ -126,7 +128,7 @@ class MTAPart:
             self._backoff.reset(ctx.uid)
         else:
             retry = self._backoff.next(ctx.uid)
-        return PartResult([verdict], retry_after=retry, events=events)
+        return PartResult([verdict], status={"mailServer": None}, retry_after=retry, events=events)
 
     async def _attach(self, ctx: ReconcileContext) -> PartResult:
         ref = ctx.spec.mail_server_ref
@@ -144,11 +146,22 @@ class MTAPart:
                 events.append(Event("Warning", attachment.reason, attachment.message))
             # Stop here: no record may point at a fleet that does not serve the domain.
             return PartResult(
-                [verdict], retry_after=self._backoff.next(ctx.uid), events=events, blocking=True
+                [verdict],
+                status={"mailServer": None},
+                retry_after=self._backoff.next(ctx.uid),
+                events=events,
+                blocking=True,
             )
         hosts = tuple(MXHost(host=h.host, priority=h.priority) for h in observed.spec.hosts)
         ctx.fleet = FleetAttachment(key.namespace, key.name, hosts)
         ctx.spec = ctx.spec.model_copy(update={"mx": list(hosts)})
+        attachment_status = {
+            "mailServer": {
+                "namespace": key.namespace,
+                "name": key.name,
+                "hosts": [h.host for h in hosts],
+            }
+        }
         if not observed.ready:
             verdict = Verdict(
                 MTA_READY,
@@ -156,11 +169,18 @@ class MTAPart:
                 "MailServerNotReady",
                 f"{key.describe()} serves the domain once ready: {observed.ready_message}",
             )
-            return PartResult([verdict], retry_after=self._backoff.next(ctx.uid))
+            # A fleet comes up in about a minute and nothing tells the domain when: look again
+            # soon, whatever the backoff has grown to.
+            retry = min(self._backoff.next(ctx.uid), FLEET_RETRY_MAX_SECONDS)
+            return PartResult([verdict], status=attachment_status, retry_after=retry)
         self._backoff.reset(ctx.uid)
         names = ", ".join(h.host for h in hosts)
         verdict = Verdict(MTA_READY, "True", "AttachedToMailServer", f"{key.describe()} ({names})")
-        return PartResult([verdict])
+        previous = next((c for c in ctx.status.conditions if c.type == MTA_READY), None)
+        if previous is None or previous.status != "True":
+            # The fleet answers for the domain now: probe it from outside at once.
+            ctx.facts[RECORDS_CHANGED] = True
+        return PartResult([verdict], status=attachment_status)
 
     async def release(self, ctx: ReconcileContext) -> None:
         """The objects carry owner references: the garbage collector removes them."""
