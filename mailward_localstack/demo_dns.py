@@ -19,6 +19,7 @@ import dns.flags
 import dns.rcode
 import dns.rdatatype
 
+from mailward.api.v1alpha1 import MXHost
 from mailward.parts.certificate import CERTIFICATE_CHAIN, parse_chain
 from mailward.parts.dns import SERVED_POLICY_ID, desired_for
 from mailward.reconcile import parse_spec
@@ -79,6 +80,9 @@ def check(kubeconfig: Path, dns_state_dir: Path, namespace: str, name: str, time
     stack = DNSStack.attach(dns_state_dir)
     body = json.loads(kubectl(kubeconfig, "get", "maildomain", name, "-n", namespace, "-o", "json"))
     spec = parse_spec(body["spec"])
+    if spec.attached:
+        hosts = (body.get("status", {}).get("mailServer") or {}).get("hosts") or []
+        spec = spec.model_copy(update={"mx": [MXHost(host=h) for h in hosts]})
     facts: dict[str, object] = {}
     if spec.tls is not None and not spec.attached:
         secret = json.loads(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -9,6 +10,8 @@ from pydantic import ValidationError
 
 from mailward.api.mailserver import MailServerSpec
 from mailward.attachment import NAMESPACE_NOT_ALLOWED, ServerKey, decide
+from mailward.compliance.endpoint_probes import EndpointProbes
+from mailward.endpoint.catalog import site_for
 from mailward.reconcile import InvalidSpec, parse_spec
 from mailward.render.dns_records import fleet_host_rrsets
 from mailward.render.mta_objects import CONFIG_HASH_ANNOTATION, render_mta_objects
@@ -16,6 +19,7 @@ from mailward.render.mta_server import fleet_server
 from mailward.render.postfix import DomainConfig
 
 SERVER = ServerKey("mail", "fleet")
+HOSTS = ("mx1.fleet.test", "mx2.fleet.test")
 
 
 def _server(**overrides: Any) -> MailServerSpec:
@@ -153,3 +157,42 @@ def test_fleet_records_hold_one_tlsa_rrset_per_host() -> None:
         ("_25._tcp.mx1.fleet.test.", "TLSA"),
         ("mx1.fleet.test.", "A"),
     ]
+
+
+def test_an_endpoint_is_probed_once_per_window_for_all_its_domains() -> None:
+    now = [0.0]
+    probes = EndpointProbes(clock=lambda: now[0])
+    calls: list[str] = []
+
+    async def probe() -> str:
+        calls.append("probe")
+        await asyncio.sleep(0)
+        return f"result-{len(calls)}"
+
+    async def many() -> list[str]:
+        # Three domains of one fleet checked together: one probe, awaited by all.
+        return await asyncio.gather(*(probes.get("tls", "mx1:25", 3600, probe) for _ in range(3)))
+
+    assert asyncio.run(many()) == ["result-1"] * 3
+    now[0] = 3000.0
+    assert asyncio.run(probes.get("tls", "mx1:25", 3600, probe)) == "result-1"
+    now[0] = 3700.0  # a new interval: probed again
+    assert asyncio.run(probes.get("tls", "mx1:25", 3600, probe)) == "result-2"
+    assert asyncio.run(probes.get("tls", "mx2:25", 3600, probe)) == "result-3"
+    assert (probes.probes, probes.shared) == (3, 3)
+
+
+def test_the_policy_endpoint_serves_an_attached_domain_with_its_fleets_hosts() -> None:
+    body: dict[str, Any] = {
+        "metadata": {"namespace": "a", "name": "shop", "uid": "u", "resourceVersion": "1"},
+        "spec": {
+            "domain": "shop.test",
+            "mailServerRef": {"name": "fleet"},
+            "mtaSts": {"mode": "enforce", "maxAge": 86400},
+        },
+    }
+    assert site_for(body) is None  # the operator has not found the fleet yet
+    body["status"] = {"mailServer": {"namespace": "a", "name": "fleet", "hosts": list(HOSTS)}}
+    site = site_for(body)
+    assert site is not None
+    assert "mx: mx1.fleet.test\r\nmx: mx2.fleet.test\r\n" in site.policy
