@@ -9,6 +9,7 @@ namespace without the label may not attach. The tests run in file order on one f
 
 from __future__ import annotations
 
+import itertools
 import json
 import smtplib
 import ssl
@@ -172,10 +173,19 @@ def fleet(cluster: Stack, example: dict[str, Any]) -> Iterator[dict[str, Any]]:
             remove_loopback_address(address)
 
 
+# Sources of the test's SMTP sessions: every client on loopback would otherwise come from the
+# address it connects to, the same as the operator's compliance probes, and share Postfix's
+# per-client connection rate limit (60/min) with them. Any 127/8 address is the machine's own.
+_SOURCES = itertools.cycle(range(100, 128))
+
+
 def _smtp(stack: Stack, host_index: int) -> smtplib.SMTP:
     """A STARTTLS session with the fleet host, its certificate verified by name."""
     context = ssl.create_default_context(cafile=str(stack.ca.ca_file))
-    session = smtplib.SMTP(stack.layout.address(HOST_NUMBERS[host_index]), 25, timeout=30)
+    source = (stack.layout.address(next(_SOURCES)), 0)
+    session = smtplib.SMTP(
+        stack.layout.address(HOST_NUMBERS[host_index]), 25, timeout=30, source_address=source
+    )
     vars(session)["_host"] = HOSTS[host_index]  # the name STARTTLS checks the certificate for
     session.ehlo("probe.sender.test")
     session.starttls(context=context)
@@ -274,18 +284,32 @@ def test_mailward_check_passes_for_a_sample_of_the_domains(
     cluster: Stack, fleet: dict[str, Any]
 ) -> None:
     outsider = ["--resolver", cluster.layout.resolver, "--ca-file", str(cluster.ca.ca_file)]
-    for index in (0, 1, 2):  # one per namespace
+
+    def check(domain: str) -> dict[str, Any]:
         result = subprocess.run(
-            [sys.executable, "-m", "mailward", "check", _domain(index), "--json", *outsider],
+            [sys.executable, "-m", "mailward", "check", domain, "--json", *outsider],
             capture_output=True,
             text=True,
             timeout=300,
         )
-        report = json.loads(result.stdout)
-        assert report["compliant"] is True, (_domain(index), report["failingMust"])
-        results = {check["id"]: check["result"] for check in report["checks"]}
+        report: dict[str, Any] = json.loads(result.stdout)
+        return report
+
+    for index in (0, 1, 2):  # one per namespace
+        domain = _domain(index)
+        # The probe connects from the address it probes, as the operator's own compliance
+        # probes of all 100 domains do: the fleet's per-client rate limit (60 connections a
+        # minute) may answer 421 for a while after they ran. That is retried, and said.
+        report = check(domain)
+        began = time.monotonic()
+        while not report["compliant"] and time.monotonic() - began < 180:
+            print(f"\n{domain}: not yet compliant: {report['failingMust']}; again in 20 s")
+            time.sleep(20)
+            report = check(domain)
+        assert report["compliant"] is True, (domain, report["failingMust"])
+        results = {c["id"]: c["result"] for c in report["checks"]}
         for must in ("TR-DANE-01", "TR-SMTP-02", "TR-TLS-01", "TR-STS-01"):
-            assert results.get(must) == "pass", (_domain(index), must, results)
+            assert results.get(must) == "pass", (domain, must, results)
 
 
 def test_attaching_a_101st_domain_restarts_nothing_and_keeps_open_sessions(
