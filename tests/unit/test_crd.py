@@ -61,7 +61,8 @@ def test_printer_columns_follow_cert_manager() -> None:
     columns = maildomain_crd()["spec"]["versions"][0]["additionalPrinterColumns"]
     names = [c["name"] for c in columns if not c.get("priority")]
     assert names == ["Domain", "Ready", "Compliant", "MTA-STS", "DANE", "Age"]
-    reports, detail = [c for c in columns if c.get("priority") == 1]
+    server, reports, detail = [c for c in columns if c.get("priority") == 1]
+    assert server["jsonPath"] == ".spec.mailServerRef.name"
     assert reports["jsonPath"] == '.status.conditions[?(@.type=="TLSReportsHealthy")].status'
     assert detail["jsonPath"] == '.status.conditions[?(@.type=="Ready")].message'
 

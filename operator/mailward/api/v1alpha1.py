@@ -590,6 +590,13 @@ class MailDomainResource:
         {"name": "DANE", "type": "boolean", "jsonPath": ".spec.dane.enabled"},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         {
+            # The fleet serving the domain, if it is attached to one.
+            "name": "MailServer",
+            "type": "string",
+            "priority": 1,
+            "jsonPath": ".spec.mailServerRef.name",
+        },
+        {
             # What other MTAs report about TLS to the domain (RFC 8460), from the collector.
             "name": "TLS-Reports",
             "type": "string",
