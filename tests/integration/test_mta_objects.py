@@ -26,6 +26,7 @@ from tests.manifests import valid_maildomain
 pytestmark = pytest.mark.controlplane
 
 OBJECTS = [
+    ("ConfigMap", "example-mta-domains"),
     ("ConfigMap", "example-mta-config"),
     ("Service", "example-mta-pods"),
     ("Service", "example-mta"),
@@ -96,8 +97,11 @@ def test_objects_owner_references_idempotence_and_a_spec_edit(kube: Kube, namesp
         managers = {m["manager"] for m in obj["metadata"]["managedFields"]}
         assert "mailward" in managers, (kind, name, managers)
     config = first[("ConfigMap", "example-mta-config")]["data"]
-    assert "alice@example.test example.test/alice/" in config["mailboxes"]
-    assert "secret" not in "".join(config.values())  # the password never reaches the ConfigMap
+    tables = first[("ConfigMap", "example-mta-domains")]["data"]
+    assert "alice@example.test example.test/alice/" in tables["mailboxes"]
+    assert tables["domains"] == "example.test OK\n"
+    # The password never reaches a ConfigMap.
+    assert "secret" not in "".join([*config.values(), *tables.values()])
     service = first[("Service", "example-mta")]["spec"]
     assert service["externalTrafficPolicy"] == "Local"
     assert sorted(p["port"] for p in service["ports"]) == [25, 465, 587]
