@@ -16,7 +16,7 @@ Every step's failure becomes its condition; none stops the status write.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -61,6 +61,8 @@ class AttachingDomain:
     namespace: str
     name: str
     domain: str
+    # `spec.mta.accountsSecretName`: submission accounts the fleet serves for the domain.
+    accounts_secret: str | None = None
 
 
 @dataclass(frozen=True)
@@ -139,9 +141,13 @@ class FleetController:
         attached, refused = await self._admit(server, spec, candidates)
         fleet = fleet_server(server.name, server.namespace, server.uid, spec, self._default_image)
         hosts = tuple(h.host for h in spec.hosts)
-        domains = [DomainConfig(d.domain, hosts) for d in attached]
+        passwords = await self._passwords(attached)
+        domains = [
+            DomainConfig(d.domain, hosts, tuple(sorted(passwords.get(d.domain, {}))))
+            for d in attached
+        ]
         outcome = FleetOutcome([], attached, refused)
-        verdicts = [await self._apply(fleet, domains, outcome)]
+        verdicts = [await self._apply(fleet, domains, passwords, outcome)]
         verdicts += await self._publish(server, spec)
         failing = next((v for v in verdicts if v.status != "True"), None)
         if failing is not None:
@@ -181,10 +187,26 @@ class FleetController:
             attached.append(candidate)
         return attached, refused
 
+    async def _passwords(self, attached: Sequence[AttachingDomain]) -> dict[str, dict[str, str]]:
+        """domain → local part → password, from each domain's accounts Secret in its own
+        namespace (a missing one is the domain's MTAReady condition, not the fleet's)."""
+        found: dict[str, dict[str, str]] = {}
+        for domain in attached:
+            if domain.accounts_secret is None:
+                continue
+            accounts = await self._directory.accounts(domain.namespace, domain.accounts_secret)
+            if accounts:
+                found[domain.domain] = accounts
+        return found
+
     async def _apply(
-        self, fleet: MTAServer, domains: Sequence[DomainConfig], outcome: FleetOutcome
+        self,
+        fleet: MTAServer,
+        domains: Sequence[DomainConfig],
+        passwords: Mapping[str, Mapping[str, str]],
+        outcome: FleetOutcome,
     ) -> Verdict:
-        objects = render_mta_objects(fleet, domains, self._resolver)
+        objects = render_mta_objects(fleet, domains, self._resolver, passwords)
         try:
             for manifest in objects:
                 await self._applier.apply(manifest)
@@ -194,7 +216,7 @@ class FleetController:
                 fleet.namespace,
                 fleet_selector(fleet),
                 DOMAINS_HASH_ANNOTATION,
-                domains_digest(domains)[:16],
+                domains_digest(domains, passwords)[:16],
             )
             observations = [
                 (group.name, await self._workloads.observe_statefulset(fleet.namespace, group.name))

@@ -71,7 +71,8 @@ def fleet_domains(
         return None
     assert model.mail_server_ref is not None
     key = (model.mail_server_ref.namespace or namespace or "", model.mail_server_ref.name)
-    return {key: AttachingDomain(namespace or "", str(name), model.domain)}
+    accounts = model.mta.accounts_secret_name
+    return {key: AttachingDomain(namespace or "", str(name), model.domain, accounts)}
 
 
 def _server(body: kopf.Body) -> MailServerObject:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 from typing import Any
 
 import pytest
@@ -14,7 +16,11 @@ from mailward.compliance.endpoint_probes import EndpointProbes
 from mailward.endpoint.catalog import site_for
 from mailward.reconcile import InvalidSpec, parse_spec
 from mailward.render.dns_records import fleet_host_rrsets
-from mailward.render.mta_objects import CONFIG_HASH_ANNOTATION, render_mta_objects
+from mailward.render.mta_objects import (
+    CONFIG_HASH_ANNOTATION,
+    domains_digest,
+    render_mta_objects,
+)
 from mailward.render.mta_server import fleet_server
 from mailward.render.postfix import DomainConfig
 
@@ -196,3 +202,28 @@ def test_the_policy_endpoint_serves_an_attached_domain_with_its_fleets_hosts() -
     site = site_for(body)
     assert site is not None
     assert "mx: mx1.fleet.test\r\nmx: mx2.fleet.test\r\n" in site.policy
+
+
+def test_a_fleet_copies_its_domains_accounts_into_its_own_namespace() -> None:
+    fleet = fleet_server("fleet", "mail", "uid-1", _server(), "img")
+    domains = [DomainConfig("shop.test", HOSTS, ("alice",)), DomainConfig("lab.test", HOSTS)]
+    objects = render_mta_objects(fleet, domains, passwords={"shop.test": {"alice": "s3cret"}})
+    (secret,) = [o for o in objects if o["kind"] == "Secret"]
+    assert secret["metadata"] == {
+        **secret["metadata"],
+        "name": "fleet-accounts",
+        "namespace": "mail",
+    }
+    assert secret["data"] == {"shop.test_alice": base64.b64encode(b"s3cret").decode()}
+    tables = next(o for o in objects if o["metadata"]["name"] == "fleet-domains")["data"]
+    assert tables["sender_logins"] == "alice@shop.test alice@shop.test\n"
+    assert "s3cret" not in json.dumps([o for o in objects if o["kind"] != "Secret"])
+    pod = next(o for o in objects if o["kind"] == "StatefulSet")["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "accounts")
+    assert volume["secret"]["optional"] is True
+    mounts = pod["containers"][0]["volumeMounts"]
+    assert {"name": "accounts", "mountPath": "/etc/mailward/accounts", "readOnly": True} in mounts
+    # A password change is a reload too: it changes the digest the pods are annotated with.
+    assert domains_digest(domains, {"shop.test": {"alice": "a"}}) != domains_digest(
+        domains, {"shop.test": {"alice": "b"}}
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -28,6 +29,10 @@ class MailServerDirectory(Protocol):
 
     async def namespace_labels(self, name: str) -> dict[str, str] | None: ...
 
+    async def accounts(self, namespace: str, name: str) -> dict[str, str] | None:
+        """Local part → password of an accounts Secret, or None if it does not exist."""
+        ...
+
 
 def observe_mail_server(body: dict[str, Any]) -> MailServerObservation:
     try:
@@ -51,6 +56,22 @@ def observe_mail_server(body: dict[str, Any]) -> MailServerObservation:
 class KubeMailServerDirectory:
     def __init__(self, api: client.ApiClient | None = None) -> None:
         self._api = api or client.ApiClient()
+
+    async def accounts(self, namespace: str, name: str) -> dict[str, str] | None:
+        def read() -> dict[str, str] | None:
+            try:
+                secret = client.CoreV1Api(self._api).read_namespaced_secret(name, namespace)
+            except ApiException as error:
+                if error.status == 404:
+                    return None
+                raise
+            return {
+                key: base64.b64decode(value).decode()
+                for key, value in (secret.data or {}).items()
+                if value
+            }
+
+        return await asyncio.to_thread(read)
 
     async def mail_server(self, namespace: str, name: str) -> MailServerObservation:
         def read() -> MailServerObservation:

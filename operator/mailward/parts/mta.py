@@ -162,6 +162,13 @@ class MTAPart:
                 "hosts": [h.host for h in hosts],
             }
         }
+        secret = ctx.spec.mta.accounts_secret_name
+        if secret and await self._workloads.secret_keys(ctx.namespace, secret) is None:
+            message = f"Secret {secret!r} (spec.mta.accountsSecretName) does not exist"
+            verdict = Verdict(MTA_READY, "False", "AccountsSecretNotFound", message)
+            return PartResult(
+                [verdict], status=attachment_status, retry_after=self._backoff.next(ctx.uid)
+            )
         if not observed.ready:
             verdict = Verdict(
                 MTA_READY,

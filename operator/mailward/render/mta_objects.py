@@ -18,7 +18,8 @@ so applying an unchanged manifest is a no-op on the API server.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import base64
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mailward.api.mta import DEFAULT_MTA_IMAGE
@@ -72,8 +73,16 @@ def _metadata(server: MTAServer, name: str, group: ServerGroup | None = None) ->
     }
 
 
-def domains_digest(domains: Sequence[DomainConfig]) -> str:
-    return files_digest(render_domain_files(domains))
+def domains_digest(
+    domains: Sequence[DomainConfig], passwords: Mapping[str, Mapping[str, str]] | None = None
+) -> str:
+    """What the fleet's pods must reload for: the tables and the accounts."""
+    accounts = {
+        f"accounts/{fleet_accounts_key(d, local)}": password
+        for d, entries in (passwords or {}).items()
+        for local, password in entries.items()
+    }
+    return files_digest({**render_domain_files(domains), **accounts})
 
 
 def own_mta_domain(spec: MailDomainSpec, accounts: Sequence[str]) -> DomainConfig:
@@ -93,10 +102,36 @@ def render_own_mta_objects(
     return render_mta_objects(server, [own_mta_domain(spec, accounts)], resolver)
 
 
+def fleet_accounts_key(domain: str, local: str) -> str:
+    # Secret keys allow `[-._a-zA-Z0-9]`; host names have no `_`, so the first `_` splits.
+    return f"{domain}_{local}"
+
+
+def render_fleet_accounts(
+    server: MTAServer, passwords: Mapping[str, Mapping[str, str]]
+) -> Manifest:
+    """The fleet's copy of its domains' accounts (`passwords`: domain → local part → password),
+    in its own namespace, where its pods can mount it (a Secret volume cannot cross namespaces).
+    The MTA image's start script builds the SASL database from it."""
+    data = {
+        fleet_accounts_key(domain, local): base64.b64encode(password.encode()).decode()
+        for domain, accounts in sorted(passwords.items())
+        for local, password in sorted(accounts.items())
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": _metadata(server, str(server.accounts_secret)),
+        "data": data,
+    }
+
+
 def render_mta_objects(
     server: MTAServer,
     domains: Sequence[DomainConfig],
     resolver: ResolverSettings | None = None,
+    passwords: Mapping[str, Mapping[str, str]] | None = None,
 ) -> list[Manifest]:
     """The domain tables' ConfigMap, then per group: ConfigMap, headless and public Services,
     StatefulSet, PodDisruptionBudget, NetworkPolicy.
@@ -111,6 +146,8 @@ def render_mta_objects(
         "data": render_domain_files(domains),
     }
     objects = [tables]
+    if server.is_fleet:
+        objects.append(render_fleet_accounts(server, passwords or {}))
     for group in server.groups:
         objects += _group_objects(server, group, resolver or ResolverSettings())
     return objects

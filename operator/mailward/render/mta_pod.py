@@ -250,9 +250,8 @@ def _postfix_container(server: MTAServer, addresses: PodAddresses) -> Manifest:
         ],
     }
     if server.accounts_secret:
-        container["volumeMounts"].append(
-            {"name": "accounts", "mountPath": f"{ACCOUNTS_DIR}/{server.origin}", "readOnly": True}
-        )
+        mount = f"{ACCOUNTS_DIR}/{server.accounts_mount()}".rstrip("/")
+        container["volumeMounts"].append({"name": "accounts", "mountPath": mount, "readOnly": True})
     return container
 
 
@@ -368,7 +367,13 @@ def render_pod_spec(
         volumes.append(
             {
                 "name": "accounts",
-                "secret": {"secretName": server.accounts_secret, "defaultMode": 0o400},
+                "secret": {
+                    "secretName": server.accounts_secret,
+                    "defaultMode": 0o400,
+                    # A fleet's copy exists once a domain with accounts attached; until then
+                    # the pods start without it, and a later copy arrives without a restart.
+                    **({"optional": True} if server.is_fleet else {}),
+                },
             }
         )
     # Native sidecars (restartable init containers), in this order: each starts once the one

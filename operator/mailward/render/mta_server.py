@@ -67,8 +67,18 @@ class MTAServer:
     origin: str
     options: MTAOptions
     groups: tuple[ServerGroup, ...]
-    # A MailDomain's own accounts Secret, mounted as <accounts dir>/<origin>/ (none for fleets).
+    # The accounts Secret: a MailDomain's own (keys are local parts), mounted as
+    # <accounts dir>/<origin>/; a fleet's is the operator's copy of its domains' accounts (keys
+    # `<domain>_<local part>`), mounted as <accounts dir>/ (render/mta_objects.py).
     accounts_secret: str | None = None
+
+    @property
+    def is_fleet(self) -> bool:
+        return self.owner.kind == MAILSERVER_KIND
+
+    def accounts_mount(self) -> str:
+        """Below the accounts directory: the domain's own directory, or the directory itself."""
+        return "" if self.is_fleet else self.origin
 
     @property
     def namespace(self) -> str:
@@ -139,4 +149,5 @@ def fleet_server(
             mta_sts_fallback=spec.mta_sts_fallback,
         ),
         groups=groups,
+        accounts_secret=f"{name}-accounts",
     )
