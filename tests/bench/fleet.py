@@ -8,22 +8,26 @@ Rows:
   and 1,000 domains, median of 9 runs; reference: the same render for 1 domain (the fixed
   cost), beside the size of the domain tables' ConfigMap (the API server takes up to 1 MiB);
 - memory (real cluster): each fleet pod's pod-level cgroup (`memory.current`, on cgroup v1
-  `memory.usage_in_bytes`; anon and file from `memory.stat`) with 1,000 domains; reference: the
-  same pods with 1 domain, read before the other 999 were attached;
+  `memory.usage_in_bytes`; anon and file from `memory.stat`; peak) with 1,000 domains;
+  reference: the same pods with 1 domain, read before the other 999 were attached. The
+  operator's pod is read too (its peak is what 1,000 MailDomains cost it);
 - attach: from `kubectl apply` of one more MailDomain until both hosts answer 250 to
   RCPT TO:<postmaster@that-domain> over STARTTLS (a `postfix reload`, no restart); reference:
   from a patch of the MailServer's `spec.messageSizeLimit` until both hosts announce the new
   SIZE in EHLO (a pod roll).
 
 The cluster is `mailward_localstack` on 127.93.0.0/24 (state in /root/mwlogs/bench-fleet-state,
-wiped first). The MailServer and its MailDomains have no `spec.dns` (records "by hand"), so the
-MTA, the policy endpoint (a TLS Secret per domain is issued) and the status do the work. The
+wiped first). The MailServer and its MailDomains have no `spec.dns` (records "by hand"); the
 domains live in 20 namespaces of 50 (the TLSRPT part lists a domain's namespace per reconcile),
-all allowed (`allowedDomains: {namespaces: {from: All}}`).
-Operator settings: the production resync (300 s; the tests' 20 s would be 50 reconciles/s for
-1,000 domains), compliance probes only for a label the bench domains lack (1,000 full outside
-checks would measure the checks), an hourly TLSRPT retry (no collector runs). Needs root. It
-stops itself after `--budget` seconds; the cluster and the loopback aliases go in any case.
+all allowed (`allowedDomains: {namespaces: {from: All}}`). What is not the fleet is kept quiet:
+the production resync (300 s; the tests' 20 s would be 50 reconciles/s), compliance probes only
+for a label the bench domains lack (1,000 full outside checks would measure the checks), an
+hourly TLSRPT retry (no collector runs), no MTA-STS fetch per domain and no policy TLS Secrets
+(with 1,000 of them the policy endpoint, limit 256Mi, was OOMKilled in a trial run, and each
+failed fetch is retried every 15 s). The operator gets a 1Gi memory limit: at the chart's 256Mi
+it was OOMKilled in that trial run, again after each restart (which resumes all 1,000 domains).
+Needs root. It stops itself after `--budget` seconds; the cluster and the loopback aliases go in
+any case.
 """
 
 from __future__ import annotations
@@ -49,7 +53,6 @@ from typing import Any
 from mailward.api.mailserver import MailServerSpec
 from mailward.render.mta_objects import fleet_selector, render_mta_objects
 from mailward.render.mta_server import MTAServer, fleet_server
-from mailward.render.policy_objects import policy_hosts, tls_secret_name
 from mailward.render.postfix import DomainConfig
 from mailward_localstack._process import StackError, wait_until
 from mailward_localstack.controlplane import kubectl
@@ -71,7 +74,11 @@ OPERATOR_ENV = {
     "MAILWARD_RESYNC_SECONDS": "300",
     "MAILWARD_COMPLIANCE_LABEL_SELECTOR": "bench.mailward.io/compliance=yes",
     "MAILWARD_TLSRPT_RETRY_SECONDS": "3600",
+    # Last in the container's env, so it wins over the chart's: no policy fetch per domain.
+    "MAILWARD_POLICY_ENDPOINT_URL": "",
 }
+OPERATOR_MEMORY = "1Gi"  # the chart's 256Mi: OOMKilled, over and over, with 1,000 MailDomains
+OPERATOR_PODS = "app.kubernetes.io/name=mailward,app.kubernetes.io/instance=mailward"
 SETTLE_SECONDS = 15.0  # between the last SMTP session and a memory reading
 MIB = 1024 * 1024
 
@@ -186,33 +193,44 @@ def until_both(what: str, check: Callable[[int], bool], start: float, timeout: f
     return max(done.values())
 
 
-def fleet_pods(stack: Stack) -> dict[str, str]:
+def pods(stack: Stack, namespace: str, selector: str) -> dict[str, str]:
     path = "{range .items[*]}{.metadata.name}={.metadata.uid} {end}"
-    selector = fleet_selector(bench_server())
-    listing = jsonpath(stack, "pods", "-n", SERVER_NS, "-l", selector, path=path)
+    listing = jsonpath(stack, "pods", "-n", namespace, "-l", selector, path=path)
     return dict(pair.split("=") for pair in listing.split())
 
 
-def pod_memory(stack: Stack, uid: str) -> tuple[int, int, int]:
-    """(memory.current, anon, file) of the pod-level cgroup, v2 or v1 names."""
+Reading = tuple[int, int, int, int]  # memory.current, anon, file, peak
+
+
+def pod_memory(stack: Stack, uid: str) -> Reading:
+    """The pod-level cgroup's memory, by cgroup v2 names or their v1 counterparts."""
     names = {f"pod{uid}", f"pod{uid.replace('-', '_')}"}
     for top in node_cgroups(stack.state_dir / "node"):
         for directory, _, files in os.walk(top):
             if Path(directory).name not in names or "memory.stat" not in files:
                 continue
+            here = Path(directory)
             current = "memory.current" if "memory.current" in files else "memory.usage_in_bytes"
-            stat = dict(line.split() for line in (Path(directory) / "memory.stat").open())
-            anon = stat.get("anon", stat.get("total_rss", "0"))
-            file = stat.get("file", stat.get("total_cache", "0"))
-            return int((Path(directory) / current).read_text()), int(anon), int(file)
+            peak = "memory.peak" if "memory.peak" in files else "memory.max_usage_in_bytes"
+            stat = dict(line.split() for line in (here / "memory.stat").open())
+            anon = int(stat.get("anon", stat.get("total_rss", "0")))
+            file = int(stat.get("file", stat.get("total_cache", "0")))
+            return int((here / current).read_text()), anon, file, int((here / peak).read_text())
     raise LookupError(f"no memory cgroup for pod {uid}")
 
 
-def memory(stack: Stack, pods: dict[str, str], recipient: str) -> dict[str, tuple[int, int, int]]:
+def show(label: str, readings: dict[str, Reading]) -> None:
+    for pod, (current, anon, file, peak) in sorted(readings.items()):
+        row = f"{label}, {pod}"
+        print(f"{row:48} {current / MIB:>8.1f} {anon / MIB:>7.1f} {file / MIB:>7.1f} "
+              f"{peak / MIB:>7.1f}", flush=True)  # fmt: skip
+
+
+def fleet_memory(stack: Stack, fleet: dict[str, str], recipient: str) -> dict[str, Reading]:
     for host in (0, 1):  # the same traffic before each reading: one session per host
         accepts(stack, host, recipient)
     time.sleep(SETTLE_SECONDS)
-    return {name: pod_memory(stack, uid) for name, uid in sorted(pods.items())}
+    return {name: pod_memory(stack, uid) for name, uid in fleet.items()}
 
 
 def ready_domains(stack: Stack) -> int:
@@ -227,30 +245,31 @@ def diagnose(stack: Stack) -> None:
     say(kubectl(stack.kubeconfig, *logs, check=False))
 
 
-def prepare(stack: Stack, count: int) -> dict[str, Any]:
-    """Namespaces, the fleet's and the policy endpoint's TLS Secrets; the MailServer."""
+def prepare(stack: Stack) -> dict[str, Any]:
+    """More memory for the operator, the namespaces, the fleet's TLS Secret; the MailServer."""
+    deployment = ("deployment/mailward", "-n", RELEASE_NAMESPACE)
+    limit = f"--limits=memory={OPERATOR_MEMORY}"
+    kubectl(stack.kubeconfig, "set", "resources", *deployment, "-c", "operator", limit)
+    kubectl(stack.kubeconfig, "rollout", "status", *deployment, "--timeout=180s")
     names = (SERVER_NS, *DOMAIN_NS)
     apply(stack, [manifest("v1", "Namespace", {"name": ns}) for ns in names])
-    certs = STATE / "certs"
-    secrets = [secret(SERVER_NS, "fleet-tls", stack.ca.issue_server_cert(list(HOSTS)))]
-    for i in range(count):
-        cert = stack.ca.issue_server_cert(policy_hosts(domain(i)), out_dir=certs)
-        secrets.append(secret(RELEASE_NAMESPACE, tls_secret_name(domain(i)), cert))
-    apply(stack, secrets, "--server-side")
-    say(f"{len(secrets)} TLS Secrets applied")
+    apply(stack, [secret(SERVER_NS, "fleet-tls", stack.ca.issue_server_cert(list(HOSTS)))])
     spec = server_spec([LAYOUT.address(n) for n in HOST_NUMBERS])
     return manifest(API, "MailServer", {"name": "fleet", "namespace": SERVER_NS}, spec=spec)
 
 
 def measure(stack: Stack, count: int, runs: int, rolls: int) -> None:
-    server = prepare(stack, count + runs)
+    server = prepare(stack)
     began = time.monotonic()
     apply(stack, [server, maildomain(0)])
     first, last = f"postmaster@{domain(0)}", f"postmaster@{domain(count - 1)}"
     until_both("the fleet serving 1 domain", partial(accepts, stack, recipient=first), began, 420)
     say(f"the fleet serves 1 domain {time.monotonic() - began:.0f}s after apply")
-    pods = fleet_pods(stack)
-    one = memory(stack, pods, first)
+    selector = fleet_selector(bench_server())
+    fleet = pods(stack, SERVER_NS, selector)
+    one = fleet_memory(stack, fleet, first)
+    print(f"\n{'pod memory, MiB':48} {'current':>8} {'anon':>7} {'file':>7} {'peak':>7}")
+    show("fleet, 1 domain (reference)", one)
 
     began = time.monotonic()
     apply(stack, [maildomain(i) for i in range(1, count)], "--server-side")
@@ -264,41 +283,31 @@ def measure(stack: Stack, count: int, runs: int, rolls: int) -> None:
 
     with contextlib.suppress(StackError):  # the operator finishes the burst (capped)
         wait_until(settled, timeout=240, what="the burst settled", interval=10)
-    ready, shown, same = ready_domains(stack), attached(), fleet_pods(stack) == pods
+    ready, shown = ready_domains(stack), attached()
     if shown != str(count):
         diagnose(stack)
-    many = memory(stack, pods, last)
+    show(f"fleet, {count:,} domains", fleet_memory(stack, fleet, last))
+    operator = pods(stack, RELEASE_NAMESPACE, OPERATOR_PODS)
+    show(f"operator, {count:,} domains", {n: pod_memory(stack, u) for n, u in operator.items()})
+    same = "the same pods" if pods(stack, SERVER_NS, selector) == fleet else "pods REPLACED"
+    print(f"fleet: 2 host-network pods, {same} from 1 to {count} domains; status."
+          f"attachedDomains {shown}, {ready}/{count} MailDomains Ready", flush=True)  # fmt: skip
 
-    attach: list[float] = []
+    print(f"\n{'seconds until served on both hosts':44} {'each run':>8}")
     for i in range(count, count + runs):
         who = f"postmaster@{domain(i)}"
         start = time.monotonic()
         apply(stack, [maildomain(i)])
-        attach.append(until_both(who, partial(accepts, stack, recipient=who), start, 180))
+        took = until_both(who, partial(accepts, stack, recipient=who), start, 180)
+        print(f"{f'apply MailDomain #{i + 1} (reload)':44} {took:>8.1f}", flush=True)
         time.sleep(2)
-    roll: list[float] = []
     for n in range(rolls):
         size = (26 + n) * MIB
         patch = json.dumps({"spec": {"messageSizeLimit": size}})
         start = time.monotonic()
         kubectl(stack.kubeconfig, "patch", "mailserver", *SERVER, "--type=merge", "-p", patch)
-        roll.append(until_both(f"SIZE {size}", partial(announces, stack, size=size), start, 300))
-
-    pods_were = "the same pods" if same else "pods REPLACED"
-    print(f"\nfleet: 2 host-network pods, 1 node; {pods_were} from 1 to {count} domains; "
-          f"status.attachedDomains {shown}, {ready}/{count} MailDomains Ready")  # fmt: skip
-    print(f"{'pod memory, MiB':44} {'current':>8} {'anon':>8} {'file':>8}")
-    for label, readings in ((f"{count:,} domains", many), ("1 domain (reference)", one)):
-        for pod, (current, anon, file) in readings.items():
-            row = f"{label}, {pod}"
-            print(f"{row:44} {current / MIB:>8.1f} {anon / MIB:>8.1f} {file / MIB:>8.1f}")
-    print(f"{'seconds until served on both hosts':44} {'median':>8}  runs")
-    for label, times in (
-        (f"apply MailDomain #{count + 1}.. (reload)", attach),
-        ("patch messageSizeLimit (roll, reference)", roll),
-    ):
-        each = " ".join(f"{t:.1f}" for t in times)
-        print(f"{label:44} {statistics.median(times):>8.1f}  {each}")
+        took = until_both(f"SIZE {size}", partial(announces, stack, size=size), start, 300)
+        print(f"{f'patch messageSizeLimit={size} (roll, ref.)':44} {took:>8.1f}", flush=True)
 
 
 def cluster_rows(count: int, runs: int, rolls: int) -> None:

@@ -102,9 +102,57 @@ def test_printer_columns(kube: Kube, namespace: str) -> None:
         "MTA-STS",
         "DANE",
         "AGE",
+        "MAILSERVER",
         "TLS-REPORTS",
         "MESSAGE",
     ]
     short = kube.kubectl("get", "md", "-n", namespace).stdout.splitlines()[0]
     assert "MESSAGE" not in short
     assert "TLS-REPORTS" not in short
+
+
+def _mail_server(namespace: str, **spec: object) -> dict[str, object]:
+    return {
+        "apiVersion": "mailward.io/v1alpha1",
+        "kind": "MailServer",
+        "metadata": {"name": "fleet", "namespace": namespace},
+        "spec": {
+            "hosts": [{"host": "mx1.fleet.test", "addresses": ["127.0.0.1"]}],
+            "tls": {"secretName": "fleet-tls"},
+            **spec,
+        },
+    }
+
+
+def test_a_mailserver_is_defaulted_and_its_rules_name_the_field(kube: Kube, namespace: str) -> None:
+    refused = kube.kubectl(
+        "create", "-f", "-", check=False,
+        input=json.dumps(
+            _mail_server(namespace, allowedDomains={"namespaces": {"from": "Selector"}})
+        ),
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert "spec.allowedDomains.namespaces" in refused.stderr, refused.stderr
+    assert "selector is required" in refused.stderr
+    no_addresses = _mail_server(namespace, hostNetwork=True, hosts=[{"host": "mx.fleet.test"}])
+    refused = kube.kubectl("create", "-f", "-", check=False, input=json.dumps(no_addresses))
+    assert refused.returncode != 0
+    assert "spec.hostNetwork" in refused.stderr, refused.stderr
+    kube.kubectl("create", "-f", "-", input=json.dumps(_mail_server(namespace)))
+    created = json.loads(
+        kube.kubectl("get", "mailserver", "fleet", "-n", namespace, "-o", "json").stdout
+    )["spec"]
+    assert created["allowedDomains"] == {"namespaces": {"from": "Same"}}
+    assert created["replicas"] == 2
+
+
+def test_a_maildomain_attaches_or_runs_its_own_mta_not_both(kube: Kube, namespace: str) -> None:
+    both = valid_maildomain(namespace=namespace)
+    both["spec"]["mailServerRef"] = {"name": "fleet"}
+    refused = kube.kubectl("create", "-f", "-", check=False, input=json.dumps(both))
+    assert refused.returncode != 0
+    assert "spec.mailServerRef" in refused.stderr, refused.stderr
+    attached = valid_maildomain(namespace=namespace)
+    del attached["spec"]["mx"], attached["spec"]["tls"]
+    attached["spec"]["mailServerRef"] = {"name": "fleet"}
+    kube.kubectl("create", "-f", "-", input=json.dumps(attached))

@@ -321,9 +321,10 @@ def test_mailward_check_passes_for_a_sample_of_the_domains(
         # minute) may answer 421 for a while after they ran. That is retried, and said.
         report = check(domain)
         began = time.monotonic()
-        while not report["compliant"] and time.monotonic() - began < 180:
-            print(f"\n{domain}: not yet compliant: {report['failingMust']}; again in 20 s")
-            time.sleep(20)
+        while not report["compliant"] and time.monotonic() - began < 200:
+            # A check makes dozens of connections per MX: the next waits out the rate window.
+            print(f"\n{domain}: not yet compliant: {report['failingMust']}; again in 65 s")
+            time.sleep(65)
             report = check(domain)
         assert report["compliant"] is True, (domain, report["failingMust"])
         results = {c["id"]: c["result"] for c in report["checks"]}

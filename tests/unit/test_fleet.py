@@ -186,6 +186,11 @@ def test_an_endpoint_is_probed_once_per_window_for_all_its_domains() -> None:
     assert asyncio.run(probes.get("tls", "mx1:25", 3600, probe)) == "result-2"
     assert asyncio.run(probes.get("tls", "mx2:25", 3600, probe)) == "result-3"
     assert (probes.probes, probes.shared) == (3, 3)
+    # An incomplete probe (a refused or rate-limited connection) is not handed to the others.
+    now[0] = 8000.0
+    keep_none = probes.get("tls", "mx1:25", 3600, probe, keep=lambda _: False)
+    assert asyncio.run(keep_none) == "result-4"
+    assert asyncio.run(probes.get("tls", "mx1:25", 3600, probe)) == "result-5"
 
 
 def test_the_policy_endpoint_serves_an_attached_domain_with_its_fleets_hosts() -> None:

@@ -26,10 +26,17 @@ class EndpointProbes:
         self.shared = 0
 
     async def get(
-        self, kind: str, endpoint: Any, max_age: float, probe: Callable[[], Awaitable[T]]
+        self,
+        kind: str,
+        endpoint: Any,
+        max_age: float,
+        probe: Callable[[], Awaitable[T]],
+        keep: Callable[[T], bool] = lambda _: True,
     ) -> T:
         """The result of `probe` for (`kind`, `endpoint`) no older than `max_age` seconds; a
-        probe already running for it is waited for, not repeated."""
+        probe already running for it is waited for, not repeated. A result `keep` refuses (a
+        probe that could not complete: a refused or rate-limited connection) is returned to
+        this caller only; the next one probes again."""
         key = (kind, endpoint)
         lock = self._inflight.setdefault(key, asyncio.Lock())
         async with lock:
@@ -41,7 +48,8 @@ class EndpointProbes:
                 return result
             value = await probe()
             self.probes += 1
-            self._results[key] = (self._clock(), value)
+            if keep(value):
+                self._results[key] = (self._clock(), value)
             self._prune(now, max_age)
             return value
 

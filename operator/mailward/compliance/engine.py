@@ -97,10 +97,20 @@ class Engine:
         self.shared = shared
         self.shared_max_age = shared_max_age
 
-    async def _endpoint(self, kind: str, ep: Endpoint, fn: Callable[[Endpoint], T]) -> T:
+    async def _endpoint(
+        self,
+        kind: str,
+        ep: Endpoint,
+        fn: Callable[[Endpoint], T],
+        complete: Callable[[T], bool],
+    ) -> T:
+        """`fn(ep)`, or what it gave for another domain within `shared_max_age` if that probe
+        was `complete`."""
         if self.shared is None or self.shared_max_age <= 0:
             return await self._blocking(fn, ep)
-        return await self.shared.get(kind, ep, self.shared_max_age, lambda: self._blocking(fn, ep))
+        return await self.shared.get(
+            kind, ep, self.shared_max_age, lambda: self._blocking(fn, ep), complete
+        )
 
     async def _blocking(self, fn: Callable[..., T], *args: object) -> T:
         async with self.limit:
@@ -140,7 +150,9 @@ class Engine:
                 obs.mx.append(MXHost(host, int(pref)))
         obs.mx.sort(key=lambda m: (m.preference, m.name))
 
-        zones = {domain} | {await self._zone_of(m.name) for m in obs.mx}
+        # The zone that holds the domain: a domain below its zone's apex (a subdomain published
+        # in its parent's zone) has no DS of its own, and needs none.
+        zones = {await self._zone_of(domain)} | {await self._zone_of(m.name) for m in obs.mx}
         for zone in sorted(zones):
             soa, ds = await asyncio.gather(q(zone, "SOA"), q(zone, "DS"))
             obs.zone_answers.append((zone, soa, ds))
@@ -195,14 +207,20 @@ class Engine:
             if mx.smtp.starttls_offered:
                 try:
                     mx.injection = await self._endpoint(
-                        "injection", Endpoint(mx.name, mx.addresses[0], 25), starttls_injection
+                        "injection",
+                        Endpoint(mx.name, mx.addresses[0], 25),
+                        starttls_injection,
+                        lambda found: found.vulnerable is not None,
                     )
                 except (ProbeError, OSError) as e:
                     mx.injection_error = str(e)
 
         async def tls(ep: Endpoint) -> None:
             obs.tls[ep] = await self._endpoint(
-                "tls", ep, lambda endpoint: observe_tls(endpoint, self.cafile)
+                "tls",
+                ep,
+                lambda endpoint: observe_tls(endpoint, self.cafile),
+                lambda found: found.reachable and not found.error and found.negotiated is not None,
             )
 
         async def sts() -> None:
