@@ -166,6 +166,10 @@ def test_status_is_written_only_on_change_or_heartbeat() -> None:
     stored = MailDomainStatus.model_validate(change.patch)
     still = decide(stored, broken, generation=1, now=later, heartbeat_seconds=3600)
     assert not still.became_noncompliant
+    # A failure is a verdict; a probe that could not complete asks for an early second look.
+    assert not still.incomplete
+    refused = _report({"TR-SMTP-02": Result.ERROR})
+    assert decide(stored, refused, generation=1, now=later, heartbeat_seconds=3600).incomplete
 
 
 def test_the_daemon_writes_only_its_own_condition() -> None:

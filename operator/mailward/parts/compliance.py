@@ -31,7 +31,7 @@ from mailward.api.v1alpha1 import MailDomainStatus, parse_duration
 from mailward.compliance import metrics
 from mailward.compliance.endpoint_probes import EndpointProbes
 from mailward.compliance.engine import check_domain
-from mailward.compliance.model import Report
+from mailward.compliance.model import Report, Result
 from mailward.conditions import (
     COMPLIANT,
     READY,
@@ -47,6 +47,9 @@ from mailward.reconcile import InvalidSpec, parse_spec
 
 _Logger = logging.Logger | logging.LoggerAdapter[Any]
 JITTER = 0.1
+# A check whose probes could not all complete is repeated this soon (with the same jitter):
+# MX hosts that serve many domains rate-limit a prober that checks all of them at once.
+INCOMPLETE_RETRY_SECONDS = 300.0
 # A newly created domain is probed after a short random delay, not all at once.
 FIRST_CHECK_MAX_DELAY = 5.0
 
@@ -94,6 +97,9 @@ class StatusChange:
     patch: dict[str, Any] | None
     became_noncompliant: bool
     verdict: Verdict
+    # A probe could not complete (a refused, timed-out or rate-limited connection): the next
+    # check comes within INCOMPLETE_RETRY_SECONDS rather than after the interval.
+    incomplete: bool = False
 
 
 def decide(
@@ -117,8 +123,9 @@ def decide(
     same_condition = before is not None and after is not None and before == after
     heartbeat_due = old is None or (now - old.last_checked).total_seconds() >= heartbeat_seconds
     became_noncompliant = verdict.status == "False" and (before is None or before.status != "False")
+    incomplete = any(c.result is Result.ERROR for c in report.checks)
     if same_results and same_condition and not heartbeat_due:
-        return StatusChange(None, False, verdict)
+        return StatusChange(None, False, verdict, incomplete)
     # Only what the daemon owns: the reconcile handler's conditions are not its to write.
     patch = compliance_view(
         {
@@ -126,7 +133,7 @@ def decide(
             "conditions": [c.model_dump(mode="json", by_alias=True) for c in conditions],
         }
     )
-    return StatusChange(patch, became_noncompliant, verdict)
+    return StatusChange(patch, became_noncompliant, verdict, incomplete)
 
 
 @dataclass
@@ -272,11 +279,14 @@ class ComplianceRunner:
                     break
                 wakeup.clear()
                 started = time.monotonic()
+                change = None
                 try:
-                    await self.check_once(body, logger)
+                    change = await self.check_once(body, logger)
                 except Exception as error:  # one domain's trouble must not end its loop
                     logger.warning("compliance check of %s/%s failed: %s", namespace, name, error)
                 interval = _interval_seconds(body)
+                if change is not None and change.incomplete:
+                    interval = min(interval, INCOMPLETE_RETRY_SECONDS)
                 elapsed = time.monotonic() - started
                 delay = max(0.0, interval * random.uniform(1 - JITTER, 1 + JITTER) - elapsed)
         finally:
