@@ -96,6 +96,9 @@ def test_on_the_host_network_postfix_binds_exactly_the_mx_addresses() -> None:
     assert config.parameter("inet_protocols") == "all"
     assert config.parameter("smtp_bind_address") == "127.77.0.25"
     assert config.parameter("smtp_bind_address6") == "::1"
+    # The pod's EHLO probe comes from the first address: never rate-limited into a restart.
+    exempt = config.parameter("smtpd_client_event_limit_exceptions")
+    assert exempt == "$mynetworks, 127.77.0.25"
     # The other listeners bind the first MX address, on ports of their own.
     assert config.parameter("smtp_tls_policy_maps") == ("socketmap:inet:127.77.0.25:8461:postfix")
     daemon = yaml.safe_load(data["mta-sts-daemon.yml"])

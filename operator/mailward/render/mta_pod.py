@@ -109,7 +109,7 @@ def pod_addresses(server: MTAServer, group: ServerGroup) -> PodAddresses:
 def pod_layout(addresses: PodAddresses) -> MTALayout:
     """The pod's `MTALayout`: its file system, and on the host network its addresses."""
     if not addresses.host_network:
-        return MTALayout(domains_directory=DOMAINS_DIR)
+        return MTALayout(domains_directory=DOMAINS_DIR, probe_source=LOOPBACK)
     ips = [ipaddress.ip_address(a) for a in addresses.mx]
     v4 = [str(ip) for ip in ips if ip.version == 4]
     v6 = [str(ip) for ip in ips if ip.version == 6]
@@ -123,6 +123,9 @@ def pod_layout(addresses: PodAddresses) -> MTALayout:
         smtp_bind_address6=v6[0] if v6 else "",
         tls_policy_socketmap=f"inet:{host_port(addresses.local, TLS_POLICY_PORT)}",
         domains_directory=DOMAINS_DIR,
+        # The probe connects to the first address, and a connection to a local address comes
+        # from that address.
+        probe_source=addresses.local,
     )
 
 

@@ -106,6 +106,9 @@ class MTALayout:
     # The domain tables (`domains`, `mailboxes`, `sender_logins`): a directory of their own in
     # the pod, so that a change of the served domains is a reload, not a new configuration.
     domains_directory: str = "${config_directory}"
+    # Where the pod's own health probe connects from (its EHLO probe to itself): exempt from
+    # the per-client limits, or a busy rate window fails the probe and restarts a healthy MTA.
+    probe_source: str = ""
     # Postfix drops root privileges to this user; the image's Debian package creates it.
     mail_owner: str = "postfix"
     setgid_group: str = "postdrop"
@@ -427,7 +430,7 @@ def _main_cf(
         ("smtpd_client_recipient_rate_limit", "300"),
         ("smtpd_client_new_tls_session_rate_limit", "60"),
         ("smtpd_client_auth_rate_limit", "30"),
-        ("smtpd_client_event_limit_exceptions", "$mynetworks"),
+        ("smtpd_client_event_limit_exceptions", _event_limit_exceptions(layout)),
         ("anvil_rate_time_unit", "60s"),
         # RFC 5321 §4.5.3.2.7: the server waits at least 5 minutes for the next command.
         ("smtpd_timeout", "300s"),
@@ -598,7 +601,12 @@ def layout_parameters(layout: MTALayout) -> dict[str, str]:
         "smtp_tls_policy_maps": f"socketmap:{layout.tls_policy_socketmap}:postfix",
         "mail_owner": layout.mail_owner,
         "setgid_group": layout.setgid_group,
+        "smtpd_client_event_limit_exceptions": _event_limit_exceptions(layout),
     }
+
+
+def _event_limit_exceptions(layout: MTALayout) -> str:
+    return ", ".join(["$mynetworks", *([layout.probe_source] if layout.probe_source else [])])
 
 
 def apply_layout(files: dict[str, str], layout: MTALayout) -> dict[str, str]:
