@@ -71,8 +71,12 @@ def parts() -> list[Part]:
         load_client_config()
         _status_writer = KubeStatusWriter()
         _parts = [
-            # First: it decides who serves the domain, and for an attached domain the MX hosts
-            # every later part publishes (or stops the pass when the fleet refuses it).
+            # The certificate first: no MTA pod is rendered for a Secret that is missing.
+            CertificatePart(
+                KubeSecretObserver(), TLS_SECRET_RETRY_SECONDS, TLS_SECRET_RETRY_MAX_SECONDS
+            ),
+            # Then who serves the domain: for an attached domain, the fleet's hosts become the
+            # MX every later part publishes (or the pass stops when the fleet refuses it).
             MTAPart(
                 KubeWorkloadClient(),
                 MTA_RETRY_SECONDS,
@@ -80,9 +84,6 @@ def parts() -> list[Part]:
                 ResolverSettings.from_environment(),
                 os.environ.get("MAILWARD_MTA_IMAGE") or DEFAULT_MTA_IMAGE,
                 KubeMailServerDirectory(),
-            ),
-            CertificatePart(
-                KubeSecretObserver(), TLS_SECRET_RETRY_SECONDS, TLS_SECRET_RETRY_MAX_SECONDS
             ),
             mtasts_part_from_env(SHARED_APPLY_REFRESH_SECONDS),
             # Before the DNS part: the collector's public address goes into tlsrpt.<domain>.

@@ -282,6 +282,7 @@ def test_the_zone_holds_one_tlsa_rrset_per_fleet_host(
         ]
 
 
+@pytest.mark.timeout(900)
 def test_mailward_check_passes_for_a_sample_of_the_domains(
     cluster: Stack, fleet: dict[str, Any]
 ) -> None:
