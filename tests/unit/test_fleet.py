@@ -8,12 +8,17 @@ import json
 from typing import Any
 
 import pytest
+from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
+from mailward.adapters.workloads import StatefulSetObservation
 from mailward.api.mailserver import MailServerSpec
+from mailward.api.v1alpha1 import MailDomainStatus
 from mailward.attachment import NAMESPACE_NOT_ALLOWED, ServerKey, decide
 from mailward.compliance.endpoint_probes import EndpointProbes
 from mailward.endpoint.catalog import site_for
+from mailward.parts import ReconcileContext
+from mailward.parts.mta import MTAPart
 from mailward.reconcile import InvalidSpec, parse_spec
 from mailward.render.dns_records import fleet_host_rrsets
 from mailward.render.mta_objects import (
@@ -23,6 +28,8 @@ from mailward.render.mta_objects import (
 )
 from mailward.render.mta_server import fleet_server
 from mailward.render.postfix import DomainConfig
+from tests.manifests import valid_maildomain
+from tests.own_mta import own_objects
 
 SERVER = ServerKey("mail", "fleet")
 HOSTS = ("mx1.fleet.test", "mx2.fleet.test")
@@ -232,3 +239,43 @@ def test_a_fleet_copies_its_domains_accounts_into_its_own_namespace() -> None:
     assert domains_digest(domains, {"shop.test": {"alice": "a"}}) != domains_digest(
         domains, {"shop.test": {"alice": "b"}}
     )
+
+
+def test_an_own_mtas_claim_template_keeps_the_labels_of_the_first_release() -> None:
+    """volumeClaimTemplates are immutable: a new label there would refuse every upgrade."""
+    spec = parse_spec(valid_maildomain()["spec"])
+    statefulset = next(o for o in own_objects(spec) if o["kind"] == "StatefulSet")
+    (claim,) = statefulset["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["labels"] == {
+        "app.kubernetes.io/name": "mailward-mta",
+        "app.kubernetes.io/instance": "example-mta",
+        "app.kubernetes.io/managed-by": "mailward",
+        "mailward.io/maildomain": "example",
+    }
+
+
+class _RefusingWorkloads:
+    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        if manifest["kind"] == "StatefulSet":
+            body = json.dumps({"message": 'StatefulSet.apps "example-mta" is invalid: spec'})
+            error = ApiException(status=422, reason="Unprocessable Entity")
+            error.body = body
+            raise error
+        return manifest
+
+    async def secret_keys(self, namespace: str, name: str) -> list[str] | None:
+        return []
+
+    async def observe_statefulset(self, namespace: str, name: str) -> StatefulSetObservation:
+        raise AssertionError("not reached")
+
+
+def test_an_mta_the_api_server_refuses_is_a_condition_not_a_crash() -> None:
+    spec = parse_spec(valid_maildomain()["spec"])
+    ctx = ReconcileContext("example", "default", "uid-1", 1, spec, MailDomainStatus())
+    result = asyncio.run(MTAPart(_RefusingWorkloads()).reconcile(ctx))
+    (verdict,) = result.verdicts
+    assert (verdict.status, verdict.reason) == ("False", "ApplyRefused")
+    assert "StatefulSet example-mta" in verdict.message
+    assert "is invalid" in verdict.message
+    assert result.retry_after is not None

@@ -21,6 +21,10 @@ Configuration (operator environment): `MAILWARD_MTA_RESOLVER_TRUST_ANCHORS` and
 
 from __future__ import annotations
 
+import json
+
+from kubernetes.client.exceptions import ApiException
+
 from mailward.adapters.mailservers import MailServerDirectory
 from mailward.adapters.workloads import StatefulSetObservation, WorkloadClient
 from mailward.api.mta import DEFAULT_MTA_IMAGE
@@ -62,6 +66,13 @@ def mta_verdict(observed: StatefulSetObservation, name: str) -> Verdict:
     if observed.ready_replicas < observed.replicas:
         return Verdict(MTA_READY, "False", "MTANotReady", f"{what}: {counts}")
     return Verdict(MTA_READY, "True", "MTARunning", f"{what}: {counts}")
+
+
+def _api_message(error: ApiException) -> str:
+    try:
+        return str(json.loads(error.body or "{}").get("message") or error.reason)[:1000]
+    except ValueError:
+        return str(error.reason)
 
 
 class MTAPart:
@@ -108,7 +119,18 @@ class MTAPart:
         owner = ResourceOwner(KIND, ctx.name, ctx.namespace, ctx.uid)
         objects = render_own_mta_objects(owner, spec, accounts, self._resolver, self._default_image)
         for manifest in objects:
-            await self._workloads.apply(manifest)
+            try:
+                await self._workloads.apply(manifest)
+            except ApiException as error:
+                # The API server's refusal (an immutable field, a quota, a webhook) is the
+                # condition's message; the rest of the pass and the status write go on.
+                what = f"{manifest['kind']} {manifest['metadata']['name']}"
+                message = f"the API server refused {what}: {_api_message(error)}"
+                return PartResult(
+                    [Verdict(MTA_READY, "False", "ApplyRefused", message)],
+                    status={"mailServer": None},
+                    retry_after=self._backoff.next(ctx.uid),
+                )
         statefulset = next(o for o in objects if o["kind"] == "StatefulSet")
         name = statefulset["metadata"]["name"]
         ctx.facts["mta.service"] = f"{ctx.namespace}/{name}"

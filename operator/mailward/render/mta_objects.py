@@ -43,13 +43,14 @@ CONFIG_HASH_ANNOTATION = f"{API_GROUP}/config-hash"
 # waiting for its periodic sync; the StatefulSet controller ignores pod annotations.
 DOMAINS_HASH_ANNOTATION = f"{API_GROUP}/domains-hash"
 COMPONENT = "mailward-mta"
+PART_OF = "app.kubernetes.io/part-of"
 
 
 def labels(server: MTAServer, group: ServerGroup | None = None) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": COMPONENT,
         "app.kubernetes.io/instance": group.name if group else server.base_name,
-        "app.kubernetes.io/part-of": server.base_name,
+        PART_OF: server.base_name,
         "app.kubernetes.io/managed-by": "mailward",
         f"{API_GROUP}/{server.owner.kind.lower()}": server.owner.name,
     }
@@ -61,7 +62,7 @@ def selector(group: ServerGroup) -> dict[str, str]:
 
 def fleet_selector(server: MTAServer) -> str:
     """A label selector (string form) for every pod of the fleet."""
-    return f"app.kubernetes.io/name={COMPONENT},app.kubernetes.io/part-of={server.base_name}"
+    return f"app.kubernetes.io/name={COMPONENT},{PART_OF}={server.base_name}"
 
 
 def _metadata(server: MTAServer, name: str, group: ServerGroup | None = None) -> dict[str, Any]:
@@ -239,8 +240,11 @@ def _group_objects(
 
 def _statefulset(server: MTAServer, group: ServerGroup, files: MTAFiles) -> Manifest:
     name = group.name
+    # volumeClaimTemplates are immutable: their labels stay what the first release applied
+    # (no `part-of`), or an upgrade could never apply the StatefulSet again.
+    claim_labels = {k: v for k, v in labels(server, group).items() if k != PART_OF}
     claim: dict[str, Any] = {
-        "metadata": {"name": "queue", "labels": labels(server, group)},
+        "metadata": {"name": "queue", "labels": claim_labels},
         "spec": {
             "accessModes": ["ReadWriteOnce"],
             "resources": {"requests": {"storage": server.storage_size}},
