@@ -36,7 +36,13 @@ from mailward_localstack._process import (
     stop_all,
     wait_until,
 )
-from mailward_localstack.controlplane import ControlPlane, kubectl, kubectl_path, repo_root
+from mailward_localstack.controlplane import (
+    ControlPlane,
+    kubectl,
+    kubectl_path,
+    repo_root,
+    wait_established,
+)
 from mailward_localstack.demo_dns import create_dns_provider
 from mailward_localstack.dns import (
     AuthoritativeDNS,
@@ -216,6 +222,16 @@ def _install(stack: Stack, dns_stack: DNSStack, extra_env: dict[str, str]) -> No
         policy_hosts(layout.domain), out_dir=stack.state_dir / "certs" / "policy"
     )
     apply_tls_secret(kubeconfig, RELEASE_NAMESPACE, tls_secret_name(layout.domain), policy_cert)
+
+    # Helm installs a chart's crds/ only on first install and never upgrades them: a state
+    # directory from an earlier version would keep old CRDs (and lack new kinds) forever.
+    crds = repo_root() / "charts" / "mailward" / "crds"
+    kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(crds))
+    names = [
+        f"{p.stem.split('_', 1)[1]}.{p.stem.split('_', 1)[0]}" for p in sorted(crds.glob("*.yaml"))
+    ]
+    wait_established(kubeconfig, *names)
+    _say(f"CRDs applied from {crds.relative_to(repo_root())} ({len(names)})")
 
     values_file = stack.state_dir / "values.yaml"
     values = chart_values(stack, dns_stack, extra_env)
