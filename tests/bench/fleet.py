@@ -16,8 +16,8 @@ Rows:
   from a patch of the MailServer's `spec.messageSizeLimit` until both hosts announce the new
   SIZE in EHLO (a pod roll).
 
-The cluster is `mailward_localstack` on 127.93.0.0/24 (state in /root/mwlogs/bench-fleet-state,
-wiped first). The MailServer and its MailDomains have no `spec.dns` (records "by hand"); the
+The cluster is `mailward_localstack` on 127.93.0.0/24 (state in .local/bench-fleet, wiped
+first). The MailServer and its MailDomains have no `spec.dns` (records "by hand"); the
 domains live in 20 namespaces of 50 (the TLSRPT part lists a domain's namespace per reconcile),
 all allowed (`allowedDomains: {namespaces: {from: All}}`). What is not the fleet is kept quiet:
 the production resync (300 s; the tests' 20 s would be 50 reconciles/s), compliance probes only
@@ -61,7 +61,7 @@ from mailward_localstack.node import node_cgroups
 from mailward_localstack.pki import IssuedCert
 from mailward_localstack.stack import RELEASE_NAMESPACE, Stack, StackLayout, down, up
 
-STATE = Path("/root/mwlogs/bench-fleet-state")
+STATE = Path(__file__).resolve().parents[2] / ".local" / "bench-fleet"
 LAYOUT = StackLayout(net="127.93.0")
 SERVER_NS = "fleet-bench"
 DOMAIN_NS = tuple(f"fleet-bench-{i:02d}" for i in range(20))
