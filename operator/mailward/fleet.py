@@ -123,22 +123,31 @@ class FleetController:
         self._retry_seconds = retry_seconds
 
     async def reconcile(
-        self, server: MailServerObject, candidates: Sequence[AttachingDomain]
+        self,
+        server: MailServerObject,
+        candidates: Sequence[AttachingDomain],
+        namespace_labels: Mapping[str, Mapping[str, str]] | None = None,
     ) -> FleetOutcome:
+        """`namespace_labels`: the candidates' namespaces' labels as watched; a namespace
+        missing there is read from the API server."""
         try:
             spec = MailServerSpec.model_validate(server.spec)
         except ValidationError as error:
             message = describe_validation_error(error, prefix="spec")
             outcome = FleetOutcome([Verdict(READY, "False", "InvalidSpec", message)])
         else:
-            outcome = await self._reconcile(server, spec, candidates)
+            outcome = await self._reconcile(server, spec, candidates, namespace_labels or {})
         await self._write_status(server, outcome)
         return outcome
 
     async def _reconcile(
-        self, server: MailServerObject, spec: MailServerSpec, candidates: Sequence[AttachingDomain]
+        self,
+        server: MailServerObject,
+        spec: MailServerSpec,
+        candidates: Sequence[AttachingDomain],
+        namespace_labels: Mapping[str, Mapping[str, str]],
     ) -> FleetOutcome:
-        attached, refused = await self._admit(server, spec, candidates)
+        attached, refused = await self._admit(server, spec, candidates, namespace_labels)
         fleet = fleet_server(server.name, server.namespace, server.uid, spec, self._default_image)
         hosts = tuple(h.host for h in spec.hosts)
         passwords = await self._passwords(attached)
@@ -166,11 +175,15 @@ class FleetController:
         return outcome
 
     async def _admit(
-        self, server: MailServerObject, spec: MailServerSpec, candidates: Sequence[AttachingDomain]
+        self,
+        server: MailServerObject,
+        spec: MailServerSpec,
+        candidates: Sequence[AttachingDomain],
+        namespace_labels: Mapping[str, Mapping[str, str]],
     ) -> tuple[list[AttachingDomain], list[AttachingDomain]]:
         """The domains that may attach, and those refused; one domain per name (the first by
         namespace and name keeps it: two MailDomains cannot both own a domain's mailboxes)."""
-        labels: dict[str, dict[str, str] | None] = {}
+        labels: dict[str, Mapping[str, str] | None] = dict(namespace_labels)
         attached: list[AttachingDomain] = []
         refused: list[AttachingDomain] = []
         seen: set[str] = set()

@@ -1,11 +1,12 @@
 """kopf glue of the MailServer controller (fleet.py): an index of the MailDomains that name a
 MailServer, and one daemon per MailServer that reconciles it when that set or its spec changes.
 
-The index is kopf's, fed by the MailDomain watch the operator runs anyway: finding a fleet's
-domains costs no request. The daemon compares, once a second and in memory, what it last
-reconciled (generation, attaching domains) with what the index holds now, and runs a pass only
-when they differ, when a pass asked to be retried, or after the resync interval (drift of what
-lives outside the index: namespace labels, objects edited by hand, DNS).
+The indexes are kopf's, fed by the MailDomain watch the operator runs anyway and a watch of
+namespaces (their labels decide who may attach): finding a fleet's domains costs no request.
+The daemon compares, once a second and in memory, what it last reconciled (generation,
+attaching domains, their namespaces' labels) with what the indexes hold now, and runs a pass
+only when they differ, when a pass asked to be retried, or after the resync interval (drift of
+what lives outside the indexes: objects edited by hand, DNS, accounts Secrets).
 """
 
 from __future__ import annotations
@@ -75,6 +76,15 @@ def fleet_domains(
     return {key: AttachingDomain(namespace or "", str(name), model.domain, accounts)}
 
 
+@kopf.index("", "v1", "namespaces")
+def namespace_labels(
+    name: str | None, labels: kopf.Labels, **_: Any
+) -> dict[str, tuple[tuple[str, str], ...]]:
+    """Namespace → its labels: which namespaces a MailServer allows can change without any
+    MailDomain changing, and the fleet must notice that as quickly as the domains do."""
+    return {str(name): tuple(sorted(labels.items()))}
+
+
 def _server(body: kopf.Body) -> MailServerObject:
     meta = body.get("metadata", {})
     return MailServerObject(
@@ -92,6 +102,15 @@ def _candidates(index: kopf.Index[Any, Any], key: tuple[str, str]) -> list[Attac
     return sorted(set(found))
 
 
+def _labels_of(index: kopf.Index[Any, Any], namespaces: Iterable[str]) -> dict[str, dict[str, str]]:
+    """The watched labels of `namespaces`; one the watch has not delivered yet is left out."""
+    found: dict[str, dict[str, str]] = {}
+    for namespace in sorted(namespaces):
+        for labels in index.get(namespace, []):
+            found[namespace] = dict(labels)
+    return found
+
+
 @kopf.daemon(API_GROUP, API_VERSION, MAILSERVER_PLURAL, id="fleet", cancellation_timeout=10)
 async def fleet(
     body: kopf.Body,
@@ -99,15 +118,20 @@ async def fleet(
     logger: logging.Logger | logging.LoggerAdapter[Any],
     **kwargs: Any,
 ) -> None:
-    fleet_domains: kopf.Index[Any, Any] = kwargs["fleet_domains"]  # kopf passes indexes by name
-    last: tuple[int, list[AttachingDomain]] | None = None
+    # kopf passes indexes by their function's name.
+    fleet_domains: kopf.Index[Any, Any] = kwargs["fleet_domains"]
+    labels_index: kopf.Index[Any, Any] = kwargs["namespace_labels"]
+    last: tuple[Any, ...] | None = None
     next_pass = 0.0
     while not stopped:
         server = _server(body)
-        state = (server.generation, _candidates(fleet_domains, (server.namespace, server.name)))
+        candidates = _candidates(fleet_domains, (server.namespace, server.name))
+        labels = _labels_of(labels_index, {c.namespace for c in candidates})
+        seen = sorted((namespace, sorted(found.items())) for namespace, found in labels.items())
+        state = (server.generation, candidates, seen)
         if state != last or time.monotonic() >= next_pass:
             try:
-                outcome = await controller().reconcile(server, state[1])
+                outcome = await controller().reconcile(server, candidates, labels)
             except Exception:  # a failed status write: the next second tries again
                 logger.exception("MailServer pass failed")
                 await stopped.wait(POLL_SECONDS)

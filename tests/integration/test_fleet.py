@@ -396,6 +396,18 @@ def test_a_namespace_the_mailserver_does_not_allow_changes_nothing(
     zone = cluster.dns.authoritative.axfr(ZONE)
     assert zone.get_node(f"{_domain(COUNT + 1)}.") is None  # nothing published for it
 
+    # The namespace gets the label the MailServer asks for: the fleet takes the domain without
+    # any MailDomain changing (the operator watches namespaces' labels).
+    began = time.monotonic()
+    kubectl(cluster.kubeconfig, "label", "namespace", OUTSIDER_NAMESPACE, "=".join(ALLOW_LABEL))
+    wait_for(
+        f"postmaster@{_domain(COUNT + 1)} accepted after the label",
+        lambda: _rcpt_code(cluster, f"postmaster@{_domain(COUNT + 1)}") == 250,
+        timeout=120,
+        interval=1,
+    )
+    print(f"\n{_domain(COUNT + 1)} accepted {time.monotonic() - began:.1f}s after the label")
+
 
 def test_detaching_a_domain_removes_it_and_changes_nothing_else(
     cluster: Stack, fleet: dict[str, Any]
