@@ -30,14 +30,24 @@ def prepare(state_dir: Path, example: Path = EXAMPLE) -> None:
     namespaces = {d["metadata"]["namespace"] for d in documents if "namespace" in d["metadata"]}
     for namespace in sorted(namespaces):
         create_dns_provider(kubeconfig, state_dir / "dns", namespace)
+    # Issued once: a new key on every `make demo` would be a key rollover (the fleet's TLSA
+    # record follows its Secret only at its next pass).
     for server in (d for d in documents if d["kind"] == "MailServer"):
         hosts = [h["host"] for h in server["spec"]["hosts"]]
-        cert = ca.issue_server_cert(hosts, out_dir=certs / server["metadata"]["name"])
         namespace = server["metadata"]["namespace"]
-        apply_tls_secret(kubeconfig, namespace, server["spec"]["tls"]["secretName"], cert)
+        secret = server["spec"]["tls"]["secretName"]
+        if not _exists(kubeconfig, namespace, secret):
+            cert = ca.issue_server_cert(hosts, out_dir=certs / server["metadata"]["name"])
+            apply_tls_secret(kubeconfig, namespace, secret, cert)
     for domain in (d["spec"]["domain"] for d in documents if d["kind"] == "MailDomain"):
-        cert = ca.issue_server_cert(policy_hosts(domain), out_dir=certs / domain)
-        apply_tls_secret(kubeconfig, RELEASE_NAMESPACE, tls_secret_name(domain), cert)
+        if not _exists(kubeconfig, RELEASE_NAMESPACE, tls_secret_name(domain)):
+            cert = ca.issue_server_cert(policy_hosts(domain), out_dir=certs / domain)
+            apply_tls_secret(kubeconfig, RELEASE_NAMESPACE, tls_secret_name(domain), cert)
+
+
+def _exists(kubeconfig: Path, namespace: str, secret: str) -> bool:
+    found = kubectl(kubeconfig, "get", "secret", secret, "-n", namespace, "--ignore-not-found")
+    return bool(found.strip())
 
 
 def main(argv: list[str] | None = None) -> int:
