@@ -132,6 +132,15 @@ Duration = Annotated[
 
 
 _EMPTY_DEFAULT: dict[str, Any] = {"default": {}}
+
+
+def section(model: type[BaseModel]) -> Any:
+    """A nested section with every field defaulted: `default: {}` in the CRD lets the API
+    server fill the nested defaults when it is omitted, so `kubectl get -o yaml` shows the
+    values the operator acts on; its description is the model's docstring."""
+    return Field(default_factory=model, description=model.__doc__, json_schema_extra=_EMPTY_DEFAULT)
+
+
 _LIST_SET: dict[str, Any] = {"x-kubernetes-list-type": "set"}
 
 

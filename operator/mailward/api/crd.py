@@ -85,103 +85,92 @@ def _rewrite(node: JSONSchema, definitions: dict[str, JSONSchema]) -> JSONSchema
     return out
 
 
-def maildomain_crd() -> JSONSchema:
-    spec_schema = structural_schema(v1alpha1.MailDomainSpec)
-    status_schema = structural_schema(v1alpha1.MailDomainStatus, defaults=False)
+def _crd(
+    *,
+    kind: str,
+    plural: str,
+    singular: str,
+    short_names: tuple[str, ...] = (),
+    cluster: bool = False,
+    description: str,
+    spec_model: type[BaseModel],
+    status_model: type[BaseModel] | None = None,
+    columns: list[dict[str, Any]],
+) -> JSONSchema:
+    """One mailward.io CRD, version v1alpha1, its schema generated from the models."""
+    names: JSONSchema = {
+        "kind": kind,
+        "listKind": f"{kind}List",
+        "plural": plural,
+        "singular": singular,
+    }
+    if short_names:
+        names["shortNames"] = list(short_names)
+    names["categories"] = ["mailward"]
+    properties: JSONSchema = {
+        "apiVersion": {"type": "string"},
+        "kind": {"type": "string"},
+        "metadata": {"type": "object"},
+        "spec": structural_schema(spec_model),
+    }
+    version: JSONSchema = {"name": v1alpha1.API_VERSION, "served": True, "storage": True}
+    if status_model is not None:
+        properties["status"] = structural_schema(status_model, defaults=False)
+        version["subresources"] = {"status": {}}
+    version["additionalPrinterColumns"] = columns
+    version["schema"] = {
+        "openAPIV3Schema": {
+            "type": "object",
+            "description": description,
+            "required": ["spec"],
+            "properties": properties,
+        }
+    }
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{v1alpha1.PLURAL}.{v1alpha1.API_GROUP}"},
+        "metadata": {"name": f"{plural}.{v1alpha1.API_GROUP}"},
         "spec": {
             "group": v1alpha1.API_GROUP,
-            "scope": "Namespaced",
-            "names": {
-                "kind": v1alpha1.KIND,
-                "listKind": f"{v1alpha1.KIND}List",
-                "plural": v1alpha1.PLURAL,
-                "singular": v1alpha1.SINGULAR,
-                "shortNames": list(v1alpha1.SHORT_NAMES),
-                "categories": ["mailward"],
-            },
-            "versions": [
-                {
-                    "name": v1alpha1.API_VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": v1alpha1.MailDomainResource.printer_columns,
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "description": (
-                                "A mail domain that mailward makes secure by standard (BSI "
-                                "TR-03108): MTA, DNS records, MTA-STS policy, TLS reporting "
-                                "and continuous compliance checking."
-                            ),
-                            "required": ["spec"],
-                            "properties": {
-                                "apiVersion": {"type": "string"},
-                                "kind": {"type": "string"},
-                                "metadata": {"type": "object"},
-                                "spec": spec_schema,
-                                "status": status_schema,
-                            },
-                        }
-                    },
-                }
-            ],
+            "scope": "Cluster" if cluster else "Namespaced",
+            "names": names,
+            "versions": [version],
         },
     }
+
+
+def maildomain_crd() -> JSONSchema:
+    return _crd(
+        kind=v1alpha1.KIND,
+        plural=v1alpha1.PLURAL,
+        singular=v1alpha1.SINGULAR,
+        short_names=v1alpha1.SHORT_NAMES,
+        description=(
+            "A mail domain that mailward makes secure by standard (BSI TR-03108): MTA, DNS "
+            "records, MTA-STS policy, TLS reporting and continuous compliance checking."
+        ),
+        spec_model=v1alpha1.MailDomainSpec,
+        status_model=v1alpha1.MailDomainStatus,
+        columns=v1alpha1.MailDomainResource.printer_columns,
+    )
 
 
 def mailserver_crd() -> JSONSchema:
     from mailward.api import mailserver
 
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{mailserver.MAILSERVER_PLURAL}.{v1alpha1.API_GROUP}"},
-        "spec": {
-            "group": v1alpha1.API_GROUP,
-            "scope": "Namespaced",
-            "names": {
-                "kind": mailserver.MAILSERVER_KIND,
-                "listKind": f"{mailserver.MAILSERVER_KIND}List",
-                "plural": mailserver.MAILSERVER_PLURAL,
-                "singular": mailserver.MAILSERVER_SINGULAR,
-                "shortNames": list(mailserver.MAILSERVER_SHORT_NAMES),
-                "categories": ["mailward"],
-            },
-            "versions": [
-                {
-                    "name": v1alpha1.API_VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": mailserver.MailServerResource.printer_columns,
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "description": (
-                                "An MTA fleet (Postfix pods behind a few MX names) that serves "
-                                "every MailDomain attached to it and allowed by it."
-                            ),
-                            "required": ["spec"],
-                            "properties": {
-                                "apiVersion": {"type": "string"},
-                                "kind": {"type": "string"},
-                                "metadata": {"type": "object"},
-                                "spec": structural_schema(mailserver.MailServerSpec),
-                                "status": structural_schema(
-                                    mailserver.MailServerStatus, defaults=False
-                                ),
-                            },
-                        }
-                    },
-                }
-            ],
-        },
-    }
+    return _crd(
+        kind=mailserver.MAILSERVER_KIND,
+        plural=mailserver.MAILSERVER_PLURAL,
+        singular=mailserver.MAILSERVER_SINGULAR,
+        short_names=mailserver.MAILSERVER_SHORT_NAMES,
+        description=(
+            "An MTA fleet (Postfix pods behind a few MX names) that serves every MailDomain "
+            "attached to it and allowed by it."
+        ),
+        spec_model=mailserver.MailServerSpec,
+        status_model=mailserver.MailServerStatus,
+        columns=mailserver.MailServerResource.printer_columns,
+    )
 
 
 def dns_provider_crd(*, cluster: bool) -> JSONSchema:
@@ -195,43 +184,15 @@ def dns_provider_crd(*, cluster: bool) -> JSONSchema:
     else:
         kind, plural = dnsprovider.DNS_PROVIDER_KIND, dnsprovider.DNS_PROVIDER_PLURAL
         spec_model = dnsprovider.DNSProviderSpec
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{plural}.{v1alpha1.API_GROUP}"},
-        "spec": {
-            "group": v1alpha1.API_GROUP,
-            "scope": "Cluster" if cluster else "Namespaced",
-            "names": {
-                "kind": kind,
-                "listKind": f"{kind}List",
-                "plural": plural,
-                "singular": kind.lower(),
-                "categories": ["mailward"],
-            },
-            "versions": [
-                {
-                    "name": v1alpha1.API_VERSION,
-                    "served": True,
-                    "storage": True,
-                    "additionalPrinterColumns": dnsprovider.ProviderResource.printer_columns,
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "description": (spec_model.__doc__ or "").strip(),
-                            "required": ["spec"],
-                            "properties": {
-                                "apiVersion": {"type": "string"},
-                                "kind": {"type": "string"},
-                                "metadata": {"type": "object"},
-                                "spec": structural_schema(spec_model),
-                            },
-                        }
-                    },
-                }
-            ],
-        },
-    }
+    return _crd(
+        kind=kind,
+        plural=plural,
+        singular=kind.lower(),
+        cluster=cluster,
+        description=(spec_model.__doc__ or "").strip(),
+        spec_model=spec_model,
+        columns=dnsprovider.ProviderResource.printer_columns,
+    )
 
 
 def render_crds() -> dict[str, str]:

@@ -14,13 +14,13 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
 
 from mailward.api.base import (
-    _EMPTY_DEFAULT,
     _LIST_SET,
     Hostname,
     IPAddress,
     ObjectName,
     _Model,
     _unique,
+    section,
 )
 from mailward.api.mta import IMAGE_PATTERN, MTAResources, MTAStorage
 from mailward.api.status import Condition
@@ -166,11 +166,7 @@ class AllowedNamespaces(_Model):
 class AllowedDomains(_Model):
     """Which MailDomains may attach to the fleet."""
 
-    namespaces: AllowedNamespaces = Field(
-        default_factory=AllowedNamespaces,
-        description=AllowedNamespaces.__doc__,
-        json_schema_extra=_EMPTY_DEFAULT,
-    )
+    namespaces: AllowedNamespaces = section(AllowedNamespaces)
 
 
 class FleetProviderReference(_Model):
@@ -254,16 +250,8 @@ class MailServerSpec(_Model):
         pattern=IMAGE_PATTERN,
         description="The MTA image; unset: the operator's own (the chart's `mta.image`).",
     )
-    resources: MTAResources = Field(
-        default_factory=MTAResources,
-        description=MTAResources.__doc__,
-        json_schema_extra=_EMPTY_DEFAULT,
-    )
-    storage: MTAStorage = Field(
-        default_factory=MTAStorage,
-        description=MTAStorage.__doc__,
-        json_schema_extra=_EMPTY_DEFAULT,
-    )
+    resources: MTAResources = section(MTAResources)
+    storage: MTAStorage = section(MTAStorage)
     host_network: bool = Field(
         default=False,
         description=(
@@ -285,11 +273,7 @@ class MailServerSpec(_Model):
         default=True,
         description="Publish `3 1 1` TLSA records for every host (BSI TR-03108: MUST).",
     )
-    allowed_domains: AllowedDomains = Field(
-        default_factory=AllowedDomains,
-        description=AllowedDomains.__doc__,
-        json_schema_extra=_EMPTY_DEFAULT,
-    )
+    allowed_domains: AllowedDomains = section(AllowedDomains)
     message_size_limit: int = Field(
         default=25 * 1024 * 1024,
         ge=1024 * 1024,

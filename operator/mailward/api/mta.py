@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from mailward.api.base import _EMPTY_DEFAULT, ObjectName, _Model
+from mailward.api.base import ObjectName, _Model, section
 
 # Kubernetes resource quantities (a subset: plain numbers, milli, binary and decimal suffixes).
 QUANTITY_PATTERN = r"^[0-9]+(?:\.[0-9]+)?(?:m|k|M|G|T|Ki|Mi|Gi|Ti)?$"
@@ -69,16 +69,8 @@ class MTASpec(_Model):
             f"by default `{DEFAULT_MTA_IMAGE}`), so that upgrading the operator upgrades the MTAs."
         ),
     )
-    resources: MTAResources = Field(
-        default_factory=MTAResources,
-        description=MTAResources.__doc__,
-        json_schema_extra=_EMPTY_DEFAULT,
-    )
-    storage: MTAStorage = Field(
-        default_factory=MTAStorage,
-        description=MTAStorage.__doc__,
-        json_schema_extra=_EMPTY_DEFAULT,
-    )
+    resources: MTAResources = section(MTAResources)
+    storage: MTAStorage = section(MTAStorage)
     accounts_secret_name: ObjectName | None = Field(
         default=None,
         description=(

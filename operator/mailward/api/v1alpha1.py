@@ -17,7 +17,6 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
 
 from mailward.api.base import (
-    _EMPTY_DEFAULT,
     _LIST_SET,
     HOSTNAME_MAX_LENGTH,
     HOSTNAME_PATTERN,
@@ -28,6 +27,7 @@ from mailward.api.base import (
     ReportURI,
     _Model,
     _unique,
+    section,
 )
 from mailward.api.base import parse_duration as parse_duration
 from mailward.api.mta import HOST_NETWORK_NEEDS_ADDRESSES, MTASpec
@@ -274,15 +274,9 @@ class DNSSpec(_Model):
     provider_ref: ProviderReference = Field(
         description="The DNS provider that owns the zone of `spec.domain`."
     )
-    ttl: DNSTTLs = Field(
-        default_factory=DNSTTLs, description=DNSTTLs.__doc__, json_schema_extra=_EMPTY_DEFAULT
-    )
-    spf: SPFSpec = Field(
-        default_factory=SPFSpec, description=SPFSpec.__doc__, json_schema_extra=_EMPTY_DEFAULT
-    )
-    dmarc: DMARCSpec = Field(
-        default_factory=DMARCSpec, description=DMARCSpec.__doc__, json_schema_extra=_EMPTY_DEFAULT
-    )
+    ttl: DNSTTLs = section(DNSTTLs)
+    spf: SPFSpec = section(SPFSpec)
+    dmarc: DMARCSpec = section(DMARCSpec)
     dkim: list[DKIMKey] = Field(
         default_factory=list,
         max_length=4,
@@ -292,11 +286,7 @@ class DNSSpec(_Model):
             "x-kubernetes-list-map-keys": ["selector"],
         },
     )
-    srv: MUASRVSpec = Field(
-        default_factory=MUASRVSpec,
-        description=MUASRVSpec.__doc__,
-        json_schema_extra=_EMPTY_DEFAULT,
-    )
+    srv: MUASRVSpec = section(MUASRVSpec)
     mta_sts_endpoint: HostTarget | None = Field(
         default=None,
         description=(
@@ -517,23 +507,11 @@ class MailDomainSpec(_Model):
     )
     # `default: {}` in the CRD lets the API server fill the nested defaults when a section is
     # omitted, so `kubectl get -o yaml` shows the values the operator acts on.
-    dane: DANESpec = Field(
-        default_factory=DANESpec, description=DANESpec.__doc__, json_schema_extra=_EMPTY_DEFAULT
-    )
-    mta_sts: MTASTSSpec = Field(
-        default_factory=MTASTSSpec, description=MTASTSSpec.__doc__, json_schema_extra=_EMPTY_DEFAULT
-    )
-    tls_rpt: TLSRPTSpec = Field(
-        default_factory=TLSRPTSpec, description=TLSRPTSpec.__doc__, json_schema_extra=_EMPTY_DEFAULT
-    )
-    compliance: ComplianceSpec = Field(
-        default_factory=ComplianceSpec,
-        description=ComplianceSpec.__doc__,
-        json_schema_extra=_EMPTY_DEFAULT,
-    )
-    mta: MTASpec = Field(
-        default_factory=MTASpec, description=MTASpec.__doc__, json_schema_extra=_EMPTY_DEFAULT
-    )
+    dane: DANESpec = section(DANESpec)
+    mta_sts: MTASTSSpec = section(MTASTSSpec)
+    tls_rpt: TLSRPTSpec = section(TLSRPTSpec)
+    compliance: ComplianceSpec = section(ComplianceSpec)
+    mta: MTASpec = section(MTASpec)
 
     def mx_addresses(self) -> list[str]:
         """Every address of `spec.mx`, in order, each once: what a host-network MTA binds."""

@@ -13,6 +13,7 @@ before MailServers existed).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from mailward.api.mailserver import MAILSERVER_KIND, MailServerSpec
 from mailward.api.v1alpha1 import API_GROUP, API_VERSION, KIND, MailDomainSpec
@@ -88,6 +89,27 @@ class MTAServer:
         return f"{self.base_name}-domains"
 
 
+class _MTASettings(Protocol):
+    """What `spec.mta` of a MailDomain and the spec of a MailServer both say about Postfix."""
+
+    @property
+    def message_size_limit(self) -> int: ...
+
+    @property
+    def hide_submission_client(self) -> bool: ...
+
+    @property
+    def mta_sts_fallback(self) -> bool: ...
+
+
+def mta_options(settings: _MTASettings) -> MTAOptions:
+    return MTAOptions(
+        message_size_limit=settings.message_size_limit,
+        hide_submission_client=settings.hide_submission_client,
+        mta_sts_fallback=settings.mta_sts_fallback,
+    )
+
+
 def own_mta_server(
     name: str, namespace: str, uid: str, spec: MailDomainSpec, default_image: str
 ) -> MTAServer:
@@ -109,11 +131,7 @@ def own_mta_server(
         host_network=mta.host_network,
         tls_secret=spec.tls.secret_name,
         origin=spec.domain,
-        options=MTAOptions(
-            message_size_limit=mta.message_size_limit,
-            hide_submission_client=mta.hide_submission_client,
-            mta_sts_fallback=mta.mta_sts_fallback,
-        ),
+        options=mta_options(mta),
         groups=(ServerGroup(base, spec.mx[0].host, addresses),),
         accounts_secret=mta.accounts_secret_name,
     )
@@ -143,11 +161,7 @@ def fleet_server(
         host_network=spec.host_network,
         tls_secret=spec.tls.secret_name,
         origin=first.partition(".")[2] or first,
-        options=MTAOptions(
-            message_size_limit=spec.message_size_limit,
-            hide_submission_client=spec.hide_submission_client,
-            mta_sts_fallback=spec.mta_sts_fallback,
-        ),
+        options=mta_options(spec),
         groups=groups,
         accounts_secret=f"{name}-accounts",
     )
