@@ -26,8 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from mailward.render.policy_objects import policy_hosts, tls_secret_name
 from mailward_localstack._process import (
     StackError,
@@ -235,7 +233,9 @@ def _install(stack: Stack, dns_stack: DNSStack, extra_env: dict[str, str]) -> No
 
     values_file = stack.state_dir / "values.yaml"
     values = chart_values(stack, dns_stack, extra_env)
-    values_file.write_text(yaml.safe_dump(values, sort_keys=False))
+    # JSON (which YAML reads) quotes every string: an image tag of digits only, such as a
+    # content hash `076936462988`, written as plain YAML, would reach helm as a number.
+    values_file.write_text(json.dumps(values, indent=2) + "\n")
     helm(
         kubeconfig,
         "upgrade", "--install", RELEASE, str(repo_root() / "charts" / "mailward"),
