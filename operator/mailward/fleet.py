@@ -30,7 +30,7 @@ from mailward.adapters.mailservers import MailServerDirectory
 from mailward.adapters.status_writer import RECONCILER, StatusWriter
 from mailward.adapters.workloads import WorkloadClient
 from mailward.api.mailserver import MAILSERVER_KIND, MailServerSpec, MailServerStatus
-from mailward.api.v1alpha1 import ConditionStatus, ProviderReference
+from mailward.api.v1alpha1 import ConditionStatus
 from mailward.attachment import ServerKey, decide
 from mailward.conditions import READY, Verdict, apply_verdicts, utcnow
 from mailward.parts.certificate import parse_chain
@@ -86,6 +86,8 @@ class FleetOutcome:
     refused: list[AttachingDomain] = field(default_factory=list)
     pods: int = 0
     ready_pods: int = 0
+    # SHA-256 of the domain tables applied (passwords are not in it: it goes to the status).
+    tables_digest: str = ""
     # Ask for another pass after this many seconds although nothing changed.
     retry_after: float | None = None
 
@@ -220,6 +222,7 @@ class FleetController:
         outcome: FleetOutcome,
     ) -> Verdict:
         objects = render_mta_objects(fleet, domains, self._resolver, passwords)
+        outcome.tables_digest = domains_digest(domains)
         try:
             for manifest in objects:
                 await self._applier.apply(manifest)
@@ -276,7 +279,7 @@ class FleetController:
                 certificate,
                 Verdict(DNS_READY, "Unknown", "WaitingForCertificate", "no key to pin yet"),
             ]
-        ref = ProviderReference(kind=spec.dns.provider_ref.kind, name=spec.dns.provider_ref.name)
+        ref = spec.dns.provider_ref
         owner = Owner(server.namespace, server.name, server.uid, kind=MAILSERVER_KIND)
         written = 0
         try:
@@ -315,7 +318,7 @@ class FleetController:
             return
         if spec.dns is None:
             return
-        ref = ProviderReference(kind=spec.dns.provider_ref.kind, name=spec.dns.provider_ref.name)
+        ref = spec.dns.provider_ref
         owner = Owner(server.namespace, server.name, server.uid, kind=MAILSERVER_KIND)
         provider = await self._providers.resolve(ref, server.namespace)
         for host in spec.hosts:
@@ -334,9 +337,7 @@ class FleetController:
                 "refused_domains": len(outcome.refused),
                 "replicas": outcome.pods,
                 "ready_replicas": outcome.ready_pods,
-                "domains_digest": domains_digest(
-                    [DomainConfig(d.domain, ("-",)) for d in outcome.attached]
-                ),
+                "domains_digest": outcome.tables_digest or current.domains_digest,
             }
         )
         document = desired.model_dump(mode="json", by_alias=True, exclude_none=True)

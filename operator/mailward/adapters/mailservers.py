@@ -11,8 +11,9 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from mailward.api.mailserver import MAILSERVER_PLURAL, MailServerSpec
+from mailward.api.mailserver import MAILSERVER_PLURAL, MailServerSpec, MailServerStatus
 from mailward.api.v1alpha1 import API_GROUP, API_VERSION
+from mailward.conditions import READY, find
 
 
 @dataclass(frozen=True)
@@ -40,16 +41,14 @@ def observe_mail_server(body: dict[str, Any]) -> MailServerObservation:
     except ValidationError:
         return MailServerObservation(found=True)
     generation = int(body.get("metadata", {}).get("generation") or 0)
-    ready = next(
-        (c for c in body.get("status", {}).get("conditions", []) if c.get("type") == "Ready"),
-        None,
-    )
-    current = ready is not None and int(ready.get("observedGeneration") or 0) == generation
+    status = MailServerStatus.model_validate(body.get("status") or {})
+    ready = find(status.conditions, READY)
+    current = ready is not None and ready.observed_generation == generation
     return MailServerObservation(
         found=True,
         spec=spec,
-        ready=current and ready is not None and ready.get("status") == "True",
-        ready_message=(ready or {}).get("message", "not reconciled yet"),
+        ready=current and ready is not None and ready.status == "True",
+        ready_message=ready.message if ready is not None else "not reconciled yet",
     )
 
 

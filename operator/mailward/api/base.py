@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -164,3 +164,16 @@ class _Model(BaseModel):
         frozen=True,
         strict=True,
     )
+
+
+class ProviderReference(_Model):
+    """A reference to the DNS provider configuration that publishes the records."""
+
+    kind: Literal["DNSProvider", "ClusterDNSProvider"] = Field(
+        default="DNSProvider",
+        description=(
+            "`DNSProvider` (in the referring object's namespace) or `ClusterDNSProvider` "
+            "(cluster-scoped). Default `DNSProvider`."
+        ),
+    )
+    name: ObjectName = Field(description="Name of the provider object.")

@@ -18,6 +18,7 @@ from mailward.api.base import (
     Hostname,
     IPAddress,
     ObjectName,
+    ProviderReference,
     _Model,
     _unique,
     section,
@@ -169,19 +170,10 @@ class AllowedDomains(_Model):
     namespaces: AllowedNamespaces = section(AllowedNamespaces)
 
 
-class FleetProviderReference(_Model):
-    """A DNSProvider in the MailServer's namespace, or a ClusterDNSProvider."""
-
-    kind: Literal["DNSProvider", "ClusterDNSProvider"] = Field(
-        default="DNSProvider", description="`DNSProvider` or `ClusterDNSProvider`."
-    )
-    name: ObjectName = Field(description="Name of the provider object.")
-
-
 class FleetDNSSpec(_Model):
     """Where the fleet's own records (A/AAAA and TLSA of each host) are published."""
 
-    provider_ref: FleetProviderReference = Field(
+    provider_ref: ProviderReference = Field(
         description="The DNS provider owning the zone(s) of the host names."
     )
     ttl: int = Field(

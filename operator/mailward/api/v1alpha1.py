@@ -29,6 +29,7 @@ from mailward.api.base import (
     _unique,
     section,
 )
+from mailward.api.base import ProviderReference as ProviderReference
 from mailward.api.base import parse_duration as parse_duration
 from mailward.api.mta import HOST_NETWORK_NEEDS_ADDRESSES, MTASpec
 from mailward.api.status import Condition as Condition
@@ -103,19 +104,6 @@ class MailServerReference(_Model):
             "`spec.allowedDomains` decides whether this namespace may attach."
         ),
     )
-
-
-class ProviderReference(_Model):
-    """A reference to the DNS provider configuration that publishes this domain's records."""
-
-    kind: Literal["DNSProvider", "ClusterDNSProvider"] = Field(
-        default="DNSProvider",
-        description=(
-            "`DNSProvider` (in the MailDomain's namespace) or `ClusterDNSProvider` "
-            "(cluster-scoped). Default `DNSProvider`."
-        ),
-    )
-    name: ObjectName = Field(description="Name of the provider object.")
 
 
 # RFC 7208 §4.5/§12: an SPF record; TR-03182 (TR-AUTH-01) wants it to end in `-all` or `~all`.
