@@ -129,6 +129,11 @@ def test_a_postfix_setting_change_rolls_the_mta_pod_and_is_served(
         timeout=60,
     )
     assert len(replaced) == 1, "the pod was not rolled"
+    # The roll is over only when the StatefulSet says so; later tests exec into its pod.
+    kubectl(
+        cluster.kubeconfig,
+        "rollout", "status", "statefulset/example-mta", "-n", NAMESPACE, "--timeout=120s",
+    )  # fmt: skip
     print(f"\nSIZE {before} -> {wanted}: served by a new MTA pod {elapsed:.1f}s after the patch")
 
 
@@ -144,6 +149,15 @@ def _status_of_pid1(stack: Stack, namespace: str, pod: str, container: str) -> d
     return fields
 
 
+def _ready_pods_or_why(stack: Stack, namespace: str, selector: str) -> list[dict[str, Any]]:
+    found = ready_pods(stack, namespace, selector)
+    if not found:
+        pods = get_json(stack, "pods", "-n", namespace, "-l", selector)["items"]
+        seen = [(p["metadata"]["name"], p["status"].get("phase")) for p in pods]
+        raise LookupError(f"no Ready pod among {seen}")
+    return found
+
+
 def _capability_set(names: list[str]) -> int:
     return sum(1 << CAPABILITY_BITS[name] for name in names)
 
@@ -154,7 +168,13 @@ def test_each_container_runs_as_its_security_context_says(
     """`kubectl exec` into every container: user and effective capabilities of its process."""
     seen = 0
     for workload, (namespace, _, _, selector) in WORKLOADS.items():
-        pod = ready_pods(cluster, namespace, selector)[0]
+        # A pod can be briefly not Ready (a roll, a probe during `postfix reload`); the names and
+        # phases of the pods seen end up in the failure message if none becomes Ready.
+        pod = wait_for(
+            f"a Ready {workload} pod",
+            lambda n=namespace, s=selector: _ready_pods_or_why(cluster, n, s),
+            timeout=120,
+        )[0]
         pod_context = pod["spec"].get("securityContext", {})
         assert pod_context.get("seccompProfile", {}).get("type") == "RuntimeDefault", workload
         # Native sidecars (init containers that keep running) are containers too.
