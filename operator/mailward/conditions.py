@@ -16,6 +16,10 @@ from typing import Any
 from mailward.api.v1alpha1 import Condition, ConditionStatus, MailDomainStatus
 
 READY = "Ready"
+# The two "abnormal-true" conditions kstatus reads (sigs.k8s.io/cli-utils/pkg/kstatus), which
+# Flux and `kubectl wait` rely on: work in progress, or no progress without a person.
+RECONCILING = "Reconciling"
+STALLED = "Stalled"
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,72 @@ class Verdict:
     status: ConditionStatus
     reason: str
     message: str
+    # Not True, and retrying will not change that until a person edits something (this spec,
+    # another object, a DNS server's key): the resource is Stalled, not merely in progress.
+    stalled: bool = False
+
+
+def ready_from(parts: Iterable[Verdict], ready: Verdict) -> Verdict:
+    """`Ready`: `ready` when every part is True, else the first part that is not explains why.
+
+    Its reason is carried over, so `kubectl get` and kstatus show the cause, not a generic word.
+    A part that is stalled makes Ready False, never Unknown.
+    """
+    for verdict in parts:
+        if verdict.status != "True":
+            status: ConditionStatus = (
+                "False" if verdict.status == "False" or verdict.stalled else "Unknown"
+            )
+            message = f"{verdict.type}: {verdict.message}"
+            return Verdict(READY, status, verdict.reason, message, stalled=verdict.stalled)
+    return ready
+
+
+def progress_verdicts(ready: Verdict, parts: Iterable[Verdict]) -> list[Verdict]:
+    """`Reconciling` and `Stalled` from `Ready` and the parts it was derived from.
+
+    Both are always present (True or False), so a tool that waits on either never has to guess
+    what an absent condition means.
+    """
+    stuck = next((v for v in (ready, *parts) if v.stalled and v.status != "True"), None)
+    if stuck is not None:
+        return [
+            Verdict(RECONCILING, "False", stuck.reason, "waiting for a change, see Stalled"),
+            Verdict(STALLED, "True", stuck.reason, _prefixed(stuck)),
+        ]
+    if ready.status != "True":
+        return [
+            Verdict(RECONCILING, "True", ready.reason, ready.message),
+            Verdict(STALLED, "False", ready.reason, "progressing, see Reconciling"),
+        ]
+    return [
+        Verdict(RECONCILING, "False", ready.reason, "reconciled"),
+        Verdict(STALLED, "False", ready.reason, "reconciled"),
+    ]
+
+
+def _prefixed(verdict: Verdict) -> str:
+    if verdict.type == READY or verdict.message.startswith(f"{verdict.type}: "):
+        return verdict.message
+    return f"{verdict.type}: {verdict.message}"
+
+
+def started_verdicts(current: Iterable[Condition], generation: int) -> list[Verdict]:
+    """What a resource says the moment work on `generation` starts, before any part has run.
+
+    Without it a new resource has no status for as long as the first pass takes, and kstatus
+    reads a resource without conditions or observedGeneration as Current, so a GitOps tool
+    would call it done before mailward began. `Ready` keeps what it said (a spec edit does not
+    make a serving domain un-Ready), or is Unknown for a new resource.
+    """
+    message = f"reconciling generation {generation}"
+    verdicts = [
+        Verdict(RECONCILING, "True", "Progressing", message),
+        Verdict(STALLED, "False", "Progressing", message),
+    ]
+    if find(current, READY) is None:
+        verdicts.append(Verdict(READY, "Unknown", "Progressing", message))
+    return verdicts
 
 
 def utcnow() -> datetime:

@@ -24,15 +24,22 @@ from pydantic import ValidationError
 
 from mailward.adapters.apply import ObjectApplier
 from mailward.adapters.dns_kube import ProviderNotFound, ProviderResolver
-from mailward.adapters.dns_provider import ProviderError
+from mailward.adapters.dns_provider import ProviderError, UpdateRefused
 from mailward.adapters.kube import SecretObserver
 from mailward.adapters.mailservers import MailServerDirectory
 from mailward.adapters.status_writer import RECONCILER, StatusWriter
 from mailward.adapters.workloads import WorkloadClient
 from mailward.api.mailserver import MAILSERVER_KIND, MailServerSpec, MailServerStatus
-from mailward.api.v1alpha1 import ConditionStatus
 from mailward.attachment import ServerKey, decide
-from mailward.conditions import READY, Verdict, apply_verdicts, utcnow
+from mailward.conditions import (
+    READY,
+    Verdict,
+    apply_verdicts,
+    progress_verdicts,
+    ready_from,
+    started_verdicts,
+    utcnow,
+)
 from mailward.parts.certificate import parse_chain
 from mailward.parts.mta import MTA_READY, mta_verdict
 from mailward.plan.records import Owner
@@ -132,14 +139,28 @@ class FleetController:
     ) -> FleetOutcome:
         """`namespace_labels`: the candidates' namespaces' labels as watched; a namespace
         missing there is read from the API server."""
+        current = MailServerStatus.model_validate(server.status or {})
         try:
             spec = MailServerSpec.model_validate(server.spec)
         except ValidationError as error:
             message = describe_validation_error(error, prefix="spec")
-            outcome = FleetOutcome([Verdict(READY, "False", "InvalidSpec", message)])
+            ready = Verdict(READY, "False", "InvalidSpec", message, stalled=True)
+            outcome = FleetOutcome([ready, *progress_verdicts(ready, [])])
         else:
+            if current.observed_generation != server.generation:
+                conditions = apply_verdicts(
+                    current.conditions,
+                    started_verdicts(current.conditions, server.generation),
+                    generation=server.generation,
+                    now=utcnow(),
+                )
+                began = current.model_copy(
+                    update={"observed_generation": server.generation, "conditions": conditions}
+                )
+                await self._write_status(server, current, began)
+                current = began
             outcome = await self._reconcile(server, spec, candidates, namespace_labels or {})
-        await self._write_status(server, outcome)
+        await self._write_status(server, current, self._status_after(server, current, outcome))
         return outcome
 
     async def _reconcile(
@@ -160,20 +181,17 @@ class FleetController:
         outcome = FleetOutcome([], attached, refused)
         verdicts = [await self._apply(fleet, domains, passwords, outcome)]
         verdicts += await self._publish(server, spec)
-        failing = next((v for v in verdicts if v.status != "True"), None)
-        if failing is not None:
-            status: ConditionStatus = "False" if failing.status == "False" else "Unknown"
-            ready = Verdict(READY, status, failing.reason, f"{failing.type}: {failing.message}")
+        serving = Verdict(
+            READY,
+            "True",
+            "Serving",
+            f"{len(attached)} domain(s) on {', '.join(hosts)}"
+            + (f"; {len(refused)} refused" if refused else ""),
+        )
+        ready = ready_from(verdicts, serving)
+        if ready.status != "True":
             outcome.retry_after = self._retry_seconds
-        else:
-            ready = Verdict(
-                READY,
-                "True",
-                "Serving",
-                f"{len(attached)} domain(s) on {', '.join(hosts)}"
-                + (f"; {len(refused)} refused" if refused else ""),
-            )
-        outcome.verdicts = [ready, *verdicts]
+        outcome.verdicts = [ready, *progress_verdicts(ready, verdicts), *verdicts]
         return outcome
 
     async def _admit(
@@ -298,10 +316,15 @@ class FleetController:
                     taken = ", ".join(c.describe() for c in result.plan.conflicts)
                     return [
                         certificate,
-                        Verdict(DNS_READY, "False", "RecordConflict", f"not ours: {taken}"),
+                        Verdict(
+                            DNS_READY, "False", "RecordConflict", f"not ours: {taken}", stalled=True
+                        ),
                     ]
         except ProviderNotFound as error:
             return [certificate, Verdict(DNS_READY, "False", "ProviderNotFound", str(error))]
+        except UpdateRefused as error:
+            refused = Verdict(DNS_READY, "False", "UpdateRefused", str(error), stalled=True)
+            return [certificate, refused]
         except ProviderError as error:
             return [certificate, Verdict(DNS_READY, "False", "PublishFailed", str(error))]
         names = ", ".join(h.host for h in spec.hosts)
@@ -324,12 +347,14 @@ class FleetController:
         for host in spec.hosts:
             await provider.release(owner, host.host)
 
-    async def _write_status(self, server: MailServerObject, outcome: FleetOutcome) -> None:
-        current = MailServerStatus.model_validate(server.status or {})
+    @staticmethod
+    def _status_after(
+        server: MailServerObject, current: MailServerStatus, outcome: FleetOutcome
+    ) -> MailServerStatus:
         conditions = apply_verdicts(
             current.conditions, outcome.verdicts, generation=server.generation, now=utcnow()
         )
-        desired = current.model_copy(
+        return current.model_copy(
             update={
                 "observed_generation": server.generation,
                 "conditions": conditions,
@@ -340,6 +365,10 @@ class FleetController:
                 "domains_digest": outcome.tables_digest or current.domains_digest,
             }
         )
+
+    async def _write_status(
+        self, server: MailServerObject, current: MailServerStatus, desired: MailServerStatus
+    ) -> None:
         document = desired.model_dump(mode="json", by_alias=True, exclude_none=True)
         if document == current.model_dump(mode="json", by_alias=True, exclude_none=True):
             return

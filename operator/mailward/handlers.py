@@ -28,6 +28,7 @@ from mailward.conditions import (
     find,
     parse_status,
     reconciler_view,
+    started_verdicts,
     status_document,
     utcnow,
 )
@@ -42,7 +43,7 @@ from mailward.parts.dns import dns_part_from_env
 from mailward.parts.mta import MTAPart
 from mailward.parts.mtasts import mtasts_part_from_env
 from mailward.parts.tlsrpt import tlsrpt_part_from_env
-from mailward.reconcile import InvalidSpec, invalid_spec_verdicts, parse_spec, ready_verdict
+from mailward.reconcile import InvalidSpec, invalid_spec_verdicts, parse_spec, settled_verdicts
 from mailward.render.resolver import ResolverSettings
 
 FINALIZER = f"{API_GROUP}/finalizer"
@@ -147,10 +148,16 @@ async def reconcile(
     except InvalidSpec as error:
         parts()  # configures the API client
         verdicts = invalid_spec_verdicts(str(error))
-        if await _write_status(where, current, verdicts, {}, generation):
+        if await _write_status(where, current, _status_after(current, verdicts, {}, generation)):
             kopf.warn(body, reason="InvalidSpec", message=str(error))
         return
 
+    if current.observed_generation != generation:
+        parts()  # configures the API client
+        started = started_verdicts(current.conditions, generation)
+        began = _status_after(current, started, {}, generation)
+        await _write_status(where, current, began)
+        current = began
     ctx = ReconcileContext(
         name=str(meta.get("name")),
         namespace=namespace or "",
@@ -167,8 +174,8 @@ async def reconcile(
             break
     part_verdicts = [v for r in results for v in r.verdicts]
     owned_status = {k: v for r in results for k, v in r.status.items()}
-    verdicts = [ready_verdict(ctx.spec, part_verdicts), *part_verdicts]
-    await _write_status(where, current, verdicts, owned_status, generation)
+    verdicts = settled_verdicts(ctx.spec, part_verdicts)
+    await _write_status(where, current, _status_after(current, verdicts, owned_status, generation))
     for result in results:
         for event in result.events:
             kopf.event(body, type=event.type, reason=event.reason, message=event.message)
@@ -205,27 +212,28 @@ async def release(spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, **_: An
         await part.release(ctx)
 
 
-async def _write_status(
-    where: tuple[str, str],
-    current: MailDomainStatus,
-    verdicts: list[Verdict],
-    owned: dict[str, Any],
-    generation: int,
-) -> bool:
-    """Apply the reconciler's part of the new status if it differs from `current`'s; True when
-    Ready changed. `Compliant` and `status.compliance` are the compliance daemon's, written
-    with its own field manager (adapters/status_writer.py), so they are left out here."""
+def _status_after(
+    current: MailDomainStatus, verdicts: list[Verdict], owned: dict[str, Any], generation: int
+) -> MailDomainStatus:
     conditions = apply_verdicts(current.conditions, verdicts, generation=generation, now=utcnow())
-    desired = MailDomainStatus.model_validate(
+    return MailDomainStatus.model_validate(
         {**status_document(current), **owned, "observedGeneration": generation}
     ).model_copy(update={"conditions": conditions})
+
+
+async def _write_status(
+    where: tuple[str, str], current: MailDomainStatus, desired: MailDomainStatus
+) -> bool:
+    """Apply the reconciler's part of `desired` if it differs from `current`'s; True when
+    Ready changed. `Compliant` and `status.compliance` are the compliance daemon's, written
+    with its own field manager (adapters/status_writer.py), so they are left out here."""
     document = reconciler_view(status_document(desired))
     if document == reconciler_view(status_document(current)):
         return False
     assert _status_writer is not None  # set up by parts()
     namespace, name = where
     await _status_writer.apply_status(namespace, name, document, field_manager=RECONCILER)
-    before, after = find(current.conditions, READY), find(conditions, READY)
+    before, after = find(current.conditions, READY), find(desired.conditions, READY)
     if before is None or after is None:
         return True
     return (before.reason, before.message) != (after.reason, after.message)

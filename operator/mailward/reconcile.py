@@ -12,8 +12,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from mailward.api.v1alpha1 import ConditionStatus, MailDomainSpec
-from mailward.conditions import READY, Verdict
+from mailward.api.v1alpha1 import MailDomainSpec
+from mailward.conditions import READY, Verdict, progress_verdicts, ready_from
 
 CERTIFICATE_READY = "CertificateReady"
 OBSERVATIONS = frozenset({"Compliant", "TLSReportsHealthy"})
@@ -57,7 +57,8 @@ def describe_validation_error(error: ValidationError, *, prefix: str) -> str:
 
 
 def invalid_spec_verdicts(message: str) -> list[Verdict]:
-    return [Verdict(READY, "False", "InvalidSpec", message)]
+    ready = Verdict(READY, "False", "InvalidSpec", message, stalled=True)
+    return [ready, *progress_verdicts(ready, [])]
 
 
 def certificate_verdict(tls: TLSSecretObservation) -> Verdict:
@@ -71,28 +72,33 @@ def certificate_verdict(tls: TLSSecretObservation) -> Verdict:
             "False",
             "TLSSecretInvalid",
             f"{secret} has type {tls.type!r}; it must be {TLS_SECRET_TYPE!r}",
+            stalled=True,
         )
     missing = sorted({"tls.crt", "tls.key"} - tls.keys)
     if missing:
         lacking = ", ".join(missing)
-        return Verdict(CERTIFICATE_READY, "False", "TLSSecretInvalid", f"{secret} lacks {lacking}")
+        message = f"{secret} lacks {lacking}"
+        return Verdict(CERTIFICATE_READY, "False", "TLSSecretInvalid", message, stalled=True)
     return Verdict(CERTIFICATE_READY, "True", "SecretPresent", f"{secret} is present")
 
 
 def ready_verdict(spec: MailDomainSpec, parts: list[Verdict]) -> Verdict:
-    """`Ready` from the parts' conditions: the first part that is not ready explains why.
+    """`Ready` from the parts' conditions (conditions.ready_from).
 
-    Its reason is carried over, so `kubectl get` and kstatus show the cause, not a generic word.
     Observations of the outside world (`OBSERVATIONS`) have their own conditions and columns and
     do not make the resource un-Ready: a sender's failure reports or a failed probe say nothing
     about whether mailward finished its work, and kstatus would otherwise keep a GitOps sync
     waiting on the internet.
     """
     reconciled = [v for v in parts if v.type not in OBSERVATIONS]
-    for verdict in reconciled:
-        if verdict.status != "True":
-            status: ConditionStatus = "False" if verdict.status == "False" else "Unknown"
-            return Verdict(READY, status, verdict.reason, f"{verdict.type}: {verdict.message}")
     hosts = ", ".join(mx.host for mx in spec.mx)
     checked = ", ".join(v.type for v in reconciled)
-    return Verdict(READY, "True", "Reconciled", f"{spec.domain} (MX {hosts}): {checked} True")
+    done = Verdict(READY, "True", "Reconciled", f"{spec.domain} (MX {hosts}): {checked} True")
+    return ready_from(reconciled, done)
+
+
+def settled_verdicts(spec: MailDomainSpec, parts: list[Verdict]) -> list[Verdict]:
+    """Ready, Reconciling and Stalled, then the parts' own conditions."""
+    ready = ready_verdict(spec, parts)
+    observed = [v for v in parts if v.type not in OBSERVATIONS]
+    return [ready, *progress_verdicts(ready, observed), *parts]

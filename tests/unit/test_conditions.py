@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from mailward.conditions import (
     Verdict,
     apply_verdicts,
     compliance_view,
     parse_status,
+    progress_verdicts,
+    ready_from,
     reconciler_view,
+    started_verdicts,
     status_document,
 )
 
@@ -78,3 +83,83 @@ def test_the_two_writers_split_the_status_without_overlap() -> None:
     merged_types = {c["type"] for c in mine["conditions"] + theirs["conditions"]}
     assert merged_types == {c["type"] for c in document["conditions"]}
     assert set(mine) | set(theirs) == set(document)
+
+
+# --- Reconciling and Stalled: what kstatus, Flux and `kubectl wait` read ----------------------
+
+DNS_OK = Verdict("DNSReady", "True", "Published", "3 RRsets")
+MTA_ROLLING = Verdict("MTAReady", "False", "MTARollingOut", "0/1 updated")
+DNS_REFUSED = Verdict("DNSReady", "False", "UpdateRefused", "bad TSIG", stalled=True)
+DONE = Verdict("Ready", "True", "Reconciled", "all parts True")
+
+
+def _by_type(verdicts: list[Verdict]) -> dict[str, tuple[str, str]]:
+    return {v.type: (v.status, v.reason) for v in verdicts}
+
+
+@pytest.mark.parametrize(
+    ("parts", "ready", "reconciling", "stalled"),
+    [
+        ([DNS_OK], ("True", "Reconciled"), ("False", "Reconciled"), ("False", "Reconciled")),
+        (
+            [MTA_ROLLING, DNS_OK],
+            ("False", "MTARollingOut"),
+            ("True", "MTARollingOut"),
+            ("False", "MTARollingOut"),
+        ),
+        # A stalled part wins over one still in progress: retrying alone will not finish.
+        (
+            [MTA_ROLLING, DNS_REFUSED],
+            ("False", "MTARollingOut"),
+            ("False", "UpdateRefused"),
+            ("True", "UpdateRefused"),
+        ),
+        (
+            [Verdict("MTAReady", "Unknown", "MailServerInvalid", "x", stalled=True)],
+            ("False", "MailServerInvalid"),
+            ("False", "MailServerInvalid"),
+            ("True", "MailServerInvalid"),
+        ),
+    ],
+)
+def test_ready_reconciling_and_stalled_from_the_parts(
+    parts: list[Verdict],
+    ready: tuple[str, str],
+    reconciling: tuple[str, str],
+    stalled: tuple[str, str],
+) -> None:
+    summary = ready_from(parts, DONE)
+    found = _by_type([summary, *progress_verdicts(summary, parts)])
+    assert found == {"Ready": ready, "Reconciling": reconciling, "Stalled": stalled}
+
+
+def test_the_stalled_message_names_the_part() -> None:
+    summary = ready_from([DNS_REFUSED], DONE)
+    stalled = _by_type_full(progress_verdicts(summary, [DNS_REFUSED]))["Stalled"]
+    assert stalled.message == "DNSReady: bad TSIG"
+
+
+def _by_type_full(verdicts: list[Verdict]) -> dict[str, Verdict]:
+    return {v.type: v for v in verdicts}
+
+
+def test_work_started_on_a_new_resource_is_in_progress_not_ready() -> None:
+    found = _by_type(started_verdicts([], 1))
+    assert found == {
+        "Reconciling": ("True", "Progressing"),
+        "Stalled": ("False", "Progressing"),
+        "Ready": ("Unknown", "Progressing"),
+    }
+
+
+def test_work_started_on_an_edited_resource_keeps_its_ready() -> None:
+    current = apply_verdicts([], [DONE], generation=1, now=T0)
+    found = _by_type(started_verdicts(current, 2))
+    assert "Ready" not in found
+    assert found["Reconciling"] == ("True", "Progressing")
+    after = apply_verdicts(current, started_verdicts(current, 2), generation=2, now=T0)
+    assert [(c.type, c.status) for c in after] == [
+        ("Ready", "True"),
+        ("Reconciling", "True"),
+        ("Stalled", "False"),
+    ]

@@ -8,6 +8,7 @@ from mailward.conditions import Verdict
 from mailward.reconcile import (
     TLSSecretObservation,
     certificate_verdict,
+    invalid_spec_verdicts,
     parse_spec,
     ready_verdict,
 )
@@ -83,3 +84,12 @@ def test_observations_of_the_outside_world_do_not_make_it_unready() -> None:
     ready = ready_verdict(SPEC, parts)
     assert (ready.status, ready.reason) == ("True", "Reconciled")
     assert "Compliant" not in ready.message
+
+
+def test_an_invalid_spec_is_stalled_not_in_progress() -> None:
+    found = {v.type: (v.status, v.reason) for v in invalid_spec_verdicts("spec.domain: bad")}
+    assert found == {
+        "Ready": ("False", "InvalidSpec"),
+        "Reconciling": ("False", "InvalidSpec"),
+        "Stalled": ("True", "InvalidSpec"),
+    }

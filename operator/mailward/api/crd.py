@@ -116,6 +116,10 @@ def _crd(
     version: JSONSchema = {"name": v1alpha1.API_VERSION, "served": True, "storage": True}
     if status_model is not None:
         properties["status"] = structural_schema(status_model, defaults=False)
+        # The one default of a status: a resource the operator has not written yet reads as
+        # generation 0 observed, which kstatus (Flux, kubectl) calls InProgress. Without it
+        # a new resource, status-less until the first pass, reads as Current.
+        properties["status"]["default"] = {"observedGeneration": 0}
         version["subresources"] = {"status": {}}
     version["additionalPrinterColumns"] = columns
     version["schema"] = {

@@ -56,6 +56,7 @@ class CertificatePart:
                 "TLSSecretInvalid",
                 f"tls.crt of Secret {secret_name!r} (spec.tls.secretName) is not a PEM "
                 f"certificate chain: {error}",
+                stalled=True,
             )
             return PartResult([invalid], retry_after=self._backoff.next(ctx.uid), blocking=True)
         self._backoff.reset(ctx.uid)

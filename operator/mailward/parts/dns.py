@@ -113,7 +113,10 @@ class DNSPart:
         except ProviderNotFound as error:
             return self._failed(ctx, "False", "ProviderNotFound", str(error))
         except UpdateRefused as error:
-            return self._failed(ctx, "False", "UpdateRefused", f"{error}; retrying")
+            # The server answered no (a key, a policy, a zone it does not serve): retried, but
+            # only a person's change makes it say yes.
+            message = f"{error}; retrying"
+            return self._failed(ctx, "False", "UpdateRefused", message, stalled=True)
         except ProviderUnreachable as error:
             return self._failed(ctx, "False", "ProviderUnreachable", f"{error}; retrying")
         except ConcurrentChange as error:
@@ -129,9 +132,15 @@ class DNSPart:
         return self._published(ctx, provider.description, desired, result)
 
     def _failed(
-        self, ctx: ReconcileContext, status: ConditionStatus, reason: str, message: str
+        self,
+        ctx: ReconcileContext,
+        status: ConditionStatus,
+        reason: str,
+        message: str,
+        *,
+        stalled: bool = False,
     ) -> PartResult:
-        verdict = Verdict(DNS_READY, status, reason, message)
+        verdict = Verdict(DNS_READY, status, reason, message, stalled=stalled)
         return PartResult(
             [verdict],
             retry_after=self._backoff.next(ctx.uid),
@@ -181,6 +190,7 @@ class DNSPart:
                 f"{len(plan.conflicts)} RRsets exist in {where} and are not mailward's; they "
                 f"are left as they are (remove them, or the record from the spec): "
                 f"{listed}{more}",
+                stalled=True,
             )
         elif ctx.spec.dane.enabled and any(" TLSA:" in u for u in result.unpublished):
             verdict = Verdict(
@@ -189,6 +199,7 @@ class DNSPart:
                 "TLSAUnsupported",
                 f"{provider} cannot publish TLSA records, which DANE (spec.dane) needs: use a "
                 f"provider with rfc2136; the other records are published in {where}",
+                stalled=True,
             )
         else:
             extra = (

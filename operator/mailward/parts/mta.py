@@ -29,7 +29,7 @@ from mailward.adapters.mailservers import MailServerDirectory
 from mailward.adapters.workloads import StatefulSetObservation, WorkloadClient
 from mailward.api.mta import DEFAULT_MTA_IMAGE
 from mailward.api.v1alpha1 import KIND, MXHost
-from mailward.attachment import ServerKey, decide
+from mailward.attachment import MAILSERVER_NOT_FOUND, ServerKey, decide
 from mailward.conditions import Verdict
 from mailward.parts import RECORDS_CHANGED, Event, FleetAttachment, PartResult, ReconcileContext
 from mailward.parts.backoff import Backoff
@@ -127,7 +127,7 @@ class MTAPart:
                 what = f"{manifest['kind']} {manifest['metadata']['name']}"
                 message = f"the API server refused {what}: {_api_message(error)}"
                 return PartResult(
-                    [Verdict(MTA_READY, "False", "ApplyRefused", message)],
+                    [Verdict(MTA_READY, "False", "ApplyRefused", message, stalled=True)],
                     status={"mailServer": None},
                     retry_after=self._backoff.next(ctx.uid),
                 )
@@ -161,7 +161,12 @@ class MTAPart:
         labels = await self._mail_servers.namespace_labels(ctx.namespace)
         attachment = decide(ctx.namespace, key, observed.spec, labels, server_found=observed.found)
         if not attachment.allowed or observed.spec is None:
-            verdict = Verdict(MTA_READY, "False", attachment.reason, attachment.message)
+            # A fleet that does not exist yet may come; one that refuses the namespace, or has
+            # an invalid spec, changes its mind only when a person edits it.
+            waiting = attachment.reason == MAILSERVER_NOT_FOUND
+            verdict = Verdict(
+                MTA_READY, "False", attachment.reason, attachment.message, stalled=not waiting
+            )
             previous = next((c for c in ctx.status.conditions if c.type == MTA_READY), None)
             events = []
             if previous is None or previous.reason != attachment.reason:
