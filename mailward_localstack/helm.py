@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import functools
 import subprocess
 from pathlib import Path
 
 from mailward_localstack._process import StackError
-from mailward_localstack.controlplane import repo_root
+from mailward_localstack.gotools import tool_path
 
 
-@functools.cache
 def helm_path() -> Path:
-    script = repo_root() / "tools" / "helm" / "build.sh"
-    result = subprocess.run(
-        ["bash", str(script)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True
-    )
-    lines = result.stdout.split()
-    if result.returncode != 0 or not lines:
-        raise StackError(f"{script} failed (exit code {result.returncode})")
-    return Path(lines[-1]) / "helm"
+    return tool_path("helm", "helm")
 
 
 def helm(kubeconfig: Path | None, *args: str, timeout: float = 600) -> str:

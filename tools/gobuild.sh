@@ -9,7 +9,8 @@ key_module="$2"
 shift 2
 version="$(awk -v m="$key_module" '$1==m {print $2; exit} $1=="require" && $2==m {print $3; exit}' "$module_dir/go.mod")"
 [[ -n "$version" ]] || { echo "gobuild.sh: $key_module not required in $module_dir/go.mod" >&2; exit 1; }
-sum_key="$(sha256sum "$module_dir/go.sum" | cut -c1-12)"
+# go.sum and the module's own Go files: a tool with code of its own is rebuilt when it changes.
+sum_key="$(cd "$module_dir" && cat go.sum $(find . -name '*.go' ! -name tools.go | LC_ALL=C sort) | sha256sum | cut -c1-12)"
 cache_root="${MAILWARD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mailward}"
 out="$cache_root/$(basename "$module_dir")/$version-$sum_key"
 missing=0

@@ -1,0 +1,188 @@
+"""kstatus and Argo CD's health script agree on live MailDomains and MailServers.
+
+Both are computed by the tools' own code (sigs.k8s.io/cli-utils kstatus and gopher-lua running
+charts/mailward/files/argocd-health.lua) on objects read back from the API server while the
+operator works on them: in progress right after apply, done once Ready, failed for a spec that
+got past admission, in progress again after an edit until it is reconciled.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from mailward_localstack.pki import LocalCA
+from tests.fixtures_dnspublish import tls_secret_manifest
+from tests.fixtures_mta import set_statefulset_ready
+from tests.fixtures_operator import Kube, OperatorProcess
+from tests.gitops_health import Health, health_of
+from tests.manifests import INVALID_CASES, valid_maildomain
+
+pytestmark = pytest.mark.controlplane
+
+IN_PROGRESS = ("InProgress", "Progressing")
+CURRENT = ("Current", "Healthy")
+FAILED = ("Failed", "Degraded")
+
+
+def _maildomain(namespace: str) -> dict[str, Any]:
+    body = valid_maildomain(namespace=namespace)
+    del body["spec"]["dns"]  # the operator loop is what is looked at here, not DNS
+    return body
+
+
+def _mta_runs(kube: Kube, namespace: str) -> None:
+    """Play the kubelet for the MTA StatefulSet (this control plane has none)."""
+    kube.wait_for(
+        "the MTA StatefulSet",
+        lambda: "example-mta" in kube.kubectl("get", "statefulsets", "-n", namespace).stdout,
+    )
+    set_statefulset_ready(kube.api, namespace, "example-mta")
+
+
+def _health(kube: Kube, namespace: str, name: str = "example") -> Health:
+    (found,) = health_of([kube.get_maildomain(namespace, name)])
+    return found
+
+
+def _wait_health(kube: Kube, namespace: str, wanted: tuple[str, str]) -> Health:
+    deadline = time.monotonic() + 60
+    while True:
+        found = _health(kube, namespace)
+        if found.pair == wanted:
+            return found
+        if time.monotonic() > deadline:
+            conditions = kube.get_maildomain(namespace, "example")["status"].get("conditions")
+            raise AssertionError(f"not {wanted} within 60 s: {found}; conditions: {conditions}")
+        time.sleep(0.5)
+
+
+def test_a_maildomain_from_apply_to_ready_and_through_an_edit(
+    kube: Kube, namespace: str, operator: OperatorProcess, local_ca: LocalCA
+) -> None:
+    cert = local_ca.issue_server_cert(["mx1.example.test", "mx2.example.test"])
+    kube.apply(tls_secret_manifest(namespace, cert, "mx-example-test-tls"))
+    kube.apply(_maildomain(namespace))
+    # Read at once, before the operator can have written anything: the CRD's status default
+    # makes even this first read InProgress, never Current.
+    first = _health(kube, namespace)
+    assert first.pair == IN_PROGRESS, first
+    seen: set[tuple[str, str]] = set()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        seen.add(_health(kube, namespace).pair)
+        body = kube.get_maildomain(namespace, "example")
+        if any(c["type"] == "Reconciling" for c in body.get("status", {}).get("conditions", [])):
+            break
+        time.sleep(0.2)
+    # While the MTA StatefulSet has no ready pod, both say in progress, with the reason.
+    waiting = _wait_health(kube, namespace, IN_PROGRESS)
+    assert seen == {IN_PROGRESS}, seen
+    _mta_runs(kube, namespace)
+    done = _wait_health(kube, namespace, CURRENT)
+    assert "Reconciled" in done.argo_message
+
+    # An edit: InProgress until the new generation is reconciled and Ready again.
+    kube.kubectl(
+        "patch", "maildomain", "example", "-n", namespace, "--type=merge",
+        "-p", '{"spec": {"mta": {"messageSizeLimit": 20971520}}}',
+    )  # fmt: skip
+    edited = _health(kube, namespace)
+    assert edited.pair == IN_PROGRESS, edited
+    kube.wait_for(
+        "the MTA StatefulSet changed",
+        lambda: kube.kubectl(
+            "get", "statefulset", "example-mta", "-n", namespace,
+            "-o", "jsonpath={.metadata.generation}",
+        ).stdout == "2",
+    )  # fmt: skip
+    assert _health(kube, namespace).pair == IN_PROGRESS
+    set_statefulset_ready(kube.api, namespace, "example-mta")
+    _wait_health(kube, namespace, CURRENT)
+    print(f"\nwhile waiting: kstatus {waiting.kstatus_message!r}; Argo CD {waiting.argo_message!r}")
+
+
+def test_a_spec_past_admission_but_invalid_is_failed_with_the_field(
+    kube: Kube, namespace: str, operator: OperatorProcess
+) -> None:
+    (case,) = [c for c in INVALID_CASES if c.tier == "model"]
+    manifest = case.manifest(name="example", namespace=namespace)
+    del manifest["spec"]["dns"]
+    kube.apply(manifest)
+    failed = _wait_health(kube, namespace, FAILED)
+    assert case.field in failed.kstatus_message, failed
+    assert case.field in failed.argo_message, failed
+    body = kube.get_maildomain(namespace, "example")
+    conditions = {c["type"]: c for c in body["status"]["conditions"]}
+    assert conditions["Stalled"]["reason"] == "InvalidSpec"
+    assert conditions["Reconciling"]["status"] == "False"
+
+
+def test_the_health_readers_agree_on_every_state_mailward_writes() -> None:
+    """The same objects through both readers; mailward's states only (no cluster needed)."""
+
+    def domain(status: dict[str, Any] | None, generation: int = 2) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "apiVersion": "mailward.io/v1alpha1",
+            "kind": "MailDomain",
+            "metadata": {"name": "d", "namespace": "n", "generation": generation},
+        }
+        if status is not None:
+            body["status"] = status
+        return body
+
+    def conditions(**statuses: str) -> list[dict[str, str]]:
+        return [
+            {"type": kind, "status": status, "reason": "Why", "message": f"{kind} said so"}
+            for kind, status in statuses.items()
+        ]
+
+    cases = {
+        "never written (the CRD default)": (domain({"observedGeneration": 0}), IN_PROGRESS),
+        "work started": (
+            domain(
+                {
+                    "observedGeneration": 2,
+                    "conditions": conditions(Ready="Unknown", Reconciling="True", Stalled="False"),
+                }
+            ),
+            IN_PROGRESS,
+        ),
+        "an older generation": (
+            domain({"observedGeneration": 1, "conditions": conditions(Ready="True")}),
+            IN_PROGRESS,
+        ),
+        "ready": (
+            domain(
+                {
+                    "observedGeneration": 2,
+                    "conditions": conditions(Ready="True", Reconciling="False", Stalled="False"),
+                }
+            ),
+            CURRENT,
+        ),
+        "stalled": (
+            domain(
+                {
+                    "observedGeneration": 2,
+                    "conditions": conditions(Ready="False", Reconciling="False", Stalled="True"),
+                }
+            ),
+            FAILED,
+        ),
+        "ready before, reconciling an edit": (
+            domain(
+                {
+                    "observedGeneration": 2,
+                    "conditions": conditions(Ready="True", Reconciling="True", Stalled="False"),
+                }
+            ),
+            IN_PROGRESS,
+        ),
+    }
+    found = health_of([body for body, _ in cases.values()])
+    assert {name: h.pair for name, h in zip(cases, found, strict=True)} == {
+        name: wanted for name, (_, wanted) in cases.items()
+    }
