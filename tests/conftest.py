@@ -1,3 +1,9 @@
+"""Fixtures of every tier, and what a failed test prints besides its traceback."""
+
+from collections.abc import Iterator
+
+import pytest
+
 pytest_plugins = [
     "tests.fixtures_controlplane",
     "tests.fixtures_dns",
@@ -9,3 +15,23 @@ pytest_plugins = [
     "tests.fixtures_policy",
     "tests.fixtures_cluster",
 ]
+
+
+# A failed test against the operator process shows the end of its log: a flake seen only in CI
+# is then explained by the run that saw it.
+OPERATOR_LOG_LINES = 150
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.when != "call" or not report.failed:
+        return
+    # Imported here: a plugin module imported by conftest itself loses pytest's assert rewriting.
+    from tests.fixtures_operator import OperatorProcess
+
+    operator = getattr(item, "funcargs", {}).get("operator")
+    if isinstance(operator, OperatorProcess):
+        tail = operator.log().splitlines()[-OPERATOR_LOG_LINES:]
+        report.sections.append((f"operator log, last {len(tail)} lines", "\n".join(tail)))
