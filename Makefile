@@ -45,15 +45,15 @@ gitops-tools: ## build `health` (kstatus, Argo CD's Lua) once per machine (cache
 images: system-deps ## build the pause, mta and mailward images (cached by content in ~/.cache/mailward/images)
 	for image in pause mta mailward; do images/build.sh $$image >/dev/null; done
 
-crds: venv ## regenerate crds/ and the chart's copy from the pydantic models
+crds: venv ## regenerate crds/, the chart's CRD templates and values.schema.json from the pydantic models
 	$(BIN)/mailward crds --output crds
-	$(BIN)/mailward crds --output charts/mailward/crds
+	$(BIN)/mailward crds --chart --output charts/mailward
 
 lint: venv ## ruff, mypy --strict, and CRD drift
 	$(BIN)/ruff check operator mailward_localstack tests
 	$(BIN)/mypy
 	$(BIN)/mailward crds --check --output crds
-	$(BIN)/mailward crds --check --output charts/mailward/crds
+	$(BIN)/mailward crds --check --chart --output charts/mailward
 
 test-unit: venv ## pure tests, no servers
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)

@@ -153,9 +153,9 @@ def up(
     env_file: Path | None,
     layout: StackLayout = StackLayout(),
     *,
-    extra_env: dict[str, str] | None = None,
+    values: dict[str, Any] | None = None,
 ) -> Stack:
-    """Start it all; `extra_env` goes to the operator's container (the tests' short resync)."""
+    """Start it all; `values` are merged over the chart values (the tests' short resync)."""
     state_dir = state_dir.resolve()
     stopped = _stop_everything(state_dir)
     if stopped:
@@ -194,7 +194,7 @@ def up(
         node.start(images.values())
         _say("node 127.0.0.1: containerd, kubelet, kube-controller-manager, kube-scheduler")
         stack = Stack(state_dir, layout, plane, ca, images)
-        _install(stack, dns_stack, extra_env or {})
+        _install(stack, dns_stack, values or {})
     except BaseException:
         _stop_everything(state_dir)
         raise
@@ -204,7 +204,7 @@ def up(
     return stack
 
 
-def _install(stack: Stack, dns_stack: DNSStack, extra_env: dict[str, str]) -> None:
+def _install(stack: Stack, dns_stack: DNSStack, overrides: dict[str, Any]) -> None:
     """The example's Secrets, then the chart, then the DNSProvider (its CRD comes with it)."""
     layout, kubeconfig, ca = stack.layout, stack.kubeconfig, stack.ca
     for namespace in {layout.namespace, RELEASE_NAMESPACE}:
@@ -221,18 +221,9 @@ def _install(stack: Stack, dns_stack: DNSStack, extra_env: dict[str, str]) -> No
     )
     apply_tls_secret(kubeconfig, RELEASE_NAMESPACE, tls_secret_name(layout.domain), policy_cert)
 
-    # Helm installs a chart's crds/ only on first install and never upgrades them: a state
-    # directory from an earlier version would keep old CRDs (and lack new kinds) forever.
-    crds = repo_root() / "charts" / "mailward" / "crds"
-    kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(crds))
-    names = [
-        f"{p.stem.split('_', 1)[1]}.{p.stem.split('_', 1)[0]}" for p in sorted(crds.glob("*.yaml"))
-    ]
-    wait_established(kubeconfig, *names)
-    _say(f"CRDs applied from {crds.relative_to(repo_root())} ({len(names)})")
-
+    _adopt_crds(kubeconfig)
     values_file = stack.state_dir / "values.yaml"
-    values = chart_values(stack, dns_stack, extra_env)
+    values = merged(chart_values(stack, dns_stack), overrides)
     # JSON (which YAML reads) quotes every string: an image tag of digits only, such as a
     # content hash `076936462988`, written as plain YAML, would reach helm as a number.
     values_file.write_text(json.dumps(values, indent=2) + "\n")
@@ -244,10 +235,48 @@ def _install(stack: Stack, dns_stack: DNSStack, extra_env: dict[str, str]) -> No
         "--wait", "--timeout", "180s",
     )  # fmt: skip
     _say(f"helm: release {RELEASE} in {RELEASE_NAMESPACE} (values {values_file})")
+    wait_established(kubeconfig, *CRD_NAMES)
     create_dns_provider(kubeconfig, stack.state_dir / "dns", layout.namespace)
 
 
-def chart_values(stack: Stack, dns_stack: DNSStack, extra_env: dict[str, str]) -> dict[str, Any]:
+CRD_NAMES = tuple(
+    f"{plural}.mailward.io"
+    for plural in ("maildomains", "mailservers", "dnsproviders", "clusterdnsproviders")
+)
+
+
+def _adopt_crds(kubeconfig: Path) -> None:
+    """CRDs that an older state directory applied with kubectl become the release's.
+
+    The chart installs its CRDs as templates now; helm takes over an existing object only when
+    it carries the release's ownership label and annotations (what a person upgrading from a
+    chart version with crds/ does by hand, see the README).
+    """
+    for name in CRD_NAMES:
+        if not kubectl(kubeconfig, "get", "crd", name, "--ignore-not-found", "-o", "name"):
+            continue
+        kubectl(
+            kubeconfig, "label", "crd", name, "--overwrite", "app.kubernetes.io/managed-by=Helm"
+        )
+        kubectl(
+            kubeconfig, "annotate", "crd", name, "--overwrite",
+            f"meta.helm.sh/release-name={RELEASE}",
+            f"meta.helm.sh/release-namespace={RELEASE_NAMESPACE}",
+        )  # fmt: skip
+
+
+def merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `overrides` laid over it, maps merged key by key as helm merges values."""
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def chart_values(stack: Stack, dns_stack: DNSStack) -> dict[str, Any]:
     """The chart's values for this cluster: host network, loopback addresses, local images."""
     layout = stack.layout
     repository, _, tag = stack.images["mailward"].ref.rpartition(":")
@@ -259,6 +288,8 @@ def chart_values(stack: Stack, dns_stack: DNSStack, extra_env: dict[str, str]) -
             "replicas": 1,
             "hostNetwork": {"addresses": [layout.policy_endpoint]},
             "url": f"https://{layout.policy_endpoint}:443",
+            # The policy endpoint's certificates chain to the local CA too.
+            "caFile": "/etc/mailward/ca/ca.crt",
         },
         "tlsrptCollector": {
             "hostNetwork": True,
@@ -274,17 +305,8 @@ def chart_values(stack: Stack, dns_stack: DNSStack, extra_env: dict[str, str]) -
             },
         },
         "compliance": {"resolver": layout.resolver, "caBundle": stack.ca.ca_file.read_text()},
-        "extraEnv": [
-            {"name": name, "value": value}
-            for name, value in {
-                # A person watching the demo should not wait the production retry delays.
-                "MAILWARD_MTA_RETRY_SECONDS": "3",
-                "MAILWARD_TLSRPT_RETRY_SECONDS": "5",
-                # The policy endpoint's certificates chain to the local CA too.
-                "MAILWARD_POLICY_CA_FILE": "/etc/mailward/ca/ca.crt",
-                **extra_env,
-            }.items()
-        ],
+        # A person watching the demo should not wait the production retry delays.
+        "reconcile": {"mtaRetrySeconds": 3, "tlsrptRetrySeconds": 5},
     }
 
 

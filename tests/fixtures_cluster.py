@@ -67,7 +67,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             state_dir,
             None,
             StackLayout(net=NODE_NET, extra_zones=destination_zones(NODE_NET)),
-            extra_env={"MAILWARD_RESYNC_SECONDS": str(RESYNC_SECONDS)},
+            values={"reconcile": {"resyncSeconds": RESYNC_SECONDS}},
         )
     finally:
         down(state_dir)

@@ -30,6 +30,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     crds = commands.add_parser("crds", help="generate the CRDs from the models")
     crds.add_argument("--output", type=Path, default=Path("crds"), help="directory (crds/)")
     crds.add_argument(
+        "--chart",
+        action="store_true",
+        help="--output is the chart: its CRD templates and values.schema.json",
+    )
+    crds.add_argument(
         "--check", action="store_true", help="exit 1 if the files differ from the models"
     )
 
@@ -70,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         return _run(args.namespace, args.liveness)
     if args.command == "crds":
-        return _crds(args.output, args.check)
+        return _crds(args.output, args.check, chart=args.chart)
     if args.command == "serve-policies":
         return _serve_policies(args)
     if args.command in ("collect-reports", "reports"):
@@ -111,15 +116,15 @@ def _serve_policies(args: argparse.Namespace) -> int:
     return run(config)
 
 
-def _crds(output: Path, check: bool) -> int:
+def _crds(output: Path, check: bool, *, chart: bool) -> int:
     from mailward.api.crd import stale_crds, write_crds
 
     if check:
-        stale = stale_crds(output)
+        stale = stale_crds(output, chart=chart)
         for name in stale:
             print(f"{output / name} differs from the models; run `make crds`", file=sys.stderr)
         return 1 if stale else 0
-    for path in write_crds(output):
+    for path in write_crds(output, chart=chart):
         print(path)
     return 0
 

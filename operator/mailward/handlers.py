@@ -15,6 +15,7 @@ from typing import Any, cast
 import kopf
 
 from mailward import fleet_handlers as fleet_handlers  # registers the MailServer handlers
+from mailward import provider_handlers as provider_handlers  # and the DNS providers'
 from mailward.adapters.kube import KubeSecretObserver, load_client_config
 from mailward.adapters.mailservers import KubeMailServerDirectory
 from mailward.adapters.status_writer import RECONCILER, KubeStatusWriter, StatusWriter

@@ -70,12 +70,11 @@ HOST_NUMBERS = (35, 36)  # .31 is the demo MailServer's (StackLayout.fleet_mx)
 SENDER = "probe@sender.test"
 API = "mailward.io/v1alpha1"
 SERVER = ("fleet", "-n", SERVER_NS)
-OPERATOR_ENV = {
-    "MAILWARD_RESYNC_SECONDS": "300",
-    "MAILWARD_COMPLIANCE_LABEL_SELECTOR": "bench.mailward.io/compliance=yes",
-    "MAILWARD_TLSRPT_RETRY_SECONDS": "3600",
+OPERATOR_VALUES = {
+    "reconcile": {"resyncSeconds": 300, "tlsrptRetrySeconds": 3600},
+    "compliance": {"labelSelector": "bench.mailward.io/compliance=yes"},
     # Last in the container's env, so it wins over the chart's: no policy fetch per domain.
-    "MAILWARD_POLICY_ENDPOINT_URL": "",
+    "extraEnv": [{"name": "MAILWARD_POLICY_ENDPOINT_URL", "value": ""}],
 }
 OPERATOR_MEMORY = "1Gi"  # the chart's 256Mi: OOMKilled, over and over, with 1,000 MailDomains
 OPERATOR_PODS = "app.kubernetes.io/name=mailward,app.kubernetes.io/instance=mailward"
@@ -318,7 +317,7 @@ def cluster_rows(count: int, runs: int, rolls: int) -> None:
     added: list[str] = []
     try:
         began = time.monotonic()
-        stack = up(STATE, None, LAYOUT, extra_env=OPERATOR_ENV)
+        stack = up(STATE, None, LAYOUT, values=OPERATOR_VALUES)
         say(f"stack up in {time.monotonic() - began:.0f}s")
         added = [a for a in map(LAYOUT.address, HOST_NUMBERS) if ensure_loopback_address(a)]
         measure(stack, count, runs, rolls)

@@ -32,8 +32,26 @@ def test_chart_lints() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_chart_crds_are_the_generated_ones() -> None:
-    assert stale_crds(CHART / "crds") == [], "charts/mailward/crds drifted: run `make crds`"
+def test_chart_crds_and_values_schema_are_the_generated_ones() -> None:
+    assert stale_crds(CHART, chart=True) == [], "the chart drifted from the models: `make crds`"
+
+
+@pytest.mark.parametrize(
+    ("value", "named"),
+    [
+        ("reconcile.resyncSecond=30", "'/reconcile': additional properties 'resyncSecond'"),
+        ("replicas=two", "'/replicas': got string, want integer"),
+        ("tlsrptCollector.serviceType=Public", "'/tlsrptCollector/serviceType'"),
+    ],
+)
+def test_a_wrong_value_is_refused_with_its_path(value: str, named: str) -> None:
+    result = subprocess.run(
+        [helm(), "lint", str(CHART), "--kube-version", KUBE_VERSION, "--set", value],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0
+    assert named in result.stdout + result.stderr, result.stdout + result.stderr
 
 
 def test_rendered_chart_is_accepted_by_the_api_server(kube: Kube) -> None:
@@ -77,7 +95,8 @@ def test_tlsrpt_collector_values_reach_the_operator() -> None:
         render("tlsrptCollector.enabled=false", "tlsrptCollector.url=http://c:9108", crds=False)
     )
     assert {k: v for k, v in own.items() if k.startswith("MAILWARD_TLSRPT_")} == {
-        "MAILWARD_TLSRPT_COLLECTOR_URL": "http://c:9108"
+        "MAILWARD_TLSRPT_COLLECTOR_URL": "http://c:9108",
+        "MAILWARD_TLSRPT_RETRY_SECONDS": "60",
     }
     lb = _operator_env(render("tlsrptCollector.serviceType=LoadBalancer", crds=False))
     assert lb["MAILWARD_TLSRPT_SERVICE_TYPE"] == "LoadBalancer"

@@ -8,13 +8,21 @@ got past admission, in progress again after an edit until it is reconciled.
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from typing import Any
 
 import pytest
 
+from mailward_localstack._process import free_port
+from mailward_localstack.dns import DNSStack
 from mailward_localstack.pki import LocalCA
-from tests.fixtures_dnspublish import tls_secret_manifest
+from tests.fixtures_dnspublish import (
+    dns_provider_manifest,
+    tls_secret_manifest,
+    tsig_secret_manifest,
+)
 from tests.fixtures_mta import set_statefulset_ready
 from tests.fixtures_operator import Kube, OperatorProcess
 from tests.gitops_health import Health, health_of
@@ -186,3 +194,57 @@ def test_the_health_readers_agree_on_every_state_mailward_writes() -> None:
     assert {name: h.pair for name, h in zip(cases, found, strict=True)} == {
         name: wanted for name, (_, wanted) in cases.items()
     }
+
+
+def _provider(
+    dns_stack: DNSStack, namespace: str, name: str, secret: str, *, port: int | None = None
+) -> dict[str, Any]:
+    body = dns_provider_manifest(dns_stack, namespace, name)
+    body["spec"]["rfc2136"]["tsigSecretRef"]["name"] = secret
+    if port is not None:
+        body["spec"]["rfc2136"]["nameserver"]["port"] = port
+    return body
+
+
+def _wait_provider(kube: Kube, namespace: str, name: str, wanted: tuple[str, str]) -> Any:
+    deadline = time.monotonic() + 60
+    while True:
+        body = json.loads(
+            kube.kubectl("get", "dnsprovider", name, "-n", namespace, "-o", "json").stdout
+        )
+        (found,) = health_of([body])
+        if found.pair == wanted:
+            return {c["type"]: c for c in body["status"]["conditions"]}
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{name} not {wanted} in 60 s: {found}; {body.get('status')}")
+        time.sleep(0.5)
+
+
+def test_a_dns_provider_is_ready_only_when_its_server_accepts_its_key(
+    kube: Kube, namespace: str, operator: OperatorProcess, dns_stack: DNSStack
+) -> None:
+    kube.apply(tsig_secret_manifest(namespace, dns_stack.tsig.secret, "right-tsig"))
+    # Another 32-byte secret under the same key name: the server's signature check fails.
+    wrong = base64.b64encode(bytes(32)).decode()
+    kube.apply(tsig_secret_manifest(namespace, wrong, "wrong-tsig"))
+    kube.apply(_provider(dns_stack, namespace, "right", "right-tsig"))
+    kube.apply(_provider(dns_stack, namespace, "wrong", "wrong-tsig"))
+    kube.apply(
+        _provider(
+            dns_stack,
+            namespace,
+            "silent",
+            "right-tsig",
+            port=free_port(dns_stack.authoritative.address),
+        )
+    )
+
+    right = _wait_provider(kube, namespace, "right", CURRENT)["Ready"]
+    assert (right["reason"], right["status"]) == ("Verified", "True")
+    assert "accepts TSIG key" in right["message"]
+    stalled = _wait_provider(kube, namespace, "wrong", FAILED)["Stalled"]
+    assert stalled["reason"] == "KeyRejected"
+    assert "wrong-tsig" in stalled["message"], stalled  # names the Secret to fix
+    silent = _wait_provider(kube, namespace, "silent", IN_PROGRESS)
+    assert silent["Reconciling"]["reason"] == "ServerUnreachable"
+    assert silent["Stalled"]["status"] == "False"

@@ -66,3 +66,8 @@ class DNSProvider(Protocol):
     async def release(self, owner: Owner, domain: str) -> PublishResult:
         """Remove every record the owner created, and nothing else."""
         ...
+
+    async def verify(self) -> str:
+        """That the provider can be used (the server answers, the key is accepted), said for a
+        person; raises ProviderUnreachable or UpdateRefused like `publish`."""
+        ...

@@ -182,7 +182,41 @@ class RFC2136Provider:
     async def release(self, owner: Owner, domain: str) -> PublishResult:
         return await asyncio.to_thread(self._sync, owner, domain, ())
 
+    async def verify(self) -> str:
+        return await asyncio.to_thread(self._verify)
+
     # -- blocking work, in a thread --------------------------------------------------------
+
+    def _verify(self) -> str:
+        """A query signed with the key, for the root's SOA (no zone is needed): a server that
+        does not know the key or the secret answers with a TSIG error, one that does signs its
+        answer, whatever it says about the root."""
+        query = dns.message.make_query(dns.name.root, dns.rdatatype.SOA)
+        query.flags &= ~dns.flags.RD
+        query.use_tsig(self._key)
+        try:
+            response = _exchange_tcp(self.config, query)
+        except (OSError, EOFError, dns.exception.Timeout) as error:
+            raise ProviderUnreachable(
+                f"no answer from {self.config.server}: {error or type(error).__name__}"
+            ) from None
+        tsig_error = response.tsig_error if response.had_tsig or response.tsig else 0
+        if tsig_error or response.rcode() == dns.rcode.NOTAUTH:
+            why = _TSIG_ERRORS.get(tsig_error, "BADSIG") if tsig_error else "BADSIG"
+            raise UpdateRefused(
+                f"{self.config.server} rejects the TSIG key: {_tsig_advice(self.config, why)}"
+            )
+        if not response.had_tsig:
+            raise UpdateRefused(
+                f"{self.config.server} answered without signing: it does not use TSIG key "
+                f"{self.config.key_name!r}"
+            )
+        return (
+            f"{self.config.server} answers and accepts TSIG key {self.config.key_name!r} "
+            f"({self.config.algorithm})"
+        )
+
+    # -- publishing --------------------------------------------------------
 
     def _sync(
         self,

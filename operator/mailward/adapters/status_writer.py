@@ -42,24 +42,28 @@ class KubeStatusWriter:
     async def apply_status(
         self, namespace: str, name: str, status: dict[str, Any], *, field_manager: str
     ) -> None:
-        api = self._api
+        """`namespace` empty: a cluster-scoped object (ClusterDNSProvider)."""
+        metadata = {"name": name, "namespace": namespace} if namespace else {"name": name}
         body = {
             "apiVersion": f"{API_GROUP}/{API_VERSION}",
             "kind": self._kind,
-            "metadata": {"name": name, "namespace": namespace},
+            "metadata": metadata,
             "status": status,
         }
-        await asyncio.to_thread(
-            api.patch_namespaced_custom_object_status,
-            API_GROUP,
-            API_VERSION,
-            namespace,
-            self._plural,
-            name,
-            body,
-            field_manager=field_manager,
-            # Each writer is the only one that sets its fields; force settles the fields that
-            # a merge patch of an older operator version left without an applier.
-            force=True,
-            _content_type="application/apply-patch+yaml",
-        )
+        # Each writer is the only one that sets its fields; force settles the fields that a
+        # merge patch of an older operator version left without an applier.
+        options: dict[str, Any] = {
+            "field_manager": field_manager,
+            "force": True,
+            "_content_type": "application/apply-patch+yaml",
+        }
+        if namespace:
+            await asyncio.to_thread(
+                self._api.patch_namespaced_custom_object_status,
+                API_GROUP, API_VERSION, namespace, self._plural, name, body, **options,
+            )  # fmt: skip
+        else:
+            await asyncio.to_thread(
+                self._api.patch_cluster_custom_object_status,
+                API_GROUP, API_VERSION, self._plural, name, body, **options,
+            )  # fmt: skip

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel
 
 from mailward.api import v1alpha1
+from mailward.api.chart_values import values_schema_text
 
 JSONSchema = dict[str, Any]
 
@@ -178,7 +179,7 @@ def mailserver_crd() -> JSONSchema:
 
 
 def dns_provider_crd(*, cluster: bool) -> JSONSchema:
-    """DNSProvider (namespaced) or ClusterDNSProvider: spec only, as cert-manager's issuers."""
+    """DNSProvider (namespaced) or ClusterDNSProvider, like cert-manager's issuers."""
     from mailward.api import dnsprovider
 
     if cluster:
@@ -195,6 +196,7 @@ def dns_provider_crd(*, cluster: bool) -> JSONSchema:
         cluster=cluster,
         description=(spec_model.__doc__ or "").strip(),
         spec_model=spec_model,
+        status_model=dnsprovider.ProviderStatus,
         columns=dnsprovider.ProviderResource.printer_columns,
     )
 
@@ -213,20 +215,52 @@ def render_crds() -> dict[str, str]:
     }
 
 
-def write_crds(directory: Path) -> list[Path]:
-    directory.mkdir(parents=True, exist_ok=True)
-    written = []
+# The chart installs the CRDs as templates (Helm never upgrades a chart's crds/ directory), so
+# an upgrade of the release upgrades them; `crds.keep` makes `helm uninstall` leave them.
+_CHART_CRD_METADATA = """  labels:
+    {{- include "mailward.labels" . | nindent 4 }}
+  {{- if .Values.crds.keep }}
+  annotations:
+    helm.sh/resource-policy: keep
+  {{- end }}
+"""
+
+
+def render_chart_files() -> dict[str, str]:
+    """Path in the chart → text: the CRDs as templates, and values.schema.json."""
+    files = {}
     for name, text in render_crds().items():
+        if "{{" in text:
+            raise ValueError(f"{name}: a description holds '{{{{', which helm would expand")
+        header, _, body = text.partition("\n")
+        name_line = next(line for line in body.splitlines() if line.startswith("  name: "))
+        body = body.replace(f"{name_line}\n", f"{name_line}\n{_CHART_CRD_METADATA}", 1)
+        files[f"templates/crds/{name}"] = (
+            f"{header}\n{{{{- if .Values.crds.install }}}}\n{body}{{{{- end }}}}\n"
+        )
+    files["values.schema.json"] = values_schema_text()
+    return files
+
+
+def _generated(chart: bool) -> dict[str, str]:
+    return render_chart_files() if chart else render_crds()
+
+
+def write_crds(directory: Path, *, chart: bool = False) -> list[Path]:
+    """Write the CRDs into `directory` (crds/), or with `chart` the chart's generated files."""
+    written = []
+    for name, text in _generated(chart).items():
         path = directory / name
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         written.append(path)
     return written
 
 
-def stale_crds(directory: Path) -> list[str]:
-    """Names of CRD files in `directory` that differ from what the models generate."""
+def stale_crds(directory: Path, *, chart: bool = False) -> list[str]:
+    """Names of generated files in `directory` that differ from what the models generate."""
     stale = []
-    for name, text in render_crds().items():
+    for name, text in _generated(chart).items():
         path = directory / name
         if not path.exists() or path.read_text() != text:
             stale.append(name)

@@ -8,16 +8,17 @@ how DNS is configured, without seeing the key.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Final, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
 from mailward.api.base import OBJECT_NAME_PATTERN, _Model
+from mailward.api.status import Condition
 from mailward.api.v1alpha1 import API_GROUP
 
-DNS_PROVIDER_KIND = "DNSProvider"
+DNS_PROVIDER_KIND: Final = "DNSProvider"
 DNS_PROVIDER_PLURAL = "dnsproviders"
-CLUSTER_DNS_PROVIDER_KIND = "ClusterDNSProvider"
+CLUSTER_DNS_PROVIDER_KIND: Final = "ClusterDNSProvider"
 CLUSTER_DNS_PROVIDER_PLURAL = "clusterdnsproviders"
 
 # A TSIG key name is a domain name (RFC 8945 §4.2), often a single label such as `mailward-update`.
@@ -136,8 +137,32 @@ class ClusterDNSProviderSpec(_ProviderSpecBase):
     rfc2136: ClusterRFC2136 | None = Field(default=None, description=ClusterRFC2136.__doc__)
 
 
+class ProviderStatus(_Model):
+    """Whether the provider can be used, as the operator last verified it."""
+
+    model_config = ConfigDict(extra="ignore", strict=False)
+
+    observed_generation: int = Field(
+        default=0, ge=0, description="The `.metadata.generation` last verified."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        max_length=8,
+        description="`Ready` (the server answers and accepts the key), `Reconciling`, `Stalled`.",
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["type"],
+        },
+    )
+
+
 class ProviderResource:
     printer_columns: ClassVar[list[dict[str, Any]]] = [
+        {
+            "name": "Ready",
+            "type": "string",
+            "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
+        },
         {"name": "Server", "type": "string", "jsonPath": ".spec.rfc2136.nameserver.host"},
         {"name": "Key", "type": "string", "jsonPath": ".spec.rfc2136.tsigKeyName"},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
@@ -152,4 +177,5 @@ __all__ = [
     "DNS_PROVIDER_PLURAL",
     "ClusterDNSProviderSpec",
     "DNSProviderSpec",
+    "ProviderStatus",
 ]
