@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
 import time
 from typing import Any
 
 import pytest
 
 from mailward_localstack._process import free_port
+from mailward_localstack.controlplane import kubectl_path
 from mailward_localstack.dns import DNSStack
 from mailward_localstack.pki import LocalCA
 from tests.fixtures_dnspublish import (
@@ -85,12 +87,23 @@ def test_a_maildomain_from_apply_to_ready_and_through_an_edit(
         if any(c["type"] == "Reconciling" for c in body.get("status", {}).get("conditions", [])):
             break
         time.sleep(0.2)
-    # While the MTA StatefulSet has no ready pod, both say in progress, with the reason.
+    # While the MTA StatefulSet has no ready pod, both say in progress, with the reason, and
+    # `kubectl wait` keeps waiting.
     waiting = _wait_health(kube, namespace, IN_PROGRESS)
     assert seen == {IN_PROGRESS}, seen
+    wait = subprocess.Popen(
+        [str(kubectl_path()), "--kubeconfig", str(kube.kubeconfig), "wait", "-n", namespace,
+         "--for=condition=Ready", "maildomain/example", "--timeout=90s"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    time.sleep(3)
+    assert wait.poll() is None, wait.communicate()[0]
     _mta_runs(kube, namespace)
     done = _wait_health(kube, namespace, CURRENT)
     assert "Reconciled" in done.argo_message
+    output, _ = wait.communicate(timeout=60)
+    assert wait.returncode == 0, output
+    assert "condition met" in output
 
     # An edit: InProgress until the new generation is reconciled and Ready again.
     kube.kubectl(
