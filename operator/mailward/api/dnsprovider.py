@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Final, Literal
 from pydantic import ConfigDict, Field, model_validator
 
 from mailward.api.base import OBJECT_NAME_PATTERN, _Model
-from mailward.api.status import Condition
+from mailward.api.status import Condition, conditions_field
 from mailward.api.v1alpha1 import API_GROUP
 
 DNS_PROVIDER_KIND: Final = "DNSProvider"
@@ -145,14 +145,8 @@ class ProviderStatus(_Model):
     observed_generation: int = Field(
         default=0, ge=0, description="The `.metadata.generation` last verified."
     )
-    conditions: list[Condition] = Field(
-        default_factory=list,
-        max_length=8,
-        description="`Ready` (the server answers and accepts the key), `Reconciling`, `Stalled`.",
-        json_schema_extra={
-            "x-kubernetes-list-type": "map",
-            "x-kubernetes-list-map-keys": ["type"],
-        },
+    conditions: list[Condition] = conditions_field(
+        "`Ready` (the server answers and accepts the key), `Reconciling`, `Stalled`.", max_length=8
     )
 
 

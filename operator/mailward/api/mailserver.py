@@ -24,7 +24,7 @@ from mailward.api.base import (
     section,
 )
 from mailward.api.mta import IMAGE_PATTERN, MTAResources, MTAStorage
-from mailward.api.status import Condition
+from mailward.api.status import Condition, conditions_field
 
 MAILSERVER_KIND = "MailServer"
 MAILSERVER_PLURAL = "mailservers"
@@ -307,14 +307,8 @@ class MailServerStatus(_Model):
     observed_generation: int = Field(
         default=0, ge=0, description="The `.metadata.generation` last reconciled."
     )
-    conditions: list[Condition] = Field(
-        default_factory=list,
-        max_length=16,
-        description="`Ready` and the fleet's conditions.",
-        json_schema_extra={
-            "x-kubernetes-list-type": "map",
-            "x-kubernetes-list-map-keys": ["type"],
-        },
+    conditions: list[Condition] = conditions_field(
+        "`Ready` and the fleet's conditions.", max_length=16
     )
     attached_domains: int = Field(default=0, ge=0, description="MailDomains the fleet serves.")
     refused_domains: int = Field(

@@ -4,7 +4,7 @@ compliance_status.py and tlsrpt_status.py)."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -33,6 +33,21 @@ class MTASTSStatus(_Model):
 
 
 ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+def conditions_field(description: str, *, max_length: int) -> Any:
+    """`status.conditions`: a list-map keyed by `type`, so that server-side apply merges the
+    entries of different writers (the reconciler's and the compliance daemon's) instead of
+    replacing the list."""
+    return Field(
+        default_factory=list,
+        max_length=max_length,
+        description=description,
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["type"],
+        },
+    )
 
 
 class Condition(_Model):
@@ -128,14 +143,8 @@ class MailDomainStatus(_Model):
     observed_generation: int = Field(
         default=0, ge=0, description="The `.metadata.generation` last reconciled."
     )
-    conditions: list[Condition] = Field(
-        default_factory=list,
-        max_length=32,
-        description="`Ready` and the conditions of each part of the domain.",
-        json_schema_extra={
-            "x-kubernetes-list-type": "map",
-            "x-kubernetes-list-map-keys": ["type"],
-        },
+    conditions: list[Condition] = conditions_field(
+        "`Ready` and the conditions of each part of the domain.", max_length=32
     )
     dns: DNSStatus | None = Field(
         default=None, description="The domain's records in DNS (written by the DNS part)."
