@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any, cast
 
 import kopf
@@ -33,7 +34,7 @@ from mailward.conditions import (
     status_document,
     utcnow,
 )
-from mailward.parts import Part, PartResult, ReconcileContext
+from mailward.parts import Part, PartResult, ReconcileContext, ReleasePending
 from mailward.parts.certificate import CertificatePart
 from mailward.parts.compliance import (
     compliance_part_from_env,
@@ -195,12 +196,15 @@ async def resync(**kwargs: Any) -> None:
 
 
 @kopf.on.delete(API_GROUP, API_VERSION, PLURAL)
-async def release(spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, **_: Any) -> None:
+async def release(
+    body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, **_: Any
+) -> None:
     """Release what the MailDomain owns outside the cluster, last part first."""
     try:
         model = parse_spec(spec)
     except InvalidSpec:
         return  # never reconciled, so nothing was created
+    deleting = meta.get("deletionTimestamp")
     ctx = ReconcileContext(
         name=str(meta.get("name")),
         namespace=str(meta.get("namespace") or ""),
@@ -208,9 +212,17 @@ async def release(spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, **_: An
         generation=int(meta.get("generation") or 0),
         spec=model,
         status=parse_status(status),
+        deleting_since=datetime.fromisoformat(deleting) if deleting else None,
     )
-    for part in reversed(parts()):
-        await part.release(ctx)
+    try:
+        for part in reversed(parts()):
+            await part.release(ctx)
+    except ReleasePending as pending:
+        # The bound is counted from deletionTimestamp, so a restarted operator keeps it.
+        raise kopf.TemporaryError(str(pending), delay=pending.delay) from None
+    finally:
+        for event in ctx.release_events:
+            kopf.event(body, type=event.type, reason=event.reason, message=event.message)
 
 
 def _status_after(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
 import time
 import uuid
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from mailward.parts.certificate import CERTIFICATE_CHAIN, parse_chain
 from mailward.parts.dns import desired_for
 from mailward.plan.records import decode_registry, registry_name
 from mailward.render.dns_records import RRset, spki_sha256
+from mailward_localstack.controlplane import kubectl_path
 from mailward_localstack.demo_dns import check, create_dns_provider
 from mailward_localstack.dns import DNSStack
 from mailward_localstack.pki import LocalCA
@@ -431,3 +433,81 @@ def test_drift_and_cleared_conflicts_are_repaired_by_the_resync(
     assert zone[mx_key] == expected[mx_key]
     assert zone[(foreign, "TXT")] == expected[(foreign, "TXT")]
     assert body["status"]["dns"].get("conflicts", []) == []
+
+
+def _deleted_within(kube: Kube, namespace: str, seconds: float) -> float:
+    """Delete the example and wait until it is gone; how long that took."""
+    began = time.monotonic()
+    subprocess.run(
+        [str(kubectl_path()), "--kubeconfig", str(kube.kubeconfig), "delete", "maildomain",
+         "example", "-n", namespace, "--wait=true", f"--timeout={seconds:.0f}s"],
+        check=True, capture_output=True, timeout=seconds + 10,
+    )  # fmt: skip
+    return time.monotonic() - began
+
+
+def _events(kube: Kube, namespace: str, reason: str) -> list[str]:
+    return [
+        e.message or ""
+        for e in kube.core.list_namespaced_event(namespace).items
+        if e.reason == reason and e.involved_object.name == "example"
+    ]
+
+
+def test_deleting_a_domain_whose_zone_is_not_served_finishes_at_once(
+    kube: Kube, operator: OperatorProcess, publish_setup: Callable[..., PublishSetup]
+) -> None:
+    setup = publish_setup(apply=False)
+    typo = setup.domain.replace(".example.test", ".example.invalid")  # a zone nobody serves
+    setup.manifest["spec"]["domain"] = typo
+    kube.apply(setup.manifest)
+    body = _wait_dns(kube, setup.namespace, "False", "UpdateRefused")
+    assert "not authoritative" in _condition(body, "DNSReady")["message"]  # type: ignore[index]
+    took = _deleted_within(kube, setup.namespace, 30)
+    print(f"\nnever published: deleted in {took:.1f}s")
+    assert not _events(kube, setup.namespace, "RecordsLeft")  # nothing was there to leave
+
+
+def test_deleting_a_domain_whose_provider_is_gone_leaves_its_records_and_says_so(
+    kube: Kube,
+    operator: OperatorProcess,
+    dns_stack: DNSStack,
+    publish_setup: Callable[..., PublishSetup],
+) -> None:
+    setup = publish_setup()
+    _wait_dns(kube, setup.namespace, "True", "Published")
+    kube.kubectl("delete", "dnsprovider", "local-bind", "-n", setup.namespace)
+    took = _deleted_within(kube, setup.namespace, 30)
+    print(f"\nprovider gone: deleted in {took:.1f}s")
+    (said,) = kube.wait_for(
+        "a RecordsLeft Event", lambda: _events(kube, setup.namespace, "RecordsLeft")
+    )
+    assert f"of {setup.domain} in zone example.test" in said, said
+    assert "does not exist" in said, said
+    left = _mine(zone_rrsets(dns_stack), setup.domain)
+    assert {r.key for r in _expected(setup)} <= set(left)
+
+
+@pytest.mark.timeout(400)
+def test_a_server_that_never_answers_holds_the_deletion_for_the_withdrawal_timeout(
+    kube: Kube,
+    operator: OperatorProcess,
+    dns_stack: DNSStack,
+    publish_setup: Callable[..., PublishSetup],
+) -> None:
+    setup = publish_setup(apply=False)
+    setup.manifest["spec"]["dns"]["withdrawalTimeout"] = "1m"
+    kube.apply(setup.manifest)
+    _wait_dns(kube, setup.namespace, "True", "Published")
+    bind = dns_stack.authoritative
+    bind.process.stop()
+    try:
+        took = _deleted_within(kube, setup.namespace, 150)
+    finally:
+        bind.process.start()
+        kube.wait_for("BIND to serve again", lambda: _serves(dns_stack), timeout=30)
+    print(f"\nserver down: deleted after {took:.1f}s (withdrawalTimeout 1m)")
+    assert 55 <= took <= 120
+    (said,) = _events(kube, setup.namespace, "RecordsLeft")
+    assert "spec.dns.withdrawalTimeout" in said, said
+    assert "no answer" in said, said

@@ -295,6 +295,16 @@ class DNSSpec(_Model):
         ),
     )
 
+    withdrawal_timeout: Duration = Field(
+        default="10m",
+        description=(
+            "When the MailDomain is deleted, how long mailward keeps trying to withdraw its "
+            "records (the server refuses or does not answer) before it lets the deletion finish "
+            "and leaves them, saying which in a Warning Event `RecordsLeft`. 1m to 168h. "
+            "Default `10m`. Records that were never published need no withdrawal."
+        ),
+    )
+
     @field_validator("dkim")
     @classmethod
     def _dkim_selectors_unique(cls, keys: list[DKIMKey]) -> list[DKIMKey]:

@@ -11,6 +11,7 @@ the status fields it owns, and the handler writes everything at once, only if so
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 from mailward.api.v1alpha1 import MailDomainSpec, MailDomainStatus, MXHost
@@ -35,6 +36,21 @@ class FleetAttachment:
 
 
 @dataclass
+class Event:
+    type: str  # "Normal" or "Warning"
+    reason: str
+    message: str
+
+
+class ReleasePending(Exception):
+    """A part could not release yet and asks to be tried again after `delay` seconds."""
+
+    def __init__(self, message: str, delay: float) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+@dataclass
 class ReconcileContext:
     """What every part may read about the MailDomain being reconciled."""
 
@@ -50,13 +66,10 @@ class ReconcileContext:
     facts: dict[str, Any] = field(default_factory=dict)
     # Set by the MTA part when a MailServer serves the domain.
     fleet: FleetAttachment | None = None
-
-
-@dataclass
-class Event:
-    type: str  # "Normal" or "Warning"
-    reason: str
-    message: str
+    # While the MailDomain is being deleted: since when (its deletionTimestamp).
+    deleting_since: datetime | None = None
+    # What a part's release wants said about the deletion, posted by the handler.
+    release_events: list[Event] = field(default_factory=list)
 
 
 @dataclass

@@ -32,6 +32,7 @@ from mailward.adapters.dns_provider import (
     PublishResult,
     UpdateRefused,
 )
+from mailward.api.base import parse_duration
 from mailward.api.v1alpha1 import ConditionStatus, DNSStatus, MailDomainSpec
 from mailward.conditions import Verdict, find, utcnow
 from mailward.parts import (
@@ -40,6 +41,7 @@ from mailward.parts import (
     Event,
     PartResult,
     ReconcileContext,
+    ReleasePending,
 )
 from mailward.parts.backoff import Backoff
 from mailward.parts.certificate import CERTIFICATE_CHAIN
@@ -229,18 +231,41 @@ class DNSPart:
         return [Event("Warning", verdict.reason, verdict.message)]
 
     async def release(self, ctx: ReconcileContext) -> None:
-        """Remove exactly the records this MailDomain owns (its registry lists them)."""
+        """Remove exactly the records this MailDomain owns (its registry lists them).
+
+        A deletion always finishes: what was never published needs nothing; a provider that is
+        gone, or a server that keeps refusing past `spec.dns.withdrawalTimeout`, leaves the
+        records where they are, and a Warning Event `RecordsLeft` says which and why.
+        """
         dns_spec = ctx.spec.dns
-        if dns_spec is None:
+        published = ctx.status.dns
+        if dns_spec is None or published is None or published.record_sets == 0:
             return
+        where = f"{published.record_sets} RRsets of {ctx.spec.domain} in zone {published.zone}"
         try:
             provider = await self._providers.resolve(dns_spec.provider_ref, ctx.namespace)
+            owner = Owner(ctx.namespace, ctx.name, ctx.uid)
+            result = await provider.release(owner, ctx.spec.domain)
         except ProviderNotFound as error:
             # Nothing to talk to: keeping the finalizer would only block the deletion forever.
-            log.warning("cannot remove the records of %s/%s: %s", ctx.namespace, ctx.name, error)
+            self._left(ctx, f"{where} were not withdrawn: {error}")
             return
-        owner = Owner(ctx.namespace, ctx.name, ctx.uid)
-        result = await provider.release(owner, ctx.spec.domain)
+        except (UpdateRefused, ProviderUnreachable, ConcurrentChange) as error:
+            timeout = parse_duration(dns_spec.withdrawal_timeout)
+            since = ctx.deleting_since or utcnow()
+            waited = (utcnow() - since).total_seconds()
+            if waited < timeout:
+                delay = min(self._backoff.next(ctx.uid), max(1.0, timeout - waited))
+                raise ReleasePending(
+                    f"withdrawing {where}: {error}; tried for {waited:.0f} of {timeout:.0f} s "
+                    "(spec.dns.withdrawalTimeout)",
+                    delay,
+                ) from None
+            self._left(
+                ctx,
+                f"{where} were left after {timeout:.0f} s (spec.dns.withdrawalTimeout): {error}",
+            )
+            return
         self._backoff.reset(ctx.uid)
         log.info(
             "removed %d RRsets of %s/%s from zone %s",
@@ -249,6 +274,11 @@ class DNSPart:
             ctx.name,
             result.zone,
         )
+
+    def _left(self, ctx: ReconcileContext, message: str) -> None:
+        self._backoff.reset(ctx.uid)
+        log.warning("%s/%s: %s", ctx.namespace, ctx.name, message)
+        ctx.release_events.append(Event("Warning", "RecordsLeft", message))
 
 
 def dns_part_from_env() -> DNSPart:
