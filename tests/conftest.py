@@ -14,6 +14,7 @@ pytest_plugins = [
     "tests.fixtures_tlsrpt",
     "tests.fixtures_policy",
     "tests.fixtures_cluster",
+    "tests.fixtures_flux",
 ]
 
 
