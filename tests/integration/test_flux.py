@@ -2,9 +2,10 @@
 
 Flux's source-controller reads a Git repository served on loopback (tests/fixtures_flux.py);
 its kustomize-controller applies what the repository holds with `prune: true` and
-`wait: true`, so the Kustomization is Ready only when every object it applied is Current by
-kstatus, which reads the MailDomains' `Ready`, `Reconciling`, `Stalled` and
-`observedGeneration`. The domains attach to one MailServer fleet (one MTA pod), which becomes
+`wait: true`, so the Kustomization is Ready only when every object it applied is healthy: for
+mailward's kinds by the CEL `healthCheckExprs` the chart ships, which read `Ready`,
+`Reconciling`, `Stalled` and `observedGeneration` as kstatus does. The domains attach to one
+MailServer fleet (one MTA pod), which becomes
 Ready faster on two cores than an MTA pod per domain. The tests run in file order, each with a
 commit of its own, and print how long Flux took from the commit.
 
@@ -34,6 +35,7 @@ from mailward_localstack.dns import ensure_loopback_address, remove_loopback_add
 from mailward_localstack.flux import NAMESPACE as FLUX_NAMESPACE
 from mailward_localstack.flux import Flux, Repository
 from mailward_localstack.stack import RELEASE_NAMESPACE, Stack
+from tests.chart import CHART
 from tests.fixtures_cluster import condition, get_json, wait_for
 from tests.fixtures_dnspublish import tls_secret_manifest
 from tests.manifests import INVALID_CASES
@@ -53,6 +55,7 @@ BROKEN_PROVIDER = "broken-bind"
 INVALID = next(c for c in INVALID_CASES if c.id == "mta-sts-mode-unknown")
 KUSTOMIZATION = "mail"
 REPOSITORY = "mail"
+HEALTH_CHECK_EXPRS = CHART / "files" / "flux-health-check-exprs.yaml"
 # One poll of the API server (three kubectl calls) takes about 0.2 s on two busy cores.
 POLL = 0.25
 
@@ -230,6 +233,9 @@ def _kustomization_manifests(flux: Flux) -> list[dict[str, Any]]:
                 "path": "./",
                 "prune": True,
                 "wait": True,
+                # The rules the chart ships for users (files/flux-health-check-exprs.yaml): Flux
+                # judges mailward's kinds by these CEL expressions instead of kstatus.
+                "healthCheckExprs": yaml.safe_load(HEALTH_CHECK_EXPRS.read_text()),
             },
         },
     ]
@@ -463,7 +469,7 @@ def test_removing_a_domain_from_git_prunes_it_and_withdraws_its_records(
         f"\n[flux] commit {sha[:12]} removing {gone}: Kustomization Ready {ready_after:.1f}s, "
         f"MailDomain gone {deleted_after:.1f}s, records withdrawn {withdrawn_after:.1f}s after it"
     )
-    # The broken domain's records were never written; without its provider the operator lets
-    # it go (kept until then: its release is refused like its updates).
+    # The broken domain's records were never written, so its deletion needed no withdrawal and
+    # finished with the prune; its provider goes too.
     kubectl(stack.kubeconfig, "delete", "dnsprovider", BROKEN_PROVIDER, "-n", MAIL_NAMESPACE)
     wait_for(f"MailDomain {BROKEN} deleted", lambda: BROKEN not in _domains(stack), timeout=120)
