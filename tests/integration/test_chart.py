@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 
@@ -119,3 +120,33 @@ def test_operator_identity_gets_exactly_the_chart_rules(kube: Kube) -> None:
     assert not can("list", "secrets"), "the operator reads Secrets by name only"
     assert not can("delete", "maildomains.mailward.io")
     assert not can("create", "clusterrolebindings.rbac.authorization.k8s.io")
+
+
+def test_the_optional_monitoring_and_gitops_objects_render() -> None:
+    manifests = render(
+        "metrics.serviceMonitor.enabled=true",
+        "grafanaDashboard.enabled=true",
+        "argocd.healthConfigMap=true",
+        crds=False,
+    )
+    documents = [d for d in yaml.safe_load_all(manifests) if d]
+    monitors = {
+        d["metadata"]["name"]: d["spec"] for d in documents if d["kind"] == "ServiceMonitor"
+    }
+    assert {name: spec["endpoints"][0]["port"] for name, spec in monitors.items()} == {
+        "mailward-operator": "metrics",
+        "mailward-policy": "admin",
+        "mailward-tlsrpt": "api",
+    }
+    assert monitors["mailward-tlsrpt"]["namespaceSelector"] == {"any": True}
+    configmaps = {d["metadata"]["name"]: d for d in documents if d["kind"] == "ConfigMap"}
+    dashboard = configmaps["mailward-dashboard"]
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dashboard["data"]["mailward.json"])["uid"] == "mailward"
+    health = configmaps["mailward-argocd-health"]["data"]
+    script = (CHART / "files" / "argocd-health.lua").read_text()
+    assert sorted(health) == [
+        f"resource.customizations.health.mailward.io_{kind}"
+        for kind in ("ClusterDNSProvider", "DNSProvider", "MailDomain", "MailServer")
+    ]
+    assert all(text.strip() == script.strip() for text in health.values())
