@@ -36,19 +36,19 @@ class Verdict:
 
 
 def ready_from(parts: Iterable[Verdict], ready: Verdict) -> Verdict:
-    """`Ready`: `ready` when every part is True, else the first part that is not explains why.
+    """`Ready`: `ready` when every part is True, else the part that is not explains why.
 
     Its reason is carried over, so `kubectl get` and kstatus show the cause, not a generic word.
-    A part that is stalled makes Ready False, never Unknown.
+    A stalled part explains it before any other (it is what a person must act on), and makes
+    Ready False, never Unknown; otherwise the first part that is not True does.
     """
-    for verdict in parts:
-        if verdict.status != "True":
-            status: ConditionStatus = (
-                "False" if verdict.status == "False" or verdict.stalled else "Unknown"
-            )
-            message = f"{verdict.type}: {verdict.message}"
-            return Verdict(READY, status, verdict.reason, message, stalled=verdict.stalled)
-    return ready
+    failing = [v for v in parts if v.status != "True"]
+    if not failing:
+        return ready
+    verdict = next((v for v in failing if v.stalled), failing[0])
+    status: ConditionStatus = "False" if verdict.status == "False" or verdict.stalled else "Unknown"
+    message = f"{verdict.type}: {verdict.message}"
+    return Verdict(READY, status, verdict.reason, message, stalled=verdict.stalled)
 
 
 def progress_verdicts(ready: Verdict, parts: Iterable[Verdict]) -> list[Verdict]:

@@ -103,10 +103,16 @@ def test_status_tlsrpt_matches_the_reports_received(
     assert verdict["reason"] == "FailureRatioExceeded"
     assert f"mostly {ranked[0][0]}" in verdict["message"], verdict
 
-    events = json.loads(kube.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)
-    new_types = {
-        e["message"].rpartition(": ")[2]
-        for e in events["items"]
-        if e.get("reason") == "NewTLSFailureType" and e.get("type") == "Warning"
-    }
-    assert new_types == set(tls_rpt["failureTypes"])
+    def new_types() -> set[str]:
+        events = json.loads(kube.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)
+        return {
+            e["message"].rpartition(": ")[2]
+            for e in events["items"]
+            if e.get("reason") == "NewTLSFailureType" and e.get("type") == "Warning"
+        }
+
+    # kopf posts Events from a queue after the status write: the last may come a moment later.
+    wanted = set(tls_rpt["failureTypes"])
+    found = kube.wait_for("a NewTLSFailureType Event per type", lambda: new_types() >= wanted)
+    assert found
+    assert new_types() == wanted

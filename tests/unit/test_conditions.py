@@ -110,7 +110,14 @@ def _by_type(verdicts: list[Verdict]) -> dict[str, tuple[str, str]]:
         # A stalled part wins over one still in progress: retrying alone will not finish.
         (
             [MTA_ROLLING, DNS_REFUSED],
-            ("False", "MTARollingOut"),
+            ("False", "UpdateRefused"),
+            ("False", "UpdateRefused"),
+            ("True", "UpdateRefused"),
+        ),
+        # Also over one that is Unknown (a fleet not ready yet): Ready is False, not Unknown.
+        (
+            [Verdict("MTAReady", "Unknown", "MailServerNotReady", "x"), DNS_REFUSED],
+            ("False", "UpdateRefused"),
             ("False", "UpdateRefused"),
             ("True", "UpdateRefused"),
         ),
