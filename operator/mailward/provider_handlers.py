@@ -2,7 +2,8 @@
 
 A provider is Ready when its server answers a query signed with its TSIG key (adapters
 `verify`). A key the server rejects needs a person (Stalled); a server that does not answer or a
-Secret not there yet is retried (Reconciling). Without this a provider has no status, and a
+Secret not there yet is in progress (Reconciling). Either is verified again every
+`RETRY_SECONDS`, a Ready provider at every resync. Without this a provider has no status, and a
 GitOps tool would call a provider with a wrong key healthy until the first MailDomain fails.
 """
 
@@ -29,7 +30,8 @@ from mailward.api.v1alpha1 import API_GROUP, API_VERSION, ProviderReference
 from mailward.conditions import READY, Verdict, apply_verdicts, progress_verdicts, utcnow
 
 RESYNC_SECONDS = float(os.environ.get("MAILWARD_RESYNC_SECONDS", "300"))
-# A provider that is not usable yet (no answer, its Secret missing) is looked at this often.
+# A provider that is not usable (no answer, its Secret missing, its key rejected) is looked at
+# again this often.
 RETRY_SECONDS = float(os.environ.get("MAILWARD_DNS_RETRY_SECONDS", "5")) * 6
 
 
@@ -93,7 +95,9 @@ async def _reconcile(
         await writer.apply_status(
             namespace or "", str(meta.get("name")), document, field_manager=RECONCILER
         )
-    if retry and ready.status != "True" and not ready.stalled:
+    # A rejected key is retried too: the fix is usually a new Secret, which is not watched, so
+    # without a retry it would be seen only at the next resync.
+    if retry and ready.status != "True":
         raise kopf.TemporaryError(ready.message, delay=RETRY_SECONDS)
 
 

@@ -261,3 +261,8 @@ def test_a_dns_provider_is_ready_only_when_its_server_accepts_its_key(
     silent = _wait_provider(kube, namespace, "silent", IN_PROGRESS)
     assert silent["Reconciling"]["reason"] == "ServerUnreachable"
     assert silent["Stalled"]["status"] == "False"
+
+    # The key fixed in the Secret (not watched): the retry of a stalled provider sees it.
+    kube.apply(tsig_secret_manifest(namespace, dns_stack.tsig.secret, "wrong-tsig"))
+    fixed = _wait_provider(kube, namespace, "wrong", CURRENT)
+    assert (fixed["Ready"]["reason"], fixed["Stalled"]["status"]) == ("Verified", "False")
