@@ -43,7 +43,11 @@ from mailward.conditions import (
 from mailward.parts.certificate import parse_chain
 from mailward.parts.mta import MTA_READY, mta_verdict
 from mailward.plan.records import Owner
-from mailward.reconcile import certificate_verdict, describe_validation_error
+from mailward.reconcile import (
+    certificate_verdict,
+    describe_validation_error,
+    invalid_spec_verdicts,
+)
 from mailward.render.dns_records import fleet_host_rrsets, spki_sha256
 from mailward.render.mta_objects import (
     DOMAINS_HASH_ANNOTATION,
@@ -144,8 +148,7 @@ class FleetController:
             spec = MailServerSpec.model_validate(server.spec)
         except ValidationError as error:
             message = describe_validation_error(error, prefix="spec")
-            ready = Verdict(READY, "False", "InvalidSpec", message, stalled=True)
-            outcome = FleetOutcome([ready, *progress_verdicts(ready, [])])
+            outcome = FleetOutcome(invalid_spec_verdicts(message))
         else:
             if current.observed_generation != server.generation:
                 conditions = apply_verdicts(
