@@ -75,6 +75,39 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         watchdog.wait()
 
 
+def fleet_maildomain(
+    layout: StackLayout,
+    name: str,
+    namespace: str,
+    domain: str,
+    server: tuple[str, str],
+    provider: str = "local-bind",
+) -> dict[str, Any]:
+    """A MailDomain of this stack attached to the MailServer `server` (namespace, name).
+
+    Its reports go to the example's collector (one collector for a test, not one per
+    namespace), and it is probed from outside once a week: tests probe when they need to.
+    """
+    zone = domain.split(".", 1)[1]
+    return {
+        "apiVersion": "mailward.io/v1alpha1",
+        "kind": "MailDomain",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "domain": domain,
+            "mailServerRef": {"name": server[1], "namespace": server[0]},
+            "dns": {
+                "providerRef": {"kind": "DNSProvider", "name": provider},
+                "mtaStsEndpoint": {"addresses": [layout.policy_endpoint]},
+                "dmarc": {"rua": [f"mailto:dmarc-reports@{zone}"]},
+            },
+            "mtaSts": {"mode": "enforce", "maxAge": 86400},
+            "tlsRpt": {"rua": [f"mailto:tlsrpt@{layout.tlsrpt_host}"]},
+            "compliance": {"interval": "168h"},
+        },
+    }
+
+
 def example_maildomain(layout: StackLayout) -> dict[str, Any]:
     """examples/maildomain.yaml, moved from the demo's /24 to this stack's."""
     text = (REPO / "examples" / "maildomain.yaml").read_text()

@@ -24,6 +24,8 @@ from mailward_localstack._process import free_port
 from mailward_localstack.controlplane import ControlPlane, kubectl_path, wait_established
 from tests.chart import OPERATOR_GROUPS, OPERATOR_USER, RELEASE_NAMESPACE, rbac_documents
 from tests.fixtures_compliance import operator_environment as compliance_operator_environment
+from tests.fixtures_mta import set_statefulset_ready
+from tests.manifests import valid_maildomain
 from tests.processes import mailward_process
 
 REPO = Path(__file__).resolve().parents[1]
@@ -154,3 +156,24 @@ def operator(
         what="the operator",
     ) as process:
         yield OperatorProcess(process, log_file)
+
+
+def maildomain_without_dns(namespace: str) -> dict[str, Any]:
+    """The valid example without `spec.dns`: for tests of the operator loop; the DNS part's own
+    tests (test_dns_publish.py) give it a provider."""
+    body = valid_maildomain(namespace=namespace)
+    del body["spec"]["dns"]
+    return body
+
+
+def run_example_mta(kube: Kube, namespace: str) -> None:
+    """Play the kubelet for the example's MTA StatefulSet (the local control plane has none), so
+    that `MTAReady` and with it `Ready` can become True."""
+    kube.wait_for(
+        "the MTA StatefulSet",
+        lambda: (
+            "example-mta"
+            in kube.kubectl("get", "statefulsets", "-n", namespace, "-o", "name").stdout
+        ),
+    )
+    set_statefulset_ready(kube.api, namespace, "example-mta")

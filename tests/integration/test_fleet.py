@@ -29,7 +29,7 @@ from mailward_localstack.controlplane import kubectl
 from mailward_localstack.demo_dns import create_dns_provider
 from mailward_localstack.dns import ensure_loopback_address, remove_loopback_address
 from mailward_localstack.stack import RELEASE_NAMESPACE, Stack
-from tests.fixtures_cluster import condition, get_json, wait_for
+from tests.fixtures_cluster import condition, fleet_maildomain, get_json, wait_for
 from tests.fixtures_dnspublish import tls_secret_manifest
 
 # The module's fixture brings up 100 domains inside the first test's time: its own waits (300 s
@@ -62,24 +62,13 @@ def _namespace(index: int) -> str:
 
 
 def _maildomain(stack: Stack, index: int) -> dict[str, Any]:
-    return {
-        "apiVersion": "mailward.io/v1alpha1",
-        "kind": "MailDomain",
-        "metadata": {"name": f"f{index:03d}", "namespace": _namespace(index)},
-        "spec": {
-            "domain": _domain(index),
-            "mailServerRef": {"name": "fleet", "namespace": SERVER_NAMESPACE},
-            "dns": {
-                "providerRef": {"kind": "DNSProvider", "name": "local-bind"},
-                "mtaStsEndpoint": {"addresses": [stack.layout.policy_endpoint]},
-                "dmarc": {"rua": [f"mailto:dmarc-reports@{ZONE}"]},
-            },
-            "mtaSts": {"mode": "enforce", "maxAge": 86400},
-            # The example's collector takes the reports: one collector for the test, not three.
-            "tlsRpt": {"rua": [f"mailto:tlsrpt@{stack.layout.tlsrpt_host}"]},
-            "compliance": {"interval": "168h"},
-        },
-    }
+    return fleet_maildomain(
+        stack.layout,
+        f"f{index:03d}",
+        _namespace(index),
+        _domain(index),
+        (SERVER_NAMESPACE, "fleet"),
+    )
 
 
 def _mail_server(stack: Stack) -> dict[str, Any]:

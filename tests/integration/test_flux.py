@@ -36,7 +36,7 @@ from mailward_localstack.flux import NAMESPACE as FLUX_NAMESPACE
 from mailward_localstack.flux import Flux, Repository
 from mailward_localstack.stack import RELEASE_NAMESPACE, Stack
 from tests.chart import CHART
-from tests.fixtures_cluster import condition, get_json, wait_for
+from tests.fixtures_cluster import condition, fleet_maildomain, get_json, wait_for
 from tests.fixtures_dnspublish import tls_secret_manifest
 from tests.manifests import INVALID_CASES
 
@@ -65,24 +65,14 @@ def _domain(name: str) -> str:
 
 
 def _maildomain(stack: Stack, name: str, provider: str = "local-bind") -> dict[str, Any]:
-    return {
-        "apiVersion": "mailward.io/v1alpha1",
-        "kind": "MailDomain",
-        "metadata": {"name": name, "namespace": MAIL_NAMESPACE},
-        "spec": {
-            "domain": _domain(name),
-            "mailServerRef": {"name": FLEET, "namespace": PLATFORM_NAMESPACE},
-            "dns": {
-                "providerRef": {"kind": "DNSProvider", "name": provider},
-                "mtaStsEndpoint": {"addresses": [stack.layout.policy_endpoint]},
-                "dmarc": {"rua": [f"mailto:dmarc-reports@{ZONE}"]},
-            },
-            "mtaSts": {"mode": "enforce", "maxAge": 86400},
-            # The example's collector mailbox: no collector of this namespace is deployed.
-            "tlsRpt": {"rua": [f"mailto:tlsrpt@{stack.layout.tlsrpt_host}"]},
-            "compliance": {"interval": "168h"},
-        },
-    }
+    return fleet_maildomain(
+        stack.layout,
+        name,
+        MAIL_NAMESPACE,
+        _domain(name),
+        (PLATFORM_NAMESPACE, FLEET),
+        provider=provider,
+    )
 
 
 def _mail_server(stack: Stack) -> dict[str, Any]:

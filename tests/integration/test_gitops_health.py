@@ -26,30 +26,20 @@ from tests.fixtures_dnspublish import (
     tsig_secret_manifest,
 )
 from tests.fixtures_mta import set_statefulset_ready
-from tests.fixtures_operator import Kube, OperatorProcess
+from tests.fixtures_operator import (
+    Kube,
+    OperatorProcess,
+    maildomain_without_dns,
+    run_example_mta,
+)
 from tests.gitops_health import Health, health_of
-from tests.manifests import INVALID_CASES, valid_maildomain
+from tests.manifests import INVALID_CASES
 
 pytestmark = pytest.mark.controlplane
 
 IN_PROGRESS = ("InProgress", "Progressing")
 CURRENT = ("Current", "Healthy")
 FAILED = ("Failed", "Degraded")
-
-
-def _maildomain(namespace: str) -> dict[str, Any]:
-    body = valid_maildomain(namespace=namespace)
-    del body["spec"]["dns"]  # the operator loop is what is looked at here, not DNS
-    return body
-
-
-def _mta_runs(kube: Kube, namespace: str) -> None:
-    """Play the kubelet for the MTA StatefulSet (this control plane has none)."""
-    kube.wait_for(
-        "the MTA StatefulSet",
-        lambda: "example-mta" in kube.kubectl("get", "statefulsets", "-n", namespace).stdout,
-    )
-    set_statefulset_ready(kube.api, namespace, "example-mta")
 
 
 def _health(kube: Kube, namespace: str, name: str = "example") -> Health:
@@ -74,7 +64,7 @@ def test_a_maildomain_from_apply_to_ready_and_through_an_edit(
 ) -> None:
     cert = local_ca.issue_server_cert(["mx1.example.test", "mx2.example.test"])
     kube.apply(tls_secret_manifest(namespace, cert, "mx-example-test-tls"))
-    kube.apply(_maildomain(namespace))
+    kube.apply(maildomain_without_dns(namespace))
     # Read at once, before the operator can have written anything: the CRD's status default
     # makes even this first read InProgress, never Current.
     first = _health(kube, namespace)
@@ -98,7 +88,7 @@ def test_a_maildomain_from_apply_to_ready_and_through_an_edit(
     )  # fmt: skip
     time.sleep(3)
     assert wait.poll() is None, wait.communicate()[0]
-    _mta_runs(kube, namespace)
+    run_example_mta(kube, namespace)
     done = _wait_health(kube, namespace, CURRENT)
     assert "Reconciled" in done.argo_message
     output, _ = wait.communicate(timeout=60)

@@ -12,9 +12,13 @@ import pytest
 
 from mailward.api.v1alpha1 import API_GROUP
 from mailward_localstack.pki import LocalCA
-from tests.fixtures_mta import set_statefulset_ready
-from tests.fixtures_operator import Kube, OperatorProcess
-from tests.manifests import INVALID_CASES, valid_maildomain
+from tests.fixtures_operator import (
+    Kube,
+    OperatorProcess,
+    maildomain_without_dns,
+    run_example_mta,
+)
+from tests.manifests import INVALID_CASES
 
 pytestmark = pytest.mark.controlplane
 
@@ -49,27 +53,6 @@ def _tls_secret(namespace: str, name: str = "mx-example-test-tls") -> dict[str, 
     }
 
 
-def _maildomain(namespace: str) -> dict[str, Any]:
-    """The valid example without `spec.dns`: these tests are about the operator loop; the DNS
-    part's own tests (test_dns_publish.py) give it a provider."""
-    body = valid_maildomain(namespace=namespace)
-    del body["spec"]["dns"]
-    return body
-
-
-def _run_mta(kube: Kube, namespace: str) -> None:
-    """Play the kubelet for the MTA StatefulSet the operator created (the local control plane
-    has none), so that `MTAReady` and with it `Ready` can become True."""
-    kube.wait_for(
-        "the MTA StatefulSet",
-        lambda: (
-            "example-mta"
-            in kube.kubectl("get", "statefulsets", "-n", namespace, "-o", "name").stdout
-        ),
-    )
-    set_statefulset_ready(kube.api, namespace, "example-mta")
-
-
 def _wait_ready(kube: Kube, namespace: str, status: str, reason: str) -> dict[str, Any]:
     def probe() -> dict[str, Any] | None:
         body = kube.get_maildomain(namespace, "example")
@@ -83,7 +66,7 @@ def _wait_ready(kube: Kube, namespace: str, status: str, reason: str) -> dict[st
 
 
 def test_missing_secret_then_ready(kube: Kube, namespace: str, operator: OperatorProcess) -> None:
-    kube.apply(_maildomain(namespace))
+    kube.apply(maildomain_without_dns(namespace))
     body = _wait_ready(kube, namespace, "False", "TLSSecretNotFound")
     ready = _ready(body)
     assert ready is not None
@@ -95,7 +78,7 @@ def test_missing_secret_then_ready(kube: Kube, namespace: str, operator: Operato
     assert any(k.startswith(f"{API_GROUP}/") for k in body["metadata"]["annotations"])
 
     kube.apply(_tls_secret(namespace))
-    _run_mta(kube, namespace)
+    run_example_mta(kube, namespace)
     body = _wait_ready(kube, namespace, "True", "Reconciled")
     assert "mx1.example.test, mx2.example.test" in _ready(body)["message"]  # type: ignore[index]
 
@@ -141,7 +124,7 @@ def test_invalid_spec_is_reported_and_nothing_else_happens(
             ]
         ),
     )
-    _run_mta(kube, namespace)
+    run_example_mta(kube, namespace)
     _wait_ready(kube, namespace, "True", "Reconciled")
 
 
@@ -149,8 +132,8 @@ def test_generation_and_transition_time(
     kube: Kube, namespace: str, operator: OperatorProcess
 ) -> None:
     kube.apply(_tls_secret(namespace))
-    kube.apply(_maildomain(namespace))
-    _run_mta(kube, namespace)
+    kube.apply(maildomain_without_dns(namespace))
+    run_example_mta(kube, namespace)
     first = _ready(_wait_ready(kube, namespace, "True", "Reconciled"))
     assert first is not None
     time.sleep(1.1)  # a new transition would get a later second
@@ -182,8 +165,8 @@ def test_idle_operator_does_not_write(
     kube: Kube, namespace: str, operator: OperatorProcess
 ) -> None:
     kube.apply(_tls_secret(namespace))
-    kube.apply(_maildomain(namespace))
-    _run_mta(kube, namespace)
+    kube.apply(maildomain_without_dns(namespace))
+    run_example_mta(kube, namespace)
     _wait_ready(kube, namespace, "True", "Reconciled")
     time.sleep(2)  # let kopf finish its own bookkeeping after the handler
     before = kube.get_maildomain(namespace, "example")["metadata"]["resourceVersion"]
@@ -197,8 +180,8 @@ def test_delete_releases_the_finalizer(
     kube: Kube, namespace: str, operator: OperatorProcess
 ) -> None:
     kube.apply(_tls_secret(namespace))
-    kube.apply(_maildomain(namespace))
-    _run_mta(kube, namespace)
+    kube.apply(maildomain_without_dns(namespace))
+    run_example_mta(kube, namespace)
     _wait_ready(kube, namespace, "True", "Reconciled")
     kube.kubectl("delete", "maildomain", "example", "-n", namespace, "--wait=true", "--timeout=30s")
     listed = kube.kubectl("get", "maildomains", "-n", namespace, "-o", "name").stdout
