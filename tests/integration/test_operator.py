@@ -75,7 +75,14 @@ def test_missing_secret_then_ready(kube: Kube, namespace: str, operator: Operato
     assert f"{API_GROUP}/finalizer" in body["metadata"]["finalizers"]
     # kopf's bookkeeping lives in mailward.io annotations, never in status.
     assert set(body["status"]) == {"observedGeneration", "conditions"}
-    assert any(k.startswith(f"{API_GROUP}/") for k in body["metadata"]["annotations"])
+    # kopf writes its annotations after the handler returns, the status within it: wait.
+    assert kube.wait_for(
+        "kopf's mailward.io annotations",
+        lambda: any(
+            k.startswith(f"{API_GROUP}/")
+            for k in kube.get_maildomain(namespace, "example")["metadata"].get("annotations", {})
+        ),
+    )
 
     kube.apply(_tls_secret(namespace))
     run_example_mta(kube, namespace)
