@@ -17,8 +17,11 @@ import kopf
 
 from mailward import fleet_handlers as fleet_handlers  # registers the MailServer handlers
 from mailward import provider_handlers as provider_handlers  # and the DNS providers'
-from mailward.adapters.kube import KubeSecretObserver, load_client_config
+from mailward.adapters.certificate_requests import KubeCertificateRequests
+from mailward.adapters.kube import load_client_config
 from mailward.adapters.mailservers import KubeMailServerDirectory
+from mailward.adapters.nameservers import NameserverObserver
+from mailward.adapters.serving_secret import KubeServingSecrets
 from mailward.adapters.status_writer import RECONCILER, KubeStatusWriter, StatusWriter
 from mailward.adapters.workloads import KubeWorkloadClient
 from mailward.api.mta import DEFAULT_MTA_IMAGE
@@ -37,6 +40,7 @@ from mailward.conditions import (
 from mailward.parts import Part, PartResult, ReconcileContext, ReleasePending
 from mailward.parts.certificate import CertificatePart
 from mailward.parts.compliance import (
+    ComplianceSettings,
     compliance_part_from_env,
     compliance_runner,
     compliance_selected,
@@ -47,6 +51,7 @@ from mailward.parts.mtasts import mtasts_part_from_env
 from mailward.parts.tlsrpt import tlsrpt_part_from_env
 from mailward.reconcile import InvalidSpec, invalid_spec_verdicts, parse_spec, settled_verdicts
 from mailward.render.resolver import ResolverSettings
+from mailward.rollover.issuance import Issuance
 
 FINALIZER = f"{API_GROUP}/finalizer"
 # How often a missing TLS Secret is looked for again (Secrets are not watched).
@@ -64,6 +69,14 @@ RESYNC_SECONDS = float(os.environ.get("MAILWARD_RESYNC_SECONDS", "300"))
 SHARED_APPLY_REFRESH_SECONDS = min(60.0, RESYNC_SECONDS / 2)
 
 _parts: list[Part] | None = None
+
+
+def nameserver_observer() -> NameserverObserver:
+    """Finds a zone's authoritative servers through the resolver the compliance checks use."""
+    settings = ComplianceSettings.from_environment()
+    return NameserverObserver(settings.resolver, port=settings.resolver_port)
+
+
 _status_writer: StatusWriter | None = None
 
 
@@ -76,7 +89,11 @@ def parts() -> list[Part]:
         _parts = [
             # The certificate first: no MTA pod is rendered for a Secret that is missing.
             CertificatePart(
-                KubeSecretObserver(), TLS_SECRET_RETRY_SECONDS, TLS_SECRET_RETRY_MAX_SECONDS
+                KubeServingSecrets(),
+                Issuance(KubeCertificateRequests()),
+                nameserver_observer,
+                TLS_SECRET_RETRY_SECONDS,
+                TLS_SECRET_RETRY_MAX_SECONDS,
             ),
             # Then who serves the domain: for an attached domain, the fleet's hosts become the
             # MX every later part publishes (or the pass stops when the fleet refuses it).

@@ -16,7 +16,9 @@ from mailward.api.v1alpha1 import MailDomainSpec
 from mailward.conditions import READY, Verdict, progress_verdicts, ready_from
 
 CERTIFICATE_READY = "CertificateReady"
-OBSERVATIONS = frozenset({"Compliant", "TLSReportsHealthy"})
+# Conditions about the outside world or the future, not about whether mailward's work is done:
+# they never make a resource un-Ready (a rollover that may not switch yet still serves).
+OBSERVATIONS = frozenset({"Compliant", "TLSReportsHealthy", "RotationSafe"})
 
 TLS_SECRET_TYPE = "kubernetes.io/tls"
 

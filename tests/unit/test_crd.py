@@ -60,7 +60,7 @@ def test_every_node_is_structural_bounded_and_described(path: str, node: dict[st
 def test_printer_columns_follow_cert_manager() -> None:
     columns = maildomain_crd()["spec"]["versions"][0]["additionalPrinterColumns"]
     names = [c["name"] for c in columns if not c.get("priority")]
-    assert names == ["Domain", "Ready", "Compliant", "MTA-STS", "DANE", "Age"]
+    assert names == ["Domain", "Ready", "Compliant", "MTA-STS", "Cert-Expires", "DANE", "Age"]
     server, reports, detail = [c for c in columns if c.get("priority") == 1]
     assert server["jsonPath"] == ".spec.mailServerRef.name"
     assert reports["jsonPath"] == '.status.conditions[?(@.type=="TLSReportsHealthy")].status'

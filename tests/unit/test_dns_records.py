@@ -160,7 +160,7 @@ def test_long_dkim_key_is_split_into_255_octet_strings() -> None:
     [
         {"spf": {"record": "v=spf1 mx +all"}},
         {"spf": {"record": "v=spf1 mx ?all"}},
-        {"ttl": {"tlsa": 10}},
+        {"ttl": {"tlsa": 4}},
         {"mtaStsEndpoint": {}},
         {"mtaStsEndpoint": {"addresses": ["192.0.2.1"], "cname": "x.example.test"}},
         {"tlsRptCollector": {}},

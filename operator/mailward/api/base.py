@@ -131,6 +131,30 @@ Duration = Annotated[
 ]
 
 
+def bounded_duration(low: str, high: str) -> Any:
+    """A duration type between `low` and `high` (Go-style, e.g. `90s`, `720h`), checked by CEL
+    in the CRD and by pydantic in the operator."""
+    low_s, high_s = parse_duration(low), parse_duration(high)
+    message = f"must lie between {low} and {high}"
+
+    def check(value: str) -> str:
+        if not low_s <= parse_duration(value) <= high_s:
+            raise ValueError(f"{value!r} {message}")
+        return value
+
+    rule = f"duration(self) >= duration('{low}') && duration(self) <= duration('{high}')"
+    return Annotated[
+        str,
+        Field(
+            min_length=2,
+            max_length=32,
+            pattern=DURATION_PATTERN,
+            json_schema_extra={"x-kubernetes-validations": [{"rule": rule, "message": message}]},
+        ),
+        AfterValidator(check),
+    ]
+
+
 _EMPTY_DEFAULT: dict[str, Any] = {"default": {}}
 
 

@@ -10,6 +10,7 @@ from pydantic import ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from mailward.api.base import _Model
+from mailward.api.certificates import CertificateStatus
 from mailward.api.compliance_status import ComplianceStatus
 from mailward.api.tlsrpt_status import TLSRPTStatus
 
@@ -145,6 +146,10 @@ class MailDomainStatus(_Model):
     )
     conditions: list[Condition] = conditions_field(
         "`Ready` and the conditions of each part of the domain.", max_length=32
+    )
+    certificate: CertificateStatus | None = Field(
+        default=None,
+        description="The served certificate and its key rollover (the certificate part).",
     )
     dns: DNSStatus | None = Field(
         default=None, description="The domain's records in DNS (written by the DNS part)."

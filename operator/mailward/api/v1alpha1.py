@@ -31,6 +31,7 @@ from mailward.api.base import (
 )
 from mailward.api.base import ProviderReference as ProviderReference
 from mailward.api.base import parse_duration as parse_duration
+from mailward.api.certificates import RolloverSpec, TLSSpec
 from mailward.api.mta import HOST_NETWORK_NEEDS_ADDRESSES, MTASpec
 from mailward.api.status import Condition as Condition
 from mailward.api.status import ConditionStatus as ConditionStatus
@@ -80,18 +81,6 @@ class MXHost(_Model):
     )
 
 
-class TLSSpec(_Model):
-    """Where the certificate served by the MTA and the policy endpoint comes from."""
-
-    secret_name: ObjectName = Field(
-        description=(
-            "Name of a Secret of type `kubernetes.io/tls` in the MailDomain's namespace with the "
-            "certificate chain (`tls.crt`) and key (`tls.key`) for every MX host. Its public key "
-            "is what the DANE TLSA records pin."
-        )
-    )
-
-
 class MailServerReference(_Model):
     """The MailServer (MTA fleet) that serves the domain."""
 
@@ -116,6 +105,8 @@ BASE64_PATTERN = r"^[A-Za-z0-9+/]+={0,2}$"
 # changes rarely. BIND's dnssec-policy caps zone TTLs at max-zone-ttl (one day by default).
 DNS_TTL_MIN = 60
 DNS_TTL_MAX = 86400
+# A TLSA TTL of a few seconds makes a rollover test take seconds; real zones use minutes.
+TLSA_TTL_MIN = 5
 DEFAULT_RECORD_TTL = 3600
 DEFAULT_TLSA_TTL = 600
 
@@ -134,11 +125,12 @@ class DNSTTLs(_Model):
     )
     tlsa: int = Field(
         default=DEFAULT_TLSA_TTL,
-        ge=DNS_TTL_MIN,
+        ge=TLSA_TTL_MIN,
         le=DNS_TTL_MAX,
         description=(
             "TTL of the TLSA records. Short, so that a key rollover waits little (BSI TR-03108 "
-            "§4.1.5 suggests 600 s; RFC 7671 §8.1 waits two TTLs). 60 to 86400. Default 600."
+            "§4.1.5 suggests 600 s; RFC 7671 §8.1 waits two TTLs). 5 to 86400 (below 60 only for "
+            "test zones). Default 600."
         ),
     )
 
@@ -322,6 +314,7 @@ class DANESpec(_Model):
             "disable only while the zone cannot be signed. Default true."
         ),
     )
+    rollover: RolloverSpec = section(RolloverSpec)
 
 
 # RFC 8461 §3.2 `mx` pattern: a host name, or `*.` and a host name (wildcard as a whole label).
@@ -563,6 +556,12 @@ class MailDomainResource:
             "jsonPath": '.status.conditions[?(@.type=="Compliant")].status',
         },
         {"name": "MTA-STS", "type": "string", "jsonPath": ".spec.mtaSts.mode"},
+        {
+            # When the served certificate expires: renewals and rollovers keep it in the future.
+            "name": "Cert-Expires",
+            "type": "string",
+            "jsonPath": ".status.certificate.notAfter",
+        },
         {"name": "DANE", "type": "boolean", "jsonPath": ".spec.dane.enabled"},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         {

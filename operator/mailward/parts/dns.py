@@ -2,8 +2,8 @@
 
 Facts read (`ctx.facts`):
 - `certificate.chain` (certificate part): the served chain; its leaf's key is pinned as `3 1 1`.
-- `dane.tlsa_spki_sha256` (optional, a rollover part): MX host → SPKI SHA-256 digests to pin,
-  current and next key; overrides the leaf.
+- `dane.tlsa_spki_sha256` (certificate part): MX host → SPKI SHA-256 digests to pin, the
+  rollover's current, next and previous key; overrides the leaf.
 - `mta_sts.served_policy_id` (policy endpoint part): the id of the policy being served. The TXT
   announces what senders can actually fetch (update the policy first, then the id: RFC 8461 §3.1).
   None means nothing served is known: an `_mta-sts` TXT already published stays as it is; a
@@ -44,13 +44,12 @@ from mailward.parts import (
     ReleasePending,
 )
 from mailward.parts.backoff import Backoff
-from mailward.parts.certificate import CERTIFICATE_CHAIN
+from mailward.parts.certificate import CERTIFICATE_CHAIN, TLSA_DIGESTS
 from mailward.plan.records import Key, Owner
 from mailward.render import mta_sts
 from mailward.render.dns_records import RRset, absolute, desired_rrsets, spki_sha256
 
 DNS_READY = "DNSReady"
-TLSA_DIGESTS = "dane.tlsa_spki_sha256"
 SERVED_POLICY_ID = "mta_sts.served_policy_id"
 _STATUS_LIST_MAX = 32
 

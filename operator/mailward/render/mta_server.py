@@ -17,6 +17,7 @@ from typing import Protocol
 
 from mailward.api.mailserver import MAILSERVER_KIND, MailServerSpec
 from mailward.api.v1alpha1 import API_GROUP, API_VERSION, KIND, MailDomainSpec
+from mailward.render.certificates import serving_secret_name
 from mailward.render.postfix import MTAOptions
 
 
@@ -129,7 +130,7 @@ def own_mta_server(
         storage_size=mta.storage.size,
         storage_class=mta.storage.storage_class_name,
         host_network=mta.host_network,
-        tls_secret=spec.tls.secret_name,
+        tls_secret=serving_secret_name(name),
         origin=spec.domain,
         options=mta_options(mta),
         groups=(ServerGroup(base, spec.mx[0].host, addresses),),

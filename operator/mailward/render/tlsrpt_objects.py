@@ -31,6 +31,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from mailward.api.v1alpha1 import API_GROUP, API_VERSION, KIND, HostTarget, MailDomainSpec
+from mailward.render.certificates import serving_secret_name
 from mailward.render.mta_objects import CONFIG_HASH_ANNOTATION
 from mailward.render.pods import (
     Listener,
@@ -170,11 +171,16 @@ def _secret_volume(secret: str) -> str:
     return f"tls-{hashlib.sha256(secret.encode()).hexdigest()[:10]}"
 
 
+def served_secrets(served: Sequence[ServedDomain]) -> list[str]:
+    """The Secrets the collector serves: each domain's own certificate (mailward's copy)."""
+    return sorted({serving_secret_name(d.name) for d in served if d.spec.tls is not None})
+
+
 def collector_config(
-    specs: Sequence[MailDomainSpec], settings: CollectorSettings, listeners: Listeners
+    served: Sequence[ServedDomain], settings: CollectorSettings, listeners: Listeners
 ) -> CollectorConfig:
-    specs = sorted(specs, key=lambda s: s.domain)
-    secrets = sorted({s.tls.secret_name for s in specs if s.tls is not None})
+    specs = sorted((d.spec for d in served), key=lambda s: s.domain)
+    secrets = served_secrets(served)
     return CollectorConfig(
         hostname=collector_host(specs[0].domain) if specs else NAME,
         domains=[s.domain for s in specs],
@@ -393,8 +399,8 @@ def render_collector(
     `namespace`; NoCollectorAddress when it would have nothing to bind."""
     specs = [d.spec for d in served]
     listeners = collector_listeners(specs, settings)
-    config = collector_config(specs, settings, listeners)
-    secrets = [s.tls.secret_name for s in specs if s.tls is not None]
+    config = collector_config(served, settings, listeners)
+    secrets = served_secrets(served)
 
     def metadata() -> dict[str, Any]:
         return _metadata(NAME, namespace, served)
