@@ -15,6 +15,7 @@ pytest_plugins = [
     "tests.fixtures_policy",
     "tests.fixtures_cluster",
     "tests.fixtures_flux",
+    "tests.fixtures_certmanager",
 ]
 
 
