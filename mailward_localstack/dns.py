@@ -14,7 +14,8 @@ RRSIGs immediately.
 
 `ValidatingResolver` runs Unbound with the DS of `test.` as its trust anchor, a stub zone for
 `test.` and a forward zone for "." both pointing at the authoritative server (no query ever leaves
-loopback), and caches capped at a few seconds so that tests see updates quickly.
+loopback), and caches capped at a few seconds so that tests see updates quickly (both ends of the
+cache's TTL range can be set, e.g. to cache answers for their whole TTL).
 
 Every server is a `ManagedProcess` with its pid file in its state directory, and each class
 writes a JSON description there, so another process can `attach()` to a running stack (the demo's
@@ -556,7 +557,15 @@ class AuthoritativeDNS:
 
 
 class ValidatingResolver:
-    """Unbound validating everything under `test.` from the DS of `test.`."""
+    """Unbound validating everything under `test.` from the DS of `test.`.
+
+    Unbound keeps an answer for its TTL, but at most `cache_max_ttl` and at least
+    `cache_min_ttl` seconds (Unbound's `cache-max-ttl`/`cache-min-ttl`), negative answers at most
+    `cache_max_negative_ttl`. The defaults (5 s, 0, 1 s) let tests see every change at once; a
+    test of caching itself (a TLSA rollover) sets `cache_max_ttl` to at least the records' TTL,
+    so that answers are cached as long as a resolver on the internet would, and can set
+    `cache_min_ttl` above it to play a resolver that holds data past its TTL.
+    """
 
     STATE_FILE = "resolver.json"
 
@@ -569,9 +578,13 @@ class ValidatingResolver:
         *,
         cache_max_ttl: int = 5,
         cache_max_negative_ttl: int = 1,
+        cache_min_ttl: int = 0,
     ) -> None:
+        if not 0 <= cache_min_ttl <= cache_max_ttl:
+            raise ValueError(f"need 0 <= cache_min_ttl ({cache_min_ttl}) <= {cache_max_ttl=}")
         self.state_dir = Path(state_dir)
         self.cache_max_ttl = cache_max_ttl
+        self.cache_min_ttl = cache_min_ttl
         self.cache_max_negative_ttl = cache_max_negative_ttl
         self._address = address
         self._port = port
@@ -649,7 +662,7 @@ class ValidatingResolver:
             "    val-log-level: 2\n"
             "    ede: yes\n"
             "    trust-anchor-signaling: no\n"
-            "    cache-min-ttl: 0\n"
+            f"    cache-min-ttl: {self.cache_min_ttl}\n"
             f"    cache-max-ttl: {self.cache_max_ttl}\n"
             f"    cache-max-negative-ttl: {self.cache_max_negative_ttl}\n"
             "    val-bogus-ttl: 1\n"
@@ -678,6 +691,7 @@ class ValidatingResolver:
             "authoritative": [self.auth_address, self.auth_port, self.trust_anchor()],
             "cache_max_ttl": self.cache_max_ttl,
             "cache_max_negative_ttl": self.cache_max_negative_ttl,
+            "cache_min_ttl": self.cache_min_ttl,
         }
         (self.state_dir / self.STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
 
@@ -692,6 +706,7 @@ class ValidatingResolver:
             state["port"],
             cache_max_ttl=state.get("cache_max_ttl", 5),
             cache_max_negative_ttl=state.get("cache_max_negative_ttl", 1),
+            cache_min_ttl=state.get("cache_min_ttl", 0),
         )
 
     def start(self, timeout: float = 30) -> None:
@@ -747,6 +762,7 @@ class DNSStack:
         auth_port: int = 53,
         resolver_port: int = 53,
         resolver_cache_max_ttl: int = 5,
+        resolver_cache_min_ttl: int = 0,
     ) -> DNSStack:
         auth = AuthoritativeDNS(Path(state_dir) / "authoritative", auth_address, zones, auth_port)
         res = ValidatingResolver(
@@ -755,6 +771,7 @@ class DNSStack:
             auth,
             resolver_port,
             cache_max_ttl=resolver_cache_max_ttl,
+            cache_min_ttl=resolver_cache_min_ttl,
         )
         return cls(auth, res)
 
