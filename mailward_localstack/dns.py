@@ -12,6 +12,11 @@ All zones accept RFC 2136 UPDATEs and AXFR signed with the stack's TSIG key, not
 BIND signs updates as it applies them (dnssec-policy on a dynamic zone), so the new RRsets carry
 RRSIGs immediately.
 
+A zone can also have a secondary (`ZoneSpec(..., secondary=True)` and a `SecondaryDNS` of
+`mailward_localstack.dns_secondary` on an address of its own): its NS RRset and the glue in its
+parent then name `ns1.<zone>` (this server) and `ns2.<zone>` (the secondary), and this server
+NOTIFYs the secondary of every change to it. Zones without a secondary are untouched by this.
+
 `ValidatingResolver` runs Unbound with the DS of `test.` as its trust anchor, a stub zone for
 `test.` and a forward zone for "." both pointing at the authoritative server (no query ever leaves
 loopback), and caches capped at a few seconds so that tests see updates quickly (both ends of the
@@ -73,14 +78,17 @@ from mailward_localstack.dns_common import (
     query,
     remove_loopback_address,
     send_update,
+    soa_serial,
     zone_signature_problems,
 )
+from mailward_localstack.dns_secondary import DEFAULT_CONTROL_PORT, SecondaryDNS
 
 __all__ = [
     "PARENT_ZONE",
     "AuthoritativeDNS",
     "DNSStack",
     "DsMode",
+    "SecondaryDNS",
     "TsigKey",
     "ValidatingResolver",
     "ZoneSpec",
@@ -99,8 +107,14 @@ NEGATIVE_TTL = 5
 POLICY_NAME = "mailward-fast"
 NS_LABEL = "ns1"
 """Each zone's name server is `ns1.<zone>` (glue in the parent), the parent's is `ns1.test.`."""
+SECONDARY_NS_LABEL = "ns2"
+"""A zone with a secondary also has `ns2.<zone>`, the secondary's address (glue in the parent)."""
 
 DsMode = Literal["auto", "none", "bogus"]
+
+
+def _address_rr(address: str) -> str:
+    return f"{'AAAA' if _is_ipv6(address) else 'A'} {address}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -117,12 +131,16 @@ class ZoneSpec:
     "auto" = the DS of the zone's key if the zone is signed, nothing if not; "none" = no DS
     even for a signed zone (an island of security: insecure); "bogus" = a DS that matches no key
     of the zone (validating resolvers answer SERVFAIL).
+
+    `secondary`: the zone is also served by the stack's `SecondaryDNS` as `ns2.<zone>` (in the
+    zone's NS RRset and the parent's delegation, with glue), kept current by NOTIFY and IXFR.
     """
 
     name: str
     signed: bool = True
     records: Sequence[str] = ()
     ds: DsMode = "auto"
+    secondary: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "name", _abs(self.name).to_text(omit_final_dot=True).lower())
@@ -147,11 +165,18 @@ class ZoneSpec:
             "signed": self.signed,
             "records": list(self.records),
             "ds": self.ds,
+            "secondary": self.secondary,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ZoneSpec:
-        return cls(name=data["name"], signed=data["signed"], records=data["records"], ds=data["ds"])
+        return cls(
+            name=data["name"],
+            signed=data["signed"],
+            records=data["records"],
+            ds=data["ds"],
+            secondary=bool(data.get("secondary", False)),
+        )
 
 
 @dataclass
@@ -161,6 +186,7 @@ class _ZonePlan:
     records: Sequence[str]
     ds: DsMode
     parent: dns.name.Name | None
+    secondary: bool = False
     children: list[dns.name.Name] = field(default_factory=list)
 
     @property
@@ -176,7 +202,12 @@ class _ZonePlan:
 
 
 class AuthoritativeDNS:
-    """BIND serving `test.` and the given zones on one address, signed, updatable with TSIG."""
+    """BIND serving `test.` and the given zones on one address, signed, updatable with TSIG.
+
+    `secondary_address` (and `secondary_port`) is where the `SecondaryDNS` of the zones with
+    `ZoneSpec.secondary` listens: `ns2.<zone>` points there, and those zones (only those) are
+    NOTIFYed to it. It must be given when a zone has a secondary.
+    """
 
     STATE_FILE = "authoritative.json"
 
@@ -188,6 +219,8 @@ class AuthoritativeDNS:
         port: int = 53,
         *,
         tsig: TsigKey | None = None,
+        secondary_address: str | None = None,
+        secondary_port: int = 53,
     ) -> None:
         self.state_dir = Path(state_dir)
         self._address = address
@@ -196,6 +229,10 @@ class AuthoritativeDNS:
         names = [z.name for z in self.zones]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate zone names in {names}")
+        self.secondary_address = secondary_address
+        self.secondary_port = secondary_port
+        if secondary_address is None and any(z.secondary for z in self.zones):
+            raise ValueError("zones with a secondary need the secondary's address")
         self._tsig = tsig or TsigKey.generate()
         self._trust_anchor: str | None = None
         self._added_address = False
@@ -254,6 +291,14 @@ class AuthoritativeDNS:
                 return z
         raise KeyError(name)
 
+    def secondary_zones(self) -> list[str]:
+        """The zones the secondary transfers (`ZoneSpec.secondary`)."""
+        return [z.name for z in self.zones if z.secondary]
+
+    def serial(self, zone: str | dns.name.Name) -> int | None:
+        """The SOA serial this server serves for `zone` now (None if it does not serve it)."""
+        return soa_serial(self.address, self.port, zone)
+
     def parent_of(self, zone: str | dns.name.Name) -> dns.name.Name:
         plan = self._plans[_abs(zone)]
         if plan.parent is None:
@@ -265,7 +310,9 @@ class AuthoritativeDNS:
     def _plan(self) -> dict[dns.name.Name, _ZonePlan]:
         plans = {PARENT_ZONE: _ZonePlan(PARENT_ZONE, True, (), "none", None)}
         for z in self.zones:
-            plans[z.dns_name] = _ZonePlan(z.dns_name, z.signed, z.records, z.ds, None)
+            plans[z.dns_name] = _ZonePlan(
+                z.dns_name, z.signed, z.records, z.ds, None, secondary=z.secondary
+            )
         for name, plan in plans.items():
             if name == PARENT_ZONE:
                 continue
@@ -274,24 +321,48 @@ class AuthoritativeDNS:
             plans[plan.parent].children.append(name)
         return plans
 
-    def _address_rr(self) -> str:
-        return f"{'AAAA' if _is_ipv6(self.address) else 'A'} {self.address}"
+    def _name_servers(self, plan: _ZonePlan) -> list[tuple[str, str]]:
+        """(name, address RR) of each server of the zone: `ns1` here, `ns2` the secondary."""
+        servers = [(f"{NS_LABEL}.{plan.name}", _address_rr(self.address))]
+        if plan.secondary and self.secondary_address is not None:
+            servers.append(
+                (f"{SECONDARY_NS_LABEL}.{plan.name}", _address_rr(self.secondary_address))
+            )
+        return servers
 
     def _zone_text(self, plan: _ZonePlan) -> str:
         origin = plan.name.to_text()
-        ns = f"{NS_LABEL}.{origin}"
+        servers = self._name_servers(plan)
         lines = [
             f"$ORIGIN {origin}",
             f"$TTL {DEFAULT_TTL}",
-            f"@ IN SOA {ns} hostmaster.{origin} 1 3600 600 86400 {NEGATIVE_TTL}",
-            f"@ IN NS {ns}",
-            f"{ns} IN {self._address_rr()}",
+            f"@ IN SOA {servers[0][0]} hostmaster.{origin} 1 3600 600 86400 {NEGATIVE_TTL}",
+            *(f"@ IN NS {ns}" for ns, _ in servers),
+            *(f"{ns} IN {rr}" for ns, rr in servers),
         ]
         for child in sorted(plan.children):
-            child_ns = f"{NS_LABEL}.{child.to_text()}"
-            lines += [f"{child.to_text()} IN NS {child_ns}", f"{child_ns} IN {self._address_rr()}"]
+            child_servers = self._name_servers(self._plans[child])
+            lines += [f"{child} IN NS {ns}" for ns, _ in child_servers]
+            lines += [f"{ns} IN {rr}" for ns, rr in child_servers]
         lines += ["", "; records given by the ZoneSpec", f"$ORIGIN {origin}", *plan.records, ""]
         return "\n".join(lines)
+
+    def _notify_secondary(self, plan: _ZonePlan) -> str:
+        """Zone options that NOTIFY the secondary (only for a zone that has one).
+
+        `explicit`: the secondary alone, not every NS. The NOTIFY leaves from this server's own
+        address (else the kernel picks the secondary's, and BIND refuses a NOTIFY from a
+        non-primary), and `notify-delay 0` sends every change at once, not 5 s apart.
+        """
+        if not plan.secondary or self.secondary_address is None:
+            return ""
+        six = "-v6" if _is_ipv6(self.address) else ""
+        return (
+            "    notify explicit;\n"
+            f"    also-notify {{ {self.secondary_address} port {self.secondary_port}; }};\n"
+            f"    notify-source{six} {self.address};\n"
+            "    notify-delay 0;\n"
+        )
 
     def _named_conf(self) -> str:
         work = self.work_dir
@@ -312,6 +383,7 @@ class AuthoritativeDNS:
                 f"{signing}"
                 f'    allow-update {{ key "{key}"; }};\n'
                 f'    allow-transfer {{ key "{key}"; }};\n'
+                f"{self._notify_secondary(plan)}"
                 "};\n"
             )
         return (
@@ -363,6 +435,7 @@ class AuthoritativeDNS:
             "tsig": self.tsig.to_dict(),
             "trust_anchor": self._trust_anchor,
             "added_loopback_address": self._added_address,
+            "secondary": [self.secondary_address, self.secondary_port],
         }
         write_private(self.state_dir / self.STATE_FILE, json.dumps(state, indent=2) + "\n")
 
@@ -370,12 +443,15 @@ class AuthoritativeDNS:
     def attach(cls, state_dir: Path) -> AuthoritativeDNS:
         """The server described in `state_dir` (started by another process, or stopped)."""
         state = json.loads((Path(state_dir) / cls.STATE_FILE).read_text())
+        secondary_address, secondary_port = state.get("secondary", [None, 53])
         obj = cls(
             state_dir,
             state["address"],
             [ZoneSpec.from_dict(z) for z in state["zones"]],
             state["port"],
             tsig=TsigKey.from_dict(state["tsig"]),
+            secondary_address=secondary_address,
+            secondary_port=int(secondary_port),
         )
         obj._trust_anchor = state.get("trust_anchor")
         obj._added_address = bool(state.get("added_loopback_address"))
@@ -746,10 +822,12 @@ class ValidatingResolver:
 
 @dataclass
 class DNSStack:
-    """The authoritative server and the resolver in `<state_dir>/authoritative|resolver`."""
+    """The authoritative server, the resolver, and the secondary if some zone has one, in
+    `<state_dir>/authoritative|resolver|secondary`."""
 
     authoritative: AuthoritativeDNS
     resolver: ValidatingResolver
+    secondary: SecondaryDNS | None = None
 
     @classmethod
     def create(
@@ -763,8 +841,32 @@ class DNSStack:
         resolver_port: int = 53,
         resolver_cache_max_ttl: int = 5,
         resolver_cache_min_ttl: int = 0,
+        secondary_address: str | None = None,
+        secondary_port: int = 53,
+        secondary_control_port: int = DEFAULT_CONTROL_PORT,
     ) -> DNSStack:
-        auth = AuthoritativeDNS(Path(state_dir) / "authoritative", auth_address, zones, auth_port)
+        """A stack to `start`. Zones with `ZoneSpec.secondary` need `secondary_address`: the
+        secondary BIND listens there (port `secondary_port`, rndc on `secondary_control_port`)."""
+        auth = AuthoritativeDNS(
+            Path(state_dir) / "authoritative",
+            auth_address,
+            zones,
+            auth_port,
+            secondary_address=secondary_address,
+            secondary_port=secondary_port,
+        )
+        secondary = None
+        if auth.secondary_zones():
+            assert secondary_address is not None  # AuthoritativeDNS checked it
+            secondary = SecondaryDNS(
+                Path(state_dir) / "secondary",
+                secondary_address,
+                (auth_address, auth_port),
+                auth.secondary_zones(),
+                secondary_port,
+                tsig=auth.tsig,
+                control_port=secondary_control_port,
+            )
         res = ValidatingResolver(
             Path(state_dir) / "resolver",
             resolver_address,
@@ -773,14 +875,18 @@ class DNSStack:
             cache_max_ttl=resolver_cache_max_ttl,
             cache_min_ttl=resolver_cache_min_ttl,
         )
-        return cls(auth, res)
+        return cls(auth, res, secondary)
 
     @classmethod
     def attach(cls, state_dir: Path) -> DNSStack:
         auth = AuthoritativeDNS.attach(Path(state_dir) / "authoritative")
         res = ValidatingResolver.attach(Path(state_dir) / "resolver")
         res._authoritative = auth
-        return cls(auth, res)
+        secondary_dir = Path(state_dir) / "secondary"
+        secondary = None
+        if (secondary_dir / SecondaryDNS.STATE_FILE).exists():
+            secondary = SecondaryDNS.attach(secondary_dir)
+        return cls(auth, res, secondary)
 
     @property
     def tsig(self) -> TsigKey:
@@ -791,15 +897,22 @@ class DNSStack:
         return self.authoritative.zones
 
     def start(self, timeout: float = 60) -> None:
+        """Start the primary, then the secondary (once it serves the primary's zones), then the
+        resolver, which must find every server of a zone it asks."""
         deadline = time.monotonic() + timeout
         self.authoritative.start(timeout=timeout)
         try:
+            if self.secondary is not None:
+                self.secondary.start(timeout=max(1.0, deadline - time.monotonic()))
             self.resolver.start(timeout=max(1.0, deadline - time.monotonic()))
         except BaseException:
-            self.authoritative.stop()
+            self.stop()
             raise
 
     def stop(self) -> None:
         with contextlib.suppress(Exception):
             self.resolver.stop()
+        if self.secondary is not None:
+            with contextlib.suppress(Exception):
+                self.secondary.stop()
         self.authoritative.stop()
