@@ -7,6 +7,7 @@ import pytest
 pytest_plugins = [
     "tests.fixtures_controlplane",
     "tests.fixtures_dns",
+    "tests.fixtures_secondary",
     "tests.fixtures_compliance",
     "tests.fixtures_mta",  # before fixtures_operator, which imports it
     "tests.fixtures_operator",
