@@ -12,13 +12,13 @@ STATE_DIR := .local/stack
 ENV_FILE := .local/demo.env
 PYTEST_ARGS ?=
 
-.PHONY: help install system-deps venv controlplane helm gitops-tools flux images crds lint test test-unit test-integration \
+.PHONY: help install system-deps venv controlplane helm gitops-tools flux cert-manager images crds lint test test-unit test-integration \
         demo down status clean bench bench-dns bench-policy bench-tlsrpt bench-compliance bench-fleet
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
-install: system-deps venv controlplane helm gitops-tools flux images ## Debian packages, virtualenv, node, helm and image builds
+install: system-deps venv controlplane helm gitops-tools flux cert-manager images ## Debian packages, virtualenv, node, helm and image builds
 
 system-deps: ## Debian packages (BIND, Unbound, Postfix, ...)
 	scripts/install-system-deps.sh
@@ -44,6 +44,9 @@ gitops-tools: ## build `health` (kstatus, Argo CD's Lua) once per machine (cache
 
 flux: ## build Flux's source-controller and kustomize-controller and their test image once per machine (cached in ~/.cache/mailward)
 	images/flux/build.sh >/dev/null
+
+cert-manager: ## build cert-manager's controller and its image once per machine (cached in ~/.cache/mailward)
+	images/cert-manager/build.sh >/dev/null
 
 images: system-deps ## build the pause, mta and mailward images (cached by content in ~/.cache/mailward/images)
 	for image in pause mta mailward; do images/build.sh $$image >/dev/null; done

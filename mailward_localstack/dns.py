@@ -12,9 +12,15 @@ All zones accept RFC 2136 UPDATEs and AXFR signed with the stack's TSIG key, not
 BIND signs updates as it applies them (dnssec-policy on a dynamic zone), so the new RRsets carry
 RRSIGs immediately.
 
+A zone can also have a secondary (`ZoneSpec(..., secondary=True)` and a `SecondaryDNS` of
+`mailward_localstack.dns_secondary` on an address of its own): its NS RRset and the glue in its
+parent then name `ns1.<zone>` (this server) and `ns2.<zone>` (the secondary), and this server
+NOTIFYs the secondary of every change to it. Zones without a secondary are untouched by this.
+
 `ValidatingResolver` runs Unbound with the DS of `test.` as its trust anchor, a stub zone for
 `test.` and a forward zone for "." both pointing at the authoritative server (no query ever leaves
-loopback), and caches capped at a few seconds so that tests see updates quickly.
+loopback), and caches capped at a few seconds so that tests see updates quickly (both ends of the
+cache's TTL range can be set, e.g. to cache answers for their whole TTL).
 
 Every server is a `ManagedProcess` with its pid file in its state directory, and each class
 writes a JSON description there, so another process can `attach()` to a running stack (the demo's
@@ -23,18 +29,12 @@ writes a JSON description there, so another process can `attach()` to a running 
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import functools
 import hashlib
-import ipaddress
 import json
 import os
-import re
-import secrets
 import shutil
-import socket
-import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -61,14 +61,34 @@ import dns.update
 import dns.xfr
 import dns.zone
 
-from mailward.adapters.wire import dns_exchange_tcp
 from mailward_localstack._process import ManagedProcess, StackError, wait_until, write_private
+from mailward_localstack.dns_common import (
+    NAMED_LOGGING,
+    PARENT_ZONE,
+    TsigKey,
+    _abs,
+    _is_ipv6,
+    _program,
+    axfr,
+    check_config,
+    check_port_free,
+    ensure_loopback_address,
+    interface_addresses,
+    named_common_options,
+    query,
+    remove_loopback_address,
+    send_update,
+    soa_serial,
+    zone_signature_problems,
+)
+from mailward_localstack.dns_secondary import DEFAULT_CONTROL_PORT, SecondaryDNS
 
 __all__ = [
     "PARENT_ZONE",
     "AuthoritativeDNS",
     "DNSStack",
     "DsMode",
+    "SecondaryDNS",
     "TsigKey",
     "ValidatingResolver",
     "ZoneSpec",
@@ -81,266 +101,20 @@ __all__ = [
     "zone_signature_problems",
 ]
 
-PARENT_ZONE = dns.name.from_text("test.")
-"""The zone every local zone hangs under; its DS is the resolver's only trust anchor."""
-
 DEFAULT_TTL = 300
 DS_TTL = 60
 NEGATIVE_TTL = 5
 POLICY_NAME = "mailward-fast"
 NS_LABEL = "ns1"
 """Each zone's name server is `ns1.<zone>` (glue in the parent), the parent's is `ns1.test.`."""
-
-_SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+SECONDARY_NS_LABEL = "ns2"
+"""A zone with a secondary also has `ns2.<zone>`, the secondary's address (glue in the parent)."""
 
 DsMode = Literal["auto", "none", "bogus"]
 
 
-def _find_program(name: str) -> str:
-    path = shutil.which(name, path=os.environ.get("PATH", "") + ":" + _SBIN_PATH)
-    if path is None:
-        raise StackError(f"{name} not found; run scripts/install-system-deps.sh")
-    return path
-
-
-def _program(name: str) -> str:
-    """Full path of a program if it is installed; its bare name otherwise (start will fail)."""
-    try:
-        return _find_program(name)
-    except StackError:
-        return name
-
-
-def _abs(name: str | dns.name.Name) -> dns.name.Name:
-    if isinstance(name, dns.name.Name):
-        return name
-    return dns.name.from_text(name)
-
-
-def _is_ipv6(address: str) -> bool:
-    return ":" in address
-
-
-def interface_addresses() -> set[str]:
-    """Every address configured on an interface of this machine (network namespace)."""
-    out = subprocess.run(
-        [_find_program("ip"), "-j", "addr", "show"], capture_output=True, text=True, check=True
-    ).stdout
-    return {
-        str(info["local"])
-        for link in json.loads(out)
-        for info in link.get("addr_info", [])
-        if "local" in info
-    }
-
-
-def ensure_loopback_address(address: str) -> bool:
-    """Make sure `address` is configured on `lo`; True if it had to be added (needs root).
-
-    BIND only listens on addresses it finds on an interface (Unbound and Postfix can bind any
-    127.x address because of the kernel's 127.0.0.0/8 local route, BIND cannot), so an address
-    such as 127.88.0.53 gets a /32 alias on `lo`. Only 127.0.0.0/8 is ever touched.
-    """
-    if address in interface_addresses():
-        return False
-    if ipaddress.ip_address(address) not in ipaddress.ip_network("127.0.0.0/8"):
-        raise StackError(f"{address} is not configured on any interface (and not 127.0.0.0/8)")
-    result = subprocess.run(
-        [_find_program("ip"), "addr", "add", f"{address}/32", "dev", "lo"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0 and address not in interface_addresses():
-        raise StackError(f"could not add {address}/32 to lo: {result.stderr.strip()}")
-    return result.returncode == 0
-
-
-def check_port_free(address: str, port: int, what: str) -> None:
-    """Raise StackError if something already listens on `address`:`port` (UDP or TCP).
-
-    Without this, a second stack on the same address would start a server that cannot bind
-    (BIND keeps running without listeners) while the readiness checks talk to the first one.
-    """
-    family = socket.AF_INET6 if _is_ipv6(address) else socket.AF_INET
-    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-        with socket.socket(family, kind) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind((address, port))
-            except OSError as e:
-                proto = "UDP" if kind == socket.SOCK_DGRAM else "TCP"
-                raise StackError(
-                    f"cannot start {what}: {address} port {port}/{proto} is in use ({e}); "
-                    "is another stack running there? (stop it with its state directory)"
-                ) from e
-
-
-def remove_loopback_address(address: str) -> None:
-    """Remove a /32 alias that `ensure_loopback_address` added (never 127.0.0.1)."""
-    if address == "127.0.0.1" or address not in interface_addresses():
-        return
-    subprocess.run(
-        [_find_program("ip"), "addr", "del", f"{address}/32", "dev", "lo"],
-        capture_output=True,
-        check=False,
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# TSIG
-
-
-@dataclass(frozen=True)
-class TsigKey:
-    """A TSIG key shared by BIND and the clients that update it (the operator, the tests)."""
-
-    name: str
-    secret: str
-    """Base64 of the key bytes."""
-    algorithm: str = "hmac-sha256"
-
-    @classmethod
-    def generate(cls, name: str = "mailward-update", algorithm: str = "hmac-sha256") -> TsigKey:
-        size = {"hmac-sha256": 32, "hmac-sha384": 48, "hmac-sha512": 64}.get(algorithm, 32)
-        return cls(
-            name=name,
-            secret=base64.b64encode(secrets.token_bytes(size)).decode(),
-            algorithm=algorithm,
-        )
-
-    @property
-    def dns_name(self) -> dns.name.Name:
-        return dns.name.from_text(self.name)
-
-    def key(self) -> dns.tsig.Key:
-        """The key as dnspython wants it for `keyring=` (a single key is a valid keyring)."""
-        return dns.tsig.Key(self.dns_name, self.secret, self.algorithm)
-
-    def keyring(self) -> dict[dns.name.Name, dns.tsig.Key]:
-        return {self.dns_name: self.key()}
-
-    def bind_statement(self) -> str:
-        return (
-            f'key "{self.name}" {{\n'
-            f"    algorithm {self.algorithm};\n"
-            f'    secret "{self.secret}";\n'
-            "};\n"
-        )
-
-    def write_bind_file(self, path: Path) -> Path:
-        """Write the BIND `key` statement to `path` with mode 0600."""
-        write_private(Path(path), self.bind_statement())
-        return Path(path)
-
-    @classmethod
-    def from_bind_file(cls, path: Path) -> TsigKey:
-        """Read the first `key "name" { algorithm ...; secret "..."; };` statement of a file."""
-        text = Path(path).read_text()
-        match = re.search(r'key\s+"?([^"\s{]+)"?\s*\{(.*?)\}\s*;', text, re.S)
-        if match is None:
-            raise ValueError(f"no key statement in {path}")
-        body = match.group(2)
-        algorithm = re.search(r"algorithm\s+\"?([\w-]+)\"?\s*;", body)
-        secret = re.search(r'secret\s+"([^"]+)"\s*;', body)
-        if algorithm is None or secret is None:
-            raise ValueError(f"key statement in {path} lacks algorithm or secret")
-        return cls(name=match.group(1), secret=secret.group(1), algorithm=algorithm.group(1))
-
-    def to_dict(self) -> dict[str, str]:
-        return {"name": self.name, "algorithm": self.algorithm, "secret": self.secret}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, str]) -> TsigKey:
-        return cls(name=data["name"], secret=data["secret"], algorithm=data["algorithm"])
-
-
-# --------------------------------------------------------------------------------------------
-# Queries and updates (usable without any of the classes below)
-
-
-def query(
-    server: str,
-    port: int,
-    name: str | dns.name.Name,
-    rdtype: str | dns.rdatatype.RdataType,
-    *,
-    dnssec: bool = True,
-    tcp: bool = False,
-    recursion_desired: bool = True,
-    checking_disabled: bool = False,
-    timeout: float = 3.0,
-) -> dns.message.Message:
-    """One DNS query to `server`:`port`; returns the response whatever its rcode.
-
-    With `dnssec` the DO bit is set (RRSIGs are returned; a validating resolver sets AD on
-    secure answers). UDP falls back to TCP on truncation.
-    """
-    q = dns.message.make_query(_abs(name), rdtype, want_dnssec=dnssec, use_edns=0, payload=1232)
-    if not recursion_desired:
-        q.flags &= ~dns.flags.RD
-    if checking_disabled:
-        q.flags |= dns.flags.CD
-    if tcp:
-        return dns.query.tcp(q, server, timeout=timeout, port=port)
-    response, _ = dns.query.udp_with_fallback(q, server, timeout=timeout, port=port)
-    return response
-
-
-def send_update(
-    server: str, port: int, message: dns.message.Message, *, timeout: float = 5.0
-) -> dns.message.Message:
-    """Send an UPDATE (or any message) over TCP and return the response.
-
-    Unlike `dns.query.tcp`, a response that reports a TSIG error (e.g. NOTAUTH/BADSIG for a
-    wrong secret) is returned rather than raised, so callers can look at its rcode; its
-    `tsig[0].error` says which TSIG error. A response whose own TSIG does not verify still
-    raises.
-    """
-    return dns_exchange_tcp(server, port, message, timeout)
-
-
-def zone_signature_problems(zone: dns.zone.Zone) -> list[str]:
-    """Why `zone` (e.g. from an AXFR) is not completely and validly signed; [] if it is.
-
-    Every authoritative RRset must carry an RRSIG that validates with the apex DNSKEY RRset,
-    and the apex needs a SEP key (flags 257). Delegation NS RRsets and glue are not signed.
-    """
-    origin = zone.origin
-    assert origin is not None
-    dnskeys = zone.get_rdataset(origin, dns.rdatatype.DNSKEY)
-    if dnskeys is None:
-        return ["no DNSKEY at the apex"]
-    if not any(k.flags & 0x0001 for k in dnskeys):
-        return ["no SEP (KSK/CSK) key at the apex"]
-    keys: dict[dns.name.Name, dns.node.Node | dns.rdataset.Rdataset] = {origin: dnskeys}
-    cuts = [
-        name.derelativize(origin)
-        for name, node in zone.nodes.items()
-        if name.derelativize(origin) != origin
-        and node.get_rdataset(dns.rdataclass.IN, dns.rdatatype.NS) is not None
-    ]
-    problems = []
-    now = time.time()
-    for rel_name, node in zone.nodes.items():
-        name = rel_name.derelativize(origin)
-        if any(name != cut and name.is_subdomain(cut) for cut in cuts):
-            continue  # glue below a delegation
-        for rdataset in node:
-            if rdataset.rdtype == dns.rdatatype.RRSIG:
-                continue
-            if name in cuts and rdataset.rdtype not in (dns.rdatatype.DS, dns.rdatatype.NSEC):
-                continue  # delegation NS: the child's data, not signed by the parent
-            rrtype = dns.rdatatype.to_text(rdataset.rdtype)
-            sigs = node.get_rdataset(dns.rdataclass.IN, dns.rdatatype.RRSIG, rdataset.rdtype)
-            if sigs is None:
-                problems.append(f"{name} {rrtype}: no RRSIG")
-                continue
-            try:
-                dns.dnssec.validate((name, rdataset), (name, sigs), keys, now=now)
-            except dns.exception.ValidationFailure as e:
-                problems.append(f"{name} {rrtype}: {e}")
-    return problems
+def _address_rr(address: str) -> str:
+    return f"{'AAAA' if _is_ipv6(address) else 'A'} {address}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -357,12 +131,16 @@ class ZoneSpec:
     "auto" = the DS of the zone's key if the zone is signed, nothing if not; "none" = no DS
     even for a signed zone (an island of security: insecure); "bogus" = a DS that matches no key
     of the zone (validating resolvers answer SERVFAIL).
+
+    `secondary`: the zone is also served by the stack's `SecondaryDNS` as `ns2.<zone>` (in the
+    zone's NS RRset and the parent's delegation, with glue), kept current by NOTIFY and IXFR.
     """
 
     name: str
     signed: bool = True
     records: Sequence[str] = ()
     ds: DsMode = "auto"
+    secondary: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "name", _abs(self.name).to_text(omit_final_dot=True).lower())
@@ -387,11 +165,18 @@ class ZoneSpec:
             "signed": self.signed,
             "records": list(self.records),
             "ds": self.ds,
+            "secondary": self.secondary,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ZoneSpec:
-        return cls(name=data["name"], signed=data["signed"], records=data["records"], ds=data["ds"])
+        return cls(
+            name=data["name"],
+            signed=data["signed"],
+            records=data["records"],
+            ds=data["ds"],
+            secondary=bool(data.get("secondary", False)),
+        )
 
 
 @dataclass
@@ -401,6 +186,7 @@ class _ZonePlan:
     records: Sequence[str]
     ds: DsMode
     parent: dns.name.Name | None
+    secondary: bool = False
     children: list[dns.name.Name] = field(default_factory=list)
 
     @property
@@ -416,7 +202,12 @@ class _ZonePlan:
 
 
 class AuthoritativeDNS:
-    """BIND serving `test.` and the given zones on one address, signed, updatable with TSIG."""
+    """BIND serving `test.` and the given zones on one address, signed, updatable with TSIG.
+
+    `secondary_address` (and `secondary_port`) is where the `SecondaryDNS` of the zones with
+    `ZoneSpec.secondary` listens: `ns2.<zone>` points there, and those zones (only those) are
+    NOTIFYed to it. It must be given when a zone has a secondary.
+    """
 
     STATE_FILE = "authoritative.json"
 
@@ -428,6 +219,8 @@ class AuthoritativeDNS:
         port: int = 53,
         *,
         tsig: TsigKey | None = None,
+        secondary_address: str | None = None,
+        secondary_port: int = 53,
     ) -> None:
         self.state_dir = Path(state_dir)
         self._address = address
@@ -436,6 +229,10 @@ class AuthoritativeDNS:
         names = [z.name for z in self.zones]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate zone names in {names}")
+        self.secondary_address = secondary_address
+        self.secondary_port = secondary_port
+        if secondary_address is None and any(z.secondary for z in self.zones):
+            raise ValueError("zones with a secondary need the secondary's address")
         self._tsig = tsig or TsigKey.generate()
         self._trust_anchor: str | None = None
         self._added_address = False
@@ -494,6 +291,14 @@ class AuthoritativeDNS:
                 return z
         raise KeyError(name)
 
+    def secondary_zones(self) -> list[str]:
+        """The zones the secondary transfers (`ZoneSpec.secondary`)."""
+        return [z.name for z in self.zones if z.secondary]
+
+    def serial(self, zone: str | dns.name.Name) -> int | None:
+        """The SOA serial this server serves for `zone` now (None if it does not serve it)."""
+        return soa_serial(self.address, self.port, zone)
+
     def parent_of(self, zone: str | dns.name.Name) -> dns.name.Name:
         plan = self._plans[_abs(zone)]
         if plan.parent is None:
@@ -505,7 +310,9 @@ class AuthoritativeDNS:
     def _plan(self) -> dict[dns.name.Name, _ZonePlan]:
         plans = {PARENT_ZONE: _ZonePlan(PARENT_ZONE, True, (), "none", None)}
         for z in self.zones:
-            plans[z.dns_name] = _ZonePlan(z.dns_name, z.signed, z.records, z.ds, None)
+            plans[z.dns_name] = _ZonePlan(
+                z.dns_name, z.signed, z.records, z.ds, None, secondary=z.secondary
+            )
         for name, plan in plans.items():
             if name == PARENT_ZONE:
                 continue
@@ -514,32 +321,51 @@ class AuthoritativeDNS:
             plans[plan.parent].children.append(name)
         return plans
 
-    def _address_rr(self) -> str:
-        return f"{'AAAA' if _is_ipv6(self.address) else 'A'} {self.address}"
+    def _name_servers(self, plan: _ZonePlan) -> list[tuple[str, str]]:
+        """(name, address RR) of each server of the zone: `ns1` here, `ns2` the secondary."""
+        servers = [(f"{NS_LABEL}.{plan.name}", _address_rr(self.address))]
+        if plan.secondary and self.secondary_address is not None:
+            servers.append(
+                (f"{SECONDARY_NS_LABEL}.{plan.name}", _address_rr(self.secondary_address))
+            )
+        return servers
 
     def _zone_text(self, plan: _ZonePlan) -> str:
         origin = plan.name.to_text()
-        ns = f"{NS_LABEL}.{origin}"
+        servers = self._name_servers(plan)
         lines = [
             f"$ORIGIN {origin}",
             f"$TTL {DEFAULT_TTL}",
-            f"@ IN SOA {ns} hostmaster.{origin} 1 3600 600 86400 {NEGATIVE_TTL}",
-            f"@ IN NS {ns}",
-            f"{ns} IN {self._address_rr()}",
+            f"@ IN SOA {servers[0][0]} hostmaster.{origin} 1 3600 600 86400 {NEGATIVE_TTL}",
+            *(f"@ IN NS {ns}" for ns, _ in servers),
+            *(f"{ns} IN {rr}" for ns, rr in servers),
         ]
         for child in sorted(plan.children):
-            child_ns = f"{NS_LABEL}.{child.to_text()}"
-            lines += [f"{child.to_text()} IN NS {child_ns}", f"{child_ns} IN {self._address_rr()}"]
+            child_servers = self._name_servers(self._plans[child])
+            lines += [f"{child} IN NS {ns}" for ns, _ in child_servers]
+            lines += [f"{ns} IN {rr}" for ns, rr in child_servers]
         lines += ["", "; records given by the ZoneSpec", f"$ORIGIN {origin}", *plan.records, ""]
         return "\n".join(lines)
 
+    def _notify_secondary(self, plan: _ZonePlan) -> str:
+        """Zone options that NOTIFY the secondary (only for a zone that has one).
+
+        `explicit`: the secondary alone, not every NS. The NOTIFY leaves from this server's own
+        address (else the kernel picks the secondary's, and BIND refuses a NOTIFY from a
+        non-primary), and `notify-delay 0` sends every change at once, not 5 s apart.
+        """
+        if not plan.secondary or self.secondary_address is None:
+            return ""
+        six = "-v6" if _is_ipv6(self.address) else ""
+        return (
+            "    notify explicit;\n"
+            f"    also-notify {{ {self.secondary_address} port {self.secondary_port}; }};\n"
+            f"    notify-source{six} {self.address};\n"
+            "    notify-delay 0;\n"
+        )
+
     def _named_conf(self) -> str:
         work = self.work_dir
-        on = f"port {self.port} {{ {self.address}; }}"
-        if _is_ipv6(self.address):
-            listen = f"listen-on {{ none; }};\n    listen-on-v6 {on};"
-        else:
-            listen = f"listen-on {on};\n    listen-on-v6 {{ none; }};"
         key = self.tsig.name
         zones = []
         for plan in self._plans.values():
@@ -557,31 +383,20 @@ class AuthoritativeDNS:
                 f"{signing}"
                 f'    allow-update {{ key "{key}"; }};\n'
                 f'    allow-transfer {{ key "{key}"; }};\n'
+                f"{self._notify_secondary(plan)}"
                 "};\n"
             )
         return (
             "# Written by mailward_localstack.dns.AuthoritativeDNS; regenerated on every start.\n"
             f'include "{self.tsig_file}";\n'
             "options {\n"
-            f'    directory "{work}";\n'
-            "    pid-file none;\n"
-            "    session-keyfile none;\n"
-            f'    managed-keys-directory "{work}";\n'
-            f"    {listen}\n"
-            "    recursion no;\n"
-            "    dnssec-validation no;\n"
+            f"{named_common_options(work, self.address, self.port)}"
             "    notify no;\n"
-            "    allow-query { any; };\n"
             "    allow-transfer { none; };\n"
             "    allow-update { none; };\n"
             "};\n"
             "controls { };\n"
-            "logging {\n"
-            "    channel to_stderr { stderr; severity info; print-time yes;\n"
-            "                        print-category yes; print-severity yes; };\n"
-            "    category default { to_stderr; };\n"
-            "    category lame-servers { null; };\n"
-            "};\n"
+            f"{NAMED_LOGGING}"
             f'dnssec-policy "{POLICY_NAME}" {{\n'
             "    keys { csk lifetime unlimited algorithm ecdsap256sha256; };\n"
             "    dnskey-ttl 60;\n"
@@ -610,16 +425,7 @@ class AuthoritativeDNS:
             (self.work_dir / "zones" / f"{plan.file_stem}.db").write_text(text)
         self.tsig.write_bind_file(self.tsig_file)
         self.conf_file.write_text(self._named_conf())
-        check = subprocess.run(
-            [_find_program("named-checkconf"), str(self.conf_file)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if check.returncode != 0:
-            raise StackError(
-                f"named-checkconf rejected {self.conf_file}:\n{check.stdout}{check.stderr}"
-            )
+        check_config("named-checkconf", self.conf_file)
 
     def _save_state(self) -> None:
         state = {
@@ -629,6 +435,7 @@ class AuthoritativeDNS:
             "tsig": self.tsig.to_dict(),
             "trust_anchor": self._trust_anchor,
             "added_loopback_address": self._added_address,
+            "secondary": [self.secondary_address, self.secondary_port],
         }
         write_private(self.state_dir / self.STATE_FILE, json.dumps(state, indent=2) + "\n")
 
@@ -636,12 +443,15 @@ class AuthoritativeDNS:
     def attach(cls, state_dir: Path) -> AuthoritativeDNS:
         """The server described in `state_dir` (started by another process, or stopped)."""
         state = json.loads((Path(state_dir) / cls.STATE_FILE).read_text())
+        secondary_address, secondary_port = state.get("secondary", [None, 53])
         obj = cls(
             state_dir,
             state["address"],
             [ZoneSpec.from_dict(z) for z in state["zones"]],
             state["port"],
             tsig=TsigKey.from_dict(state["tsig"]),
+            secondary_address=secondary_address,
+            secondary_port=int(secondary_port),
         )
         obj._trust_anchor = state.get("trust_anchor")
         obj._added_address = bool(state.get("added_loopback_address"))
@@ -741,12 +551,7 @@ class AuthoritativeDNS:
 
     def axfr(self, zone: str | dns.name.Name, *, timeout: float = 5.0) -> dns.zone.Zone:
         """The zone's current content, transferred with the TSIG key."""
-        z = dns.zone.Zone(_abs(zone), relativize=False)
-        xfr_query, _ = dns.xfr.make_query(z, keyring=self.tsig.key())
-        dns.query.inbound_xfr(
-            self.address, z, xfr_query, port=self.port, timeout=timeout, lifetime=timeout
-        )
-        return z
+        return axfr(self.address, self.port, zone, tsig=self.tsig, timeout=timeout)
 
     def signature_problems(self, zone: str | dns.name.Name) -> list[str]:
         """`zone_signature_problems` of the zone as served right now."""
@@ -828,7 +633,15 @@ class AuthoritativeDNS:
 
 
 class ValidatingResolver:
-    """Unbound validating everything under `test.` from the DS of `test.`."""
+    """Unbound validating everything under `test.` from the DS of `test.`.
+
+    Unbound keeps an answer for its TTL, but at most `cache_max_ttl` and at least
+    `cache_min_ttl` seconds (Unbound's `cache-max-ttl`/`cache-min-ttl`), negative answers at most
+    `cache_max_negative_ttl`. The defaults (5 s, 0, 1 s) let tests see every change at once; a
+    test of caching itself (a TLSA rollover) sets `cache_max_ttl` to at least the records' TTL,
+    so that answers are cached as long as a resolver on the internet would, and can set
+    `cache_min_ttl` above it to play a resolver that holds data past its TTL.
+    """
 
     STATE_FILE = "resolver.json"
 
@@ -841,9 +654,13 @@ class ValidatingResolver:
         *,
         cache_max_ttl: int = 5,
         cache_max_negative_ttl: int = 1,
+        cache_min_ttl: int = 0,
     ) -> None:
+        if not 0 <= cache_min_ttl <= cache_max_ttl:
+            raise ValueError(f"need 0 <= cache_min_ttl ({cache_min_ttl}) <= {cache_max_ttl=}")
         self.state_dir = Path(state_dir)
         self.cache_max_ttl = cache_max_ttl
+        self.cache_min_ttl = cache_min_ttl
         self.cache_max_negative_ttl = cache_max_negative_ttl
         self._address = address
         self._port = port
@@ -921,7 +738,7 @@ class ValidatingResolver:
             "    val-log-level: 2\n"
             "    ede: yes\n"
             "    trust-anchor-signaling: no\n"
-            "    cache-min-ttl: 0\n"
+            f"    cache-min-ttl: {self.cache_min_ttl}\n"
             f"    cache-max-ttl: {self.cache_max_ttl}\n"
             f"    cache-max-negative-ttl: {self.cache_max_negative_ttl}\n"
             "    val-bogus-ttl: 1\n"
@@ -943,22 +760,14 @@ class ValidatingResolver:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.trust_anchor_file.write_text(self.trust_anchor().strip() + "\n")
         self.conf_file.write_text(self._unbound_conf())
-        check = subprocess.run(
-            [_find_program("unbound-checkconf"), str(self.conf_file)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if check.returncode != 0:
-            raise StackError(
-                f"unbound-checkconf rejected {self.conf_file}:\n{check.stdout}{check.stderr}"
-            )
+        check_config("unbound-checkconf", self.conf_file)
         state = {
             "address": self.address,
             "port": self.port,
             "authoritative": [self.auth_address, self.auth_port, self.trust_anchor()],
             "cache_max_ttl": self.cache_max_ttl,
             "cache_max_negative_ttl": self.cache_max_negative_ttl,
+            "cache_min_ttl": self.cache_min_ttl,
         }
         (self.state_dir / self.STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
 
@@ -973,6 +782,7 @@ class ValidatingResolver:
             state["port"],
             cache_max_ttl=state.get("cache_max_ttl", 5),
             cache_max_negative_ttl=state.get("cache_max_negative_ttl", 1),
+            cache_min_ttl=state.get("cache_min_ttl", 0),
         )
 
     def start(self, timeout: float = 30) -> None:
@@ -1012,10 +822,12 @@ class ValidatingResolver:
 
 @dataclass
 class DNSStack:
-    """The authoritative server and the resolver in `<state_dir>/authoritative|resolver`."""
+    """The authoritative server, the resolver, and the secondary if some zone has one, in
+    `<state_dir>/authoritative|resolver|secondary`."""
 
     authoritative: AuthoritativeDNS
     resolver: ValidatingResolver
+    secondary: SecondaryDNS | None = None
 
     @classmethod
     def create(
@@ -1028,23 +840,53 @@ class DNSStack:
         auth_port: int = 53,
         resolver_port: int = 53,
         resolver_cache_max_ttl: int = 5,
+        resolver_cache_min_ttl: int = 0,
+        secondary_address: str | None = None,
+        secondary_port: int = 53,
+        secondary_control_port: int = DEFAULT_CONTROL_PORT,
     ) -> DNSStack:
-        auth = AuthoritativeDNS(Path(state_dir) / "authoritative", auth_address, zones, auth_port)
+        """A stack to `start`. Zones with `ZoneSpec.secondary` need `secondary_address`: the
+        secondary BIND listens there (port `secondary_port`, rndc on `secondary_control_port`)."""
+        auth = AuthoritativeDNS(
+            Path(state_dir) / "authoritative",
+            auth_address,
+            zones,
+            auth_port,
+            secondary_address=secondary_address,
+            secondary_port=secondary_port,
+        )
+        secondary = None
+        if auth.secondary_zones():
+            assert secondary_address is not None  # AuthoritativeDNS checked it
+            secondary = SecondaryDNS(
+                Path(state_dir) / "secondary",
+                secondary_address,
+                (auth_address, auth_port),
+                auth.secondary_zones(),
+                secondary_port,
+                tsig=auth.tsig,
+                control_port=secondary_control_port,
+            )
         res = ValidatingResolver(
             Path(state_dir) / "resolver",
             resolver_address,
             auth,
             resolver_port,
             cache_max_ttl=resolver_cache_max_ttl,
+            cache_min_ttl=resolver_cache_min_ttl,
         )
-        return cls(auth, res)
+        return cls(auth, res, secondary)
 
     @classmethod
     def attach(cls, state_dir: Path) -> DNSStack:
         auth = AuthoritativeDNS.attach(Path(state_dir) / "authoritative")
         res = ValidatingResolver.attach(Path(state_dir) / "resolver")
         res._authoritative = auth
-        return cls(auth, res)
+        secondary_dir = Path(state_dir) / "secondary"
+        secondary = None
+        if (secondary_dir / SecondaryDNS.STATE_FILE).exists():
+            secondary = SecondaryDNS.attach(secondary_dir)
+        return cls(auth, res, secondary)
 
     @property
     def tsig(self) -> TsigKey:
@@ -1055,15 +897,22 @@ class DNSStack:
         return self.authoritative.zones
 
     def start(self, timeout: float = 60) -> None:
+        """Start the primary, then the secondary (once it serves the primary's zones), then the
+        resolver, which must find every server of a zone it asks."""
         deadline = time.monotonic() + timeout
         self.authoritative.start(timeout=timeout)
         try:
+            if self.secondary is not None:
+                self.secondary.start(timeout=max(1.0, deadline - time.monotonic()))
             self.resolver.start(timeout=max(1.0, deadline - time.monotonic()))
         except BaseException:
-            self.authoritative.stop()
+            self.stop()
             raise
 
     def stop(self) -> None:
         with contextlib.suppress(Exception):
             self.resolver.stop()
+        if self.secondary is not None:
+            with contextlib.suppress(Exception):
+                self.secondary.stop()
         self.authoritative.stop()

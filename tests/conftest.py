@@ -7,6 +7,7 @@ import pytest
 pytest_plugins = [
     "tests.fixtures_controlplane",
     "tests.fixtures_dns",
+    "tests.fixtures_secondary",
     "tests.fixtures_compliance",
     "tests.fixtures_mta",  # before fixtures_operator, which imports it
     "tests.fixtures_operator",
@@ -15,6 +16,7 @@ pytest_plugins = [
     "tests.fixtures_policy",
     "tests.fixtures_cluster",
     "tests.fixtures_flux",
+    "tests.fixtures_certmanager",
 ]
 
 

@@ -39,6 +39,10 @@ for spec in "$@"; do
   if [[ "$key_module" == helm.sh/helm/v3 ]]; then
     ldflags+=" -X helm.sh/helm/v3/internal/version.version=$version"
   fi
+  if [[ "$key_module" == github.com/cert-manager/cert-manager ]]; then
+    # What the controller logs as its version; a plain `go build` would say "canary".
+    ldflags+=" -X github.com/cert-manager/cert-manager/pkg/util.AppVersion=$version"
+  fi
   go build -trimpath -ldflags "$ldflags" -o "$tmp/$name" "$package"
 done
 mkdir -p "$out/bin"
