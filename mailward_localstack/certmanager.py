@@ -428,6 +428,11 @@ def install(
     return handle
 
 
+def attach(kubeconfig: Path, addresses: CertManagerAddresses, ca: LocalCA) -> CertManager:
+    """A handle on the cert-manager a stack installed (`stack.up` installs it)."""
+    return CertManager(kubeconfig, addresses, build_image(), module_version(), ca)
+
+
 def self_check(cert_manager: CertManager, *, timeout: float = 60) -> float:
     """Issue one certificate through the ClusterIssuer and check it; the seconds it took."""
     kubeconfig, name = cert_manager.kubeconfig, "mailward-self-check"

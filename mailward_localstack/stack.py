@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mailward.render.policy_objects import policy_hosts, tls_secret_name
+from mailward_localstack import certmanager
 from mailward_localstack._process import (
     StackError,
     managed_pid_files,
@@ -34,6 +34,7 @@ from mailward_localstack._process import (
     stop_all,
     wait_until,
 )
+from mailward_localstack.certmanager import CertManagerAddresses
 from mailward_localstack.controlplane import (
     ControlPlane,
     kubectl,
@@ -67,7 +68,6 @@ class StackLayout:
     domain: str = "example.test"
     namespace: str = "default"
     maildomain: str = "example"
-    tls_secret: str = "mx-example-test-tls"
     mx_hosts: tuple[str, ...] = ("mx1.example.test",)
     extra_zones: tuple[ZoneSpec, ...] = ()
     """More zones under `test.` (the tests' mail destinations)."""
@@ -97,8 +97,18 @@ class StackLayout:
         return self.address(54)
 
     @property
+    def secondary(self) -> str:
+        """The BIND secondary of zones with `ZoneSpec.secondary` (started only for those)."""
+        return self.address(55)
+
+    @property
     def mta(self) -> str:
         return self.address(25)
+
+    @property
+    def cert_manager(self) -> str:
+        """cert-manager's controller (metrics, health), which issues the example's certificates."""
+        return self.address(88)
 
     @property
     def tlsrpt_collector(self) -> str:
@@ -180,6 +190,7 @@ def up(
         auth_address=layout.authoritative,
         resolver_address=layout.resolver,
         zones=[ZoneSpec(layout.domain), *layout.extra_zones],
+        secondary_address=layout.secondary,
     )
     node = Node(state_dir / "node", plane, sandbox_image=images["pause"].ref)
     try:
@@ -194,7 +205,7 @@ def up(
         node.start(images.values())
         _say("node 127.0.0.1: containerd, kubelet, kube-controller-manager, kube-scheduler")
         stack = Stack(state_dir, layout, plane, ca, images)
-        _install(stack, dns_stack, values or {})
+        _install(stack, dns_stack, node, values or {})
     except BaseException:
         _stop_everything(state_dir)
         raise
@@ -204,22 +215,14 @@ def up(
     return stack
 
 
-def _install(stack: Stack, dns_stack: DNSStack, overrides: dict[str, Any]) -> None:
-    """The example's Secrets, then the chart, then the DNSProvider (its CRD comes with it)."""
+def _install(stack: Stack, dns_stack: DNSStack, node: Node, overrides: dict[str, Any]) -> None:
+    """The chart, then cert-manager with the local CA's ClusterIssuer (which the example names:
+    its certificates are issued, none is made by hand), then the DNSProvider (its CRD comes with
+    the chart)."""
     layout, kubeconfig, ca = stack.layout, stack.kubeconfig, stack.ca
     for namespace in {layout.namespace, RELEASE_NAMESPACE}:
         if not kubectl(kubeconfig, "get", "namespace", namespace, "--ignore-not-found"):
             kubectl(kubeconfig, "create", "namespace", namespace)
-    mx_cert = ca.issue_server_cert(
-        [*layout.mx_hosts, layout.tlsrpt_host], out_dir=stack.state_dir / "certs"
-    )
-    apply_tls_secret(kubeconfig, layout.namespace, layout.tls_secret, mx_cert)
-    _say(f"TLS Secret {layout.namespace}/{layout.tls_secret} for {', '.join(layout.mx_hosts)}")
-    # What cert-manager would issue for the policy endpoint's Ingress: no wildcard (TR-03108).
-    policy_cert = ca.issue_server_cert(
-        policy_hosts(layout.domain), out_dir=stack.state_dir / "certs" / "policy"
-    )
-    apply_tls_secret(kubeconfig, RELEASE_NAMESPACE, tls_secret_name(layout.domain), policy_cert)
 
     _adopt_crds(kubeconfig)
     values_file = stack.state_dir / "values.yaml"
@@ -236,6 +239,13 @@ def _install(stack: Stack, dns_stack: DNSStack, overrides: dict[str, Any]) -> No
     )  # fmt: skip
     _say(f"helm: release {RELEASE} in {RELEASE_NAMESPACE} (values {values_file})")
     wait_established(kubeconfig, *CRD_NAMES)
+    certmanager.install(
+        kubeconfig,
+        stack.state_dir / "cert-manager",
+        CertManagerAddresses(controller=layout.cert_manager),
+        node.import_image,
+        ca,
+    )
     create_dns_provider(kubeconfig, stack.state_dir / "dns", layout.namespace)
 
 

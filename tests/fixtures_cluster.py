@@ -32,6 +32,8 @@ RESYNC_SECONDS = 20
 # Where the MTA pod sends mail in the tests: hosts at these addresses are started by the tests.
 QUEUE_HOST = 61
 MISMATCH_HOST = 62
+# A zone of its own for the TLSA rollover test (tests/integration/test_tlsa_rollover.py).
+ROLLOVER_ZONE = "rollover.test"
 # A digest no key has: a TLSA record that matches nothing (RFC 7672 §2.2: no usable TLSA).
 WRONG_DIGEST = "00" * 32
 
@@ -49,6 +51,9 @@ def destination_zones(net: str) -> tuple[ZoneSpec, ...]:
                 f"_25._tcp.mx IN TLSA 3 1 1 {WRONG_DIGEST}",
             ),
         ),
+        # Signed and secure, on the primary and a secondary whose transfers a test can hold
+        # back; empty: the rollover test's MailDomain publishes into it.
+        ZoneSpec(ROLLOVER_ZONE, records=(), secondary=True),
         # Signed, but the parent's DS matches no key: every answer is bogus (SERVFAIL).
         ZoneSpec(
             "bogus.test",

@@ -18,6 +18,7 @@ import kopf
 from mailward import fleet_handlers as fleet_handlers  # registers the MailServer handlers
 from mailward import provider_handlers as provider_handlers  # and the DNS providers'
 from mailward.adapters.certificate_requests import KubeCertificateRequests
+from mailward.adapters.endpoint_keys import KubeMTAEndpoints
 from mailward.adapters.kube import load_client_config
 from mailward.adapters.mailservers import KubeMailServerDirectory
 from mailward.adapters.nameservers import NameserverObserver
@@ -48,6 +49,7 @@ from mailward.parts.compliance import (
 from mailward.parts.dns import dns_part_from_env
 from mailward.parts.mta import MTAPart
 from mailward.parts.mtasts import mtasts_part_from_env
+from mailward.parts.policy_certificate import PolicyCertificatePart
 from mailward.parts.tlsrpt import tlsrpt_part_from_env
 from mailward.reconcile import InvalidSpec, invalid_spec_verdicts, parse_spec, settled_verdicts
 from mailward.render.resolver import ResolverSettings
@@ -92,6 +94,7 @@ def parts() -> list[Part]:
                 KubeServingSecrets(),
                 Issuance(KubeCertificateRequests()),
                 nameserver_observer,
+                KubeMTAEndpoints(),
                 TLS_SECRET_RETRY_SECONDS,
                 TLS_SECRET_RETRY_MAX_SECONDS,
             ),
@@ -104,6 +107,13 @@ def parts() -> list[Part]:
                 ResolverSettings.from_environment(),
                 os.environ.get("MAILWARD_MTA_IMAGE") or DEFAULT_MTA_IMAGE,
                 KubeMailServerDirectory(),
+            ),
+            # With a cert-manager issuer, the policy host's certificate before the endpoint
+            # is asked to serve it.
+            PolicyCertificatePart(
+                KubeServingSecrets(),
+                KubeCertificateRequests(),
+                os.environ.get("MAILWARD_POLICY_NAMESPACE") or None,
             ),
             mtasts_part_from_env(SHARED_APPLY_REFRESH_SECONDS),
             # Before the DNS part: the collector's public address goes into tlsrpt.<domain>.

@@ -76,6 +76,18 @@ def test_tlsa_is_short_lived_and_holds_current_and_next_key() -> None:
     assert tlsa.rdata == (f"3 1 1 {DIGEST}", f"3 1 1 {NEXT_DIGEST}")
 
 
+def test_the_issuers_key_is_published_as_2_1_1_beside_the_3_1_1_records() -> None:
+    issuer = "c" * 64
+    rrsets = desired_rrsets(
+        _spec(),
+        tlsa_spki_sha256={"mx1.example.test": [DIGEST]},
+        sts_policy_id="x",
+        tlsa_issuer_sha256={"mx1.example.test": [issuer]},
+    )
+    (tlsa,) = [r for r in rrsets if r.name == "_25._tcp.mx1.example.test."]
+    assert tlsa.rdata == (f"2 1 1 {issuer}", f"3 1 1 {DIGEST}")
+
+
 def test_dane_disabled_publishes_no_tlsa() -> None:
     spec = _spec().model_copy(update={"dane": _spec().dane.model_copy(update={"enabled": False})})
     assert not [r for r in _desired(spec) if r.type == "TLSA"]

@@ -63,16 +63,23 @@ def test_a_new_key_is_published_then_aged_then_served_then_the_old_one_retired()
     both = frozenset({OLD, NEW})
     d = run(stable_old(), seen(agreed=frozenset({OLD})), 1)
     assert (d.phase, d.publish, d.safe) == ("Publishing", tuple(sorted(both)), False)
-    assert d.record.current and d.record.current.spki_sha256 == OLD
+    assert d.record.current
+    assert d.record.current.spki_sha256 == OLD
     # Seen everywhere at 3 s: may be served at 3 + 2 x 10 + 5 = 28 s.
     d = run(d.record, seen(agreed=both), 3)
     assert (d.phase, d.reason, d.next_transition) == ("Aging", "WaitingForTTL", at(28))
     d = run(d.record, seen(agreed=both), 27.9)
-    assert d.phase == "Aging" and d.record.current and d.record.current.spki_sha256 == OLD
+    assert d.phase == "Aging"
+    assert d.record.current
+    assert d.record.current.spki_sha256 == OLD
     d = run(d.record, seen(agreed=both), 28)
-    assert d.phase == "Verifying" and d.happened and "switched" in d.happened[0]
-    assert d.record.current and d.record.current.spki_sha256 == NEW
-    assert d.record.previous and d.record.previous.spki_sha256 == OLD
+    assert d.phase == "Verifying"
+    assert d.happened
+    assert "switched" in d.happened[0]
+    assert d.record.current
+    assert d.record.current.spki_sha256 == NEW
+    assert d.record.previous
+    assert d.record.previous.spki_sha256 == OLD
     assert d.publish == tuple(sorted(both)), "the old key stays published while verifying"
     # The user's Secret now holds NEW, which is current: nothing is offered any more.
     d = run(d.record, seen(offered=None, agreed=both, presented=frozenset({OLD, NEW})), 35)
@@ -100,8 +107,10 @@ def test_a_record_not_seen_everywhere_never_switches(
     d = run(stable_old(), seen(agreed=agreed, problem=problem), 0)
     for second in (10, 30, 59, 3600):
         d = run(d.record, seen(agreed=agreed, problem=problem), second)
-        assert d.record.current and d.record.current.spki_sha256 == OLD
-        assert d.phase == "Publishing" and not d.safe
+        assert d.record.current
+        assert d.record.current.spki_sha256 == OLD
+        assert d.phase == "Publishing"
+        assert not d.safe
     assert d.reason == "PropagationTimeout"
     if problem:
         assert problem in d.message
@@ -119,7 +128,8 @@ def test_no_switch_without_a_certificate_for_the_next_key() -> None:
     d = run(stable_old(), seen(agreed=both, ready=False), 0)
     d = run(d.record, seen(agreed=both, ready=False), 30)
     assert (d.phase, d.request_next_certificate) == ("Issuing", True)
-    assert d.record.current and d.record.current.spki_sha256 == OLD
+    assert d.record.current
+    assert d.record.current.spki_sha256 == OLD
     d = run(d.record, seen(agreed=both, ready=True), 31)
     assert d.phase == "Verifying"
 
@@ -129,7 +139,8 @@ def test_no_switch_while_no_rotation_is_wanted() -> None:
     d = run(stable_old(), seen(agreed=both, wanted=False), 0)
     d = run(d.record, seen(agreed=both, wanted=False), 3600)
     assert (d.phase, d.safe, d.reason) == ("Stable", True, "NextKeyPublished")
-    assert d.record.current and d.record.current.spki_sha256 == OLD
+    assert d.record.current
+    assert d.record.current.spki_sha256 == OLD
 
 
 def test_endpoints_that_keep_the_old_key_roll_the_switch_back() -> None:
@@ -140,23 +151,30 @@ def test_endpoints_that_keep_the_old_key_roll_the_switch_back() -> None:
     d = run(d.record, seen(offered=None, agreed=both, presented=frozenset({OLD})), 54)
     assert d.phase == "Verifying"
     d = run(d.record, seen(offered=None, agreed=both, presented=frozenset({OLD})), 55)
-    assert d.phase == "RolledBack" and "rolled back" in d.happened[0]
-    assert d.record.current and d.record.current.spki_sha256 == OLD
-    assert d.record.next and d.record.next.spki_sha256 == NEW
+    assert d.phase == "RolledBack"
+    assert "rolled back" in d.happened[0]
+    assert d.record.current
+    assert d.record.current.spki_sha256 == OLD
+    assert d.record.next
+    assert d.record.next.spki_sha256 == NEW
     assert d.publish == tuple(sorted(both)), "both records stay: either key validates"
     # The user's Secret still offers NEW: tried again only after the pause.
     d = run(d.record, seen(agreed=both), 100)
-    assert d.phase == "RolledBack" and d.record.current.spki_sha256 == OLD  # type: ignore[union-attr]
+    assert d.phase == "RolledBack"
+    assert d.record.current.spki_sha256 == OLD
     d = run(d.record, seen(agreed=both), 175)
-    assert d.phase == "Verifying" and d.record.current.spki_sha256 == NEW  # type: ignore[union-attr]
+    assert d.phase == "Verifying"
+    assert d.record.current.spki_sha256 == NEW
 
 
 def test_a_replaced_offer_starts_aging_again() -> None:
     both = frozenset({OLD, NEW})
     d = run(stable_old(), seen(agreed=both), 0)
     d = run(d.record, seen(offered=OTHER, agreed=both), 20)
-    assert d.record.next and d.record.next.spki_sha256 == OTHER
-    assert d.record.next.published_at is None and d.phase == "Publishing"
+    assert d.record.next
+    assert d.record.next.spki_sha256 == OTHER
+    assert d.record.next.published_at is None
+    assert d.phase == "Publishing"
     d = run(d.record, seen(offered=OTHER, agreed=frozenset({OLD, OTHER})), 22)
     assert (d.phase, d.next_transition) == ("Aging", at(47))
 
@@ -164,8 +182,10 @@ def test_a_replaced_offer_starts_aging_again() -> None:
 def test_without_dane_a_new_key_is_served_at_once() -> None:
     ungated = Timing(**{**TIMING.__dict__, "gated": False})
     d = step(stable_old(), seen(agreed=None), ungated, at(1))
-    assert d.phase == "Verifying" and d.publish == ()
-    assert d.record.current and d.record.current.spki_sha256 == NEW
+    assert d.phase == "Verifying"
+    assert d.publish == ()
+    assert d.record.current
+    assert d.record.current.spki_sha256 == NEW
 
 
 def test_a_rollover_needs_a_current_key() -> None:

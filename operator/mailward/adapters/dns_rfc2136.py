@@ -282,11 +282,11 @@ class RFC2136Provider:
         query = dns.message.make_query(name, dns.rdatatype.SOA)
         query.flags &= ~dns.flags.RD
         try:
-            response = dns.query.udp(query, self.config.host, port=self.config.port, timeout=2.0)
-            if response.flags & dns.flags.TC:
-                response = dns.query.tcp(
-                    query, self.config.host, port=self.config.port, timeout=self.config.timeout
-                )
+            # TCP, not UDP: an unconnected UDP socket is bound to the wildcard address while it
+            # waits, which a pod confined to loopback must not hold (test_real_node checks).
+            response = dns.query.tcp(
+                query, self.config.host, port=self.config.port, timeout=self.config.timeout
+            )
         except (OSError, dns.exception.Timeout, EOFError) as error:
             raise ProviderUnreachable(
                 f"no answer from {self.config.server} for the SOA of {domain}: {error}"

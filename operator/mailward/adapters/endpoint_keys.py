@@ -11,8 +11,10 @@ import asyncio
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from cryptography import x509
+from kubernetes import client
 
 from mailward.compliance.tlsprobe import Endpoint, ProbeError, handshake
 from mailward.rollover.keys import certificate_digest
@@ -64,3 +66,31 @@ def digests_of(keys: Sequence[PresentedKey]) -> frozenset[str]:
     """What the machine compares with the current key; an unreachable endpoint adds a value no
     key has, so the set can only equal {current} when every endpoint presents it."""
     return frozenset(k.spki_sha256 or UNREACHABLE for k in keys)
+
+
+class MTAEndpoints(Protocol):
+    async def of(
+        self, namespace: str, maildomain: str, hosts: Sequence[tuple[str, Sequence[str]]]
+    ) -> list[tuple[str, str]]: ...
+
+
+class KubeMTAEndpoints:
+    """Where a DANE client reaches the MTA: every MX host at every published address; for MX
+    hosts without addresses (pods on the pod network, behind a load balancer), every pod of the
+    MailDomain's MTA at its pod IP, so that each pod is checked, not one picked by a Service."""
+
+    def __init__(self, api: client.CoreV1Api | None = None) -> None:
+        self._api: Any = api or client.CoreV1Api()
+
+    async def of(
+        self, namespace: str, maildomain: str, hosts: Sequence[tuple[str, Sequence[str]]]
+    ) -> list[tuple[str, str]]:
+        published = [(host, address) for host, addresses in hosts for address in addresses]
+        if published:
+            return published
+        selector = f"mailward.io/maildomain={maildomain},app.kubernetes.io/name=mailward-mta"
+        pods = await asyncio.to_thread(
+            self._api.list_namespaced_pod, namespace, label_selector=selector
+        )
+        first = hosts[0][0] if hosts else maildomain
+        return [(first, pod.status.pod_ip) for pod in pods.items if pod.status.pod_ip]

@@ -59,8 +59,10 @@ class ServingSecrets(Protocol):
     async def read_user_secret(self, namespace: str, name: str) -> UserSecret: ...
 
     async def write(
-        self, namespace: str, name: str, owner: dict[str, object], state: ServingState
+        self, namespace: str, name: str, owner: dict[str, object] | None, state: ServingState
     ) -> str: ...
+
+    async def delete(self, namespace: str, name: str) -> None: ...
 
 
 def _decode(data: dict[str, str], key: str) -> bytes:
@@ -95,7 +97,7 @@ def state_from_secret(secret: Any) -> ServingState:
 
 
 def secret_body(
-    namespace: str, name: str, owner: dict[str, object], state: ServingState
+    namespace: str, name: str, owner: dict[str, object] | None, state: ServingState
 ) -> dict[str, Any]:
     data: dict[str, str] = {}
     for prefix, material in (("tls", state.served), *((r, getattr(state, r)) for r in ROLES)):
@@ -113,8 +115,9 @@ def secret_body(
         "namespace": namespace,
         "labels": dict(LABELS),
         "annotations": annotations,
-        "ownerReferences": [owner],
     }
+    if owner is not None:  # none across namespaces: the owner's release deletes the Secret
+        metadata["ownerReferences"] = [owner]
     if state.resource_version:
         metadata["resourceVersion"] = state.resource_version
     return {
@@ -134,9 +137,24 @@ class KubeServingSecrets:
         return await asyncio.to_thread(self._read, namespace, name)
 
     async def write(
-        self, namespace: str, name: str, owner: dict[str, object], state: ServingState
+        self, namespace: str, name: str, owner: dict[str, object] | None, state: ServingState
     ) -> str:
         return await asyncio.to_thread(self._write, namespace, name, owner, state)
+
+    async def delete(self, namespace: str, name: str) -> None:
+        """Deletes the Secret if mailward wrote it (a person's Secret of that name stays)."""
+        await asyncio.to_thread(self._delete, namespace, name)
+
+    def _delete(self, namespace: str, name: str) -> None:
+        try:
+            secret = self._api.read_namespaced_secret(name, namespace)
+            labels = (secret.metadata.labels if secret.metadata else None) or {}
+            if labels.get("app.kubernetes.io/managed-by") != LABELS["app.kubernetes.io/managed-by"]:
+                return
+            self._api.delete_namespaced_secret(name, namespace)
+        except ApiException as error:
+            if error.status != 404:
+                raise
 
     async def read_user_secret(self, namespace: str, name: str) -> UserSecret:
         return await asyncio.to_thread(self._read_user_secret, namespace, name)
@@ -160,7 +178,7 @@ class KubeServingSecrets:
         return state_from_secret(secret)
 
     def _write(
-        self, namespace: str, name: str, owner: dict[str, object], state: ServingState
+        self, namespace: str, name: str, owner: dict[str, object] | None, state: ServingState
     ) -> str:
         body = secret_body(namespace, name, owner, state)
         api: Any = self._api  # the client's stubs want V1Secret; a dict is what it sends

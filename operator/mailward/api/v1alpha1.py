@@ -314,6 +314,15 @@ class DANESpec(_Model):
             "disable only while the zone cannot be signed. Default true."
         ),
     )
+    issuer_record: bool = Field(
+        default=False,
+        description=(
+            "Also publish `2 1 1` for the key of the CA that issued the served certificate, "
+            "beside the `3 1 1` records (BSI TR-03108 §4.1.5 recommends both). The served chain "
+            "must then hold that CA's certificate (RFC 7671 §5.2.2), as cert-manager's chains "
+            "and mailward's copy of them do. Default false."
+        ),
+    )
     rollover: RolloverSpec = section(RolloverSpec)
 
 

@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
 
-from mailward.adapters.endpoint_keys import digests_of, presented_keys
+from mailward.adapters.endpoint_keys import MTAEndpoints, digests_of, presented_keys
 from mailward.adapters.nameservers import NameserverObserver, NameserverView, agreement
 from mailward.adapters.serving_secret import (
     KeyMaterial,
@@ -43,6 +43,7 @@ from mailward.render.certificates import serving_secret_name
 from mailward.render.dns_records import tlsa_name
 from mailward.render.mta_server import ResourceOwner
 from mailward.rollover import keys
+from mailward.rollover import metrics as certificate_metrics
 from mailward.rollover.issuance import Issuance, IssuerSource
 from mailward.rollover.machine import (
     Decision,
@@ -57,6 +58,7 @@ from mailward.rollover.machine import (
 # ctx.facts keys, read by the DNS part.
 CERTIFICATE_CHAIN = "certificate.chain"
 TLSA_DIGESTS = "dane.tlsa_spki_sha256"
+TLSA_ISSUER_DIGESTS = "dane.tlsa_issuer_sha256"
 ROTATION_SAFE = "RotationSafe"
 # While the world is expected to change soon (propagation, a switch being verified, a
 # certificate being issued), the part looks again this often.
@@ -113,6 +115,7 @@ class CertificatePart:
         secrets: ServingSecrets,
         issuance: Issuance | None,
         nameservers: NameserverFactory,
+        endpoints: MTAEndpoints,
         retry_seconds: float,
         retry_max_seconds: float = 300.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -120,8 +123,13 @@ class CertificatePart:
         self._secrets = secrets
         self._issuance = issuance
         self._nameservers = nameservers
+        self._endpoints = endpoints
         self._backoff = Backoff(retry_seconds, retry_max_seconds)
         self._clock = clock
+        # The serving Secret as read (or last written) in the pass in progress, per MailDomain;
+        # dropped when the pass ends, so nothing outlives it (kopf runs one pass per object at
+        # a time).
+        self._read: dict[str, ServingState] = {}
 
     async def reconcile(self, ctx: ReconcileContext) -> PartResult:
         tls = ctx.spec.tls
@@ -138,6 +146,8 @@ class CertificatePart:
         name = serving_secret_name(ctx.name)
         try:
             state = await self._secrets.read(ctx.namespace, name)
+            # What this pass read: written back only if the pass changed it.
+            self._read[ctx.uid] = state
             if tls.secret_name is not None:
                 result = await self._from_user_secret(ctx, state, tls.secret_name, now)
             else:
@@ -145,6 +155,8 @@ class CertificatePart:
         except SecretChanged as error:
             verdict = Verdict(CERTIFICATE_READY, "Unknown", "ConcurrentChange", str(error))
             return PartResult([verdict], retry_after=1.0)
+        finally:
+            self._read.pop(ctx.uid, None)
         return result
 
     # -- sources -----------------------------------------------------------------------------
@@ -250,7 +262,9 @@ class CertificatePart:
             views, propagation = await self._observe_nameservers(ctx)
         presented: frozenset[str] | None = None
         if record.switched_at is not None and record.verified_at is None:
-            presented = digests_of(await presented_keys(_endpoints(ctx.spec)))
+            hosts = [(mx.host, mx.addresses) for mx in ctx.spec.mx]
+            endpoints = await self._endpoints.of(ctx.namespace, ctx.name, hosts)
+            presented = digests_of(await presented_keys(endpoints))
         seen = Observation(offered_digest, rotation_wanted, next_ready, propagation, presented)
         decision = step(record, seen, timing, now)
         if decision.request_next_certificate and issuer is not None and offered_digest:
@@ -288,6 +302,9 @@ class CertificatePart:
         chain = parse_chain(state.served.chain_pem)
         ctx.facts[CERTIFICATE_CHAIN] = chain
         ctx.facts[TLSA_DIGESTS] = {mx.host: list(decision.publish) for mx in ctx.spec.mx}
+        if ctx.spec.dane.issuer_record and decision.publish:
+            issuers = _issuer_digests(state)
+            ctx.facts[TLSA_ISSUER_DIGESTS] = {mx.host: issuers for mx in ctx.spec.mx}
         not_after = chain[0].not_valid_after_utc
         served = (
             f"serving key {decision.record.current.spki_sha256[:16]}… until "  # type: ignore[union-attr]
@@ -303,7 +320,7 @@ class CertificatePart:
             ROTATION_SAFE, "True" if decision.safe else "False", decision.reason, decision.message
         )
         events = [Event("Normal", "KeyRollover", note) for note in decision.happened]
-        if not_after - now < EXPIRY_WARNING and not decision.safe:
+        if not_after - now < EXPIRY_WARNING and not decision.safe:  # also the metric below
             events.append(
                 Event(
                     "Warning",
@@ -312,6 +329,15 @@ class CertificatePart:
                     f"key rollover is in reach: {decision.reason}: {decision.message}",
                 )
             )
+        expiring = not_after - now < EXPIRY_WARNING
+        certificate_metrics.record(
+            ctx.namespace,
+            ctx.name,
+            ctx.spec.domain,
+            not_after=not_after.timestamp(),
+            safe=decision.safe,
+            expiring=expiring,
+        )
         renewal = None
         issuance = ctx.spec.tls.renew_before if ctx.spec.tls and ctx.spec.tls.issuer_ref else None
         if issuance:
@@ -345,22 +371,25 @@ class CertificatePart:
     async def _write(self, ctx: ReconcileContext, state: ServingState) -> ServingState:
         name = serving_secret_name(ctx.name)
         version = await self._secrets.write(ctx.namespace, name, self._owner(ctx), state)
-        return replace(state, found=True, resource_version=version, damaged=None)
+        written = replace(state, found=True, resource_version=version, damaged=None)
+        self._read[ctx.uid] = written
+        return written
 
     async def _write_if_changed(self, ctx: ReconcileContext, state: ServingState) -> ServingState:
-        before = await self._secrets.read(ctx.namespace, serving_secret_name(ctx.name))
-        if before.found and _same(before, state):
+        """Writes when the state differs from what was read (its resourceVersion guards it)."""
+        if state.found and not state.damaged and _same(self._read.get(ctx.uid), state):
             return state
-        return await self._write(
-            ctx, replace(state, resource_version=before.resource_version, found=before.found)
-        )
+        return await self._write(ctx, state)
 
     async def release(self, ctx: ReconcileContext) -> None:
         """The serving Secret is owned by the MailDomain: garbage collection removes it."""
         self._backoff.reset(ctx.uid)
+        certificate_metrics.forget(ctx.namespace, ctx.name, ctx.spec.domain)
 
 
-def _same(a: ServingState, b: ServingState) -> bool:
+def _same(a: ServingState | None, b: ServingState) -> bool:
+    if a is None:
+        return False
     return (a.record, a.served, a.next, a.previous, a.pending_request) == (
         b.record,
         b.served,
@@ -405,9 +434,21 @@ def _place(
     )
 
 
-def _endpoints(spec: MailDomainSpec) -> list[tuple[str, str]]:
-    """The MTA endpoints a DANE client reaches: every MX host at every address published."""
-    return [(mx.host, address) for mx in spec.mx for address in mx.addresses]
+def _issuer_digests(state: ServingState) -> list[str]:
+    """The keys of the CAs that issued the chains held: a `2 1 1` record for each keeps
+    matching across a switch to a certificate from another CA."""
+    found: set[str] = set()
+    for material in (state.served, state.next, state.previous):
+        if material is None or not material.chain_pem:
+            continue
+        try:
+            chain = parse_chain(material.chain_pem)
+        except ValueError:
+            continue
+        issuer = next((c for c in chain[1:] if c.subject == chain[0].issuer), None)
+        if issuer is not None:
+            found.add(keys.certificate_digest(issuer))
+    return sorted(found)
 
 
 def _key_status(record: RolloverRecord) -> list[KeyStatus]:

@@ -4,6 +4,8 @@ Facts read (`ctx.facts`):
 - `certificate.chain` (certificate part): the served chain; its leaf's key is pinned as `3 1 1`.
 - `dane.tlsa_spki_sha256` (certificate part): MX host → SPKI SHA-256 digests to pin, the
   rollover's current, next and previous key; overrides the leaf.
+- `dane.tlsa_issuer_sha256` (certificate part, with `spec.dane.issuerRecord`): MX host → the
+  issuing CAs' SPKI digests, published as `2 1 1`.
 - `mta_sts.served_policy_id` (policy endpoint part): the id of the policy being served. The TXT
   announces what senders can actually fetch (update the policy first, then the id: RFC 8461 §3.1).
   None means nothing served is known: an `_mta-sts` TXT already published stays as it is; a
@@ -44,7 +46,7 @@ from mailward.parts import (
     ReleasePending,
 )
 from mailward.parts.backoff import Backoff
-from mailward.parts.certificate import CERTIFICATE_CHAIN, TLSA_DIGESTS
+from mailward.parts.certificate import CERTIFICATE_CHAIN, TLSA_DIGESTS, TLSA_ISSUER_DIGESTS
 from mailward.plan.records import Key, Owner
 from mailward.render import mta_sts
 from mailward.render.dns_records import RRset, absolute, desired_rrsets, spki_sha256
@@ -82,6 +84,7 @@ def desired_for(spec: MailDomainSpec, facts: Mapping[str, Any]) -> list[RRset]:
         tlsa_spki_sha256=tlsa_digests(spec, facts),
         sts_policy_id=str(policy_id),
         tlsrpt_collector=facts.get(TLSRPT_COLLECTOR_TARGET),
+        tlsa_issuer_sha256=facts.get(TLSA_ISSUER_DIGESTS) if spec.mail_server_ref is None else None,
     )
 
 

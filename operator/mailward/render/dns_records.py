@@ -133,12 +133,14 @@ def desired_rrsets(
     tlsa_spki_sha256: Mapping[str, Sequence[str]],
     sts_policy_id: str,
     tlsrpt_collector: HostTarget | None = None,
+    tlsa_issuer_sha256: Mapping[str, Sequence[str]] | None = None,
 ) -> list[RRset]:
     """Every RRset of the domain, sorted by name and type.
 
     `tlsa_spki_sha256` maps each MX host to the SPKI digests to pin: the served key, and during a
     rollover the next one too (RFC 7671 §8.1), so an RRset may hold several `3 1 1` records.
     A host missing from the mapping gets no TLSA RRset (DANE off, or no certificate known).
+    `tlsa_issuer_sha256` adds `2 1 1` records for the issuing CAs' keys beside them.
     `tlsrpt_collector` is where the collector was found reachable (its load balancer); the
     spec's `dns.tlsRptCollector` takes precedence over it.
     """
@@ -154,9 +156,9 @@ def desired_rrsets(
         rrsets += _address_rrsets(mx.host, mx.addresses, ttl)
         digests = tlsa_spki_sha256.get(mx.host, ())
         if spec.dane.enabled and digests:
-            rrsets.append(
-                make_rrset(tlsa_name(mx.host), "TLSA", tlsa_ttl, (f"3 1 1 {d}" for d in digests))
-            )
+            issuers = (tlsa_issuer_sha256 or {}).get(mx.host, ())
+            records = [f"3 1 1 {d}" for d in digests] + [f"2 1 1 {d}" for d in issuers]
+            rrsets.append(make_rrset(tlsa_name(mx.host), "TLSA", tlsa_ttl, records))
     # TLSRPT is a MUST of TR-03108, so the record is always there: without `rua` it names the
     # collector's mailbox.
     rua = effective_rua(spec)
