@@ -1,7 +1,9 @@
 """The demo's DNS provider: the operator publishes the example's records into the demo BIND.
 
-`create_dns_provider` creates the TSIG Secret and the `DNSProvider local-bind` that
-`examples/maildomain.yaml` names, from the TSIG key the demo's BIND was started with. `check`
+`create_cluster_dns_provider` creates the TSIG Secret (in the release's namespace) and the
+`ClusterDNSProvider local-bind` that `examples/maildomain.yaml` names, so a copy of the example in
+any namespace publishes too; `create_dns_provider` makes a namespaced `DNSProvider local-bind`
+(the tests' namespaces). Both from the TSIG key the demo's BIND was started with. `check`
 then shows, through the validating resolver, that every record the example wants resolves with
 the AD bit (`python -m mailward_localstack.demo_dns check`, for scripts/demo.sh).
 """
@@ -14,6 +16,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import dns.flags
 import dns.rcode
@@ -56,6 +59,36 @@ def provider_manifests(stack: DNSStack, namespace: str) -> list[dict[str, object
             },
         },
     ]
+
+
+def cluster_provider_manifests(stack: DNSStack, secret_namespace: str) -> list[dict[str, object]]:
+    secret, provider = provider_manifests(stack, secret_namespace)
+    spec: dict[str, Any] = json.loads(json.dumps(provider["spec"]))
+    spec["rfc2136"]["tsigSecretRef"]["namespace"] = secret_namespace
+    cluster_provider = {
+        "apiVersion": "mailward.io/v1alpha1",
+        "kind": "ClusterDNSProvider",
+        "metadata": {"name": PROVIDER_NAME},
+        "spec": spec,
+    }
+    return [secret, cluster_provider]
+
+
+def create_cluster_dns_provider(
+    kubeconfig: Path, dns_state_dir: Path, secret_namespace: str
+) -> None:
+    """After the CRDs are applied: the TSIG Secret in `secret_namespace` and the
+    `ClusterDNSProvider local-bind` for the demo's BIND."""
+    stack = DNSStack.attach(dns_state_dir)
+    wait_established(kubeconfig, "clusterdnsproviders.mailward.io")
+    for manifest in cluster_provider_manifests(stack, secret_namespace):
+        kubectl(kubeconfig, "apply", "-f", "-", input=json.dumps(manifest))
+    print(
+        f"[stack] ClusterDNSProvider {PROVIDER_NAME}: RFC 2136 to "
+        f"{stack.authoritative.address}, TSIG key {stack.tsig.name} in Secret "
+        f"{secret_namespace}/{TSIG_SECRET_NAME}",
+        flush=True,
+    )
 
 
 def create_dns_provider(kubeconfig: Path, dns_state_dir: Path, namespace: str = "default") -> None:

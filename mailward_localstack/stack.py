@@ -42,7 +42,7 @@ from mailward_localstack.controlplane import (
     repo_root,
     wait_established,
 )
-from mailward_localstack.demo_dns import create_dns_provider
+from mailward_localstack.demo_dns import create_cluster_dns_provider, create_dns_provider
 from mailward_localstack.dns import (
     AuthoritativeDNS,
     DNSStack,
@@ -247,6 +247,7 @@ def _install(stack: Stack, dns_stack: DNSStack, node: Node, overrides: dict[str,
         ca,
     )
     create_dns_provider(kubeconfig, stack.state_dir / "dns", layout.namespace)
+    create_cluster_dns_provider(kubeconfig, stack.state_dir / "dns", RELEASE_NAMESPACE)
 
 
 CRD_NAMES = tuple(

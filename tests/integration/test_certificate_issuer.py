@@ -26,7 +26,13 @@ from mailward_localstack.demo_policy import fetch
 from mailward_localstack.dns import ensure_loopback_address, remove_loopback_address
 from mailward_localstack.stack import Stack
 from tests.dane_probe import DaneProbe
-from tests.fixtures_cluster import ROLLOVER_ZONE, condition, get_json, wait_for
+from tests.fixtures_cluster import (
+    ROLLOVER_ZONE,
+    condition,
+    example_maildomain,
+    get_json,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.controlplane, pytest.mark.dnsstack, pytest.mark.node]
 
@@ -222,3 +228,46 @@ def test_a_renewal_without_a_due_rotation_keeps_the_key_and_writes_no_dns(
         "DNS untouched"
     )
     assert presented_key(MX_HOST, cluster.layout.address(MX_HOST_NUMBER)).spki_sha256 == key
+
+
+SECOND_NAMESPACE = "second"
+SECOND_DOMAIN = "second.example.test"
+
+
+@pytest.mark.timeout(600)
+def test_a_copy_of_the_example_in_another_namespace_becomes_ready_with_no_manual_step(
+    cluster: Stack, example: dict[str, Any], cert_manager: CertManager
+) -> None:
+    """What a platform team does: copy examples/maildomain.yaml, change the domain, the
+    namespace and the addresses its pods bind, apply. No Secret, no DNSProvider made by hand."""
+    layout = cluster.layout
+    text = json.dumps(example_maildomain(layout))
+    text = text.replace("example.test", SECOND_DOMAIN)
+    text = text.replace(f'"{layout.mta}"', f'"{layout.address(74)}"')
+    text = text.replace(f'"{layout.tlsrpt_collector}"', f'"{layout.address(75)}"')
+    manifest = json.loads(text)
+    manifest["metadata"] = {"name": "second", "namespace": SECOND_NAMESPACE}
+    kubectl(cluster.kubeconfig, "create", "namespace", SECOND_NAMESPACE)
+    try:
+        began = time.monotonic()
+        kubectl(cluster.kubeconfig, "apply", "-f", "-", input=json.dumps(manifest))
+
+        def ready() -> dict[str, Any] | None:
+            body: dict[str, Any] = get_json(cluster, "maildomain", "second", "-n", SECOND_NAMESPACE)
+            found = condition(body, "Ready")
+            return body if found and found["status"] == "True" else None
+
+        body = wait_for("the copy Ready", ready, timeout=300)
+        took = time.monotonic() - began
+        print(f"\nthe copy in namespace {SECOND_NAMESPACE} Ready {took:.0f} s after apply")
+        assert body["status"]["certificate"]["source"] == "Issuer"
+        code, _, policy = fetch(
+            layout.policy_endpoint,
+            f"mta-sts.{SECOND_DOMAIN}",
+            "/.well-known/mta-sts.txt",
+            str(cluster.ca.ca_file),
+        )
+        assert code == 200
+        assert f"mx: mx1.{SECOND_DOMAIN}".encode() in policy
+    finally:
+        kubectl(cluster.kubeconfig, "delete", "namespace", SECOND_NAMESPACE, "--wait=false")

@@ -99,7 +99,8 @@ def state_from_secret(secret: Any) -> ServingState:
 def secret_body(
     namespace: str, name: str, owner: dict[str, object] | None, state: ServingState
 ) -> dict[str, Any]:
-    data: dict[str, str] = {}
+    # A `kubernetes.io/tls` Secret must have both items, empty until the first certificate.
+    data: dict[str, str] = {"tls.key": "", "tls.crt": ""}
     for prefix, material in (("tls", state.served), *((r, getattr(state, r)) for r in ROLES)):
         if material is None:
             continue

@@ -17,12 +17,14 @@ Facts it leaves for later parts (`ctx.facts`): `certificate.chain`, the served c
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
+from kubernetes.client.exceptions import ApiException
 
 from mailward.adapters.endpoint_keys import MTAEndpoints, digests_of, presented_keys
 from mailward.adapters.nameservers import NameserverObserver, NameserverView, agreement
@@ -155,6 +157,14 @@ class CertificatePart:
         except SecretChanged as error:
             verdict = Verdict(CERTIFICATE_READY, "Unknown", "ConcurrentChange", str(error))
             return PartResult([verdict], retry_after=1.0)
+        except ApiException as error:
+            # The API server refused or failed a read or write: said, and tried again.
+            message = (
+                f"the API server answered {error.status} {error.reason}: {_api_message(error)}"
+            )
+            log.warning("%s/%s: %s", ctx.namespace, ctx.name, message)
+            verdict = Verdict(CERTIFICATE_READY, "Unknown", "APIError", message)
+            return PartResult([verdict], retry_after=self._backoff.next(ctx.uid), blocking=True)
         finally:
             self._read.pop(ctx.uid, None)
         return result
@@ -385,6 +395,13 @@ class CertificatePart:
         """The serving Secret is owned by the MailDomain: garbage collection removes it."""
         self._backoff.reset(ctx.uid)
         certificate_metrics.forget(ctx.namespace, ctx.name, ctx.spec.domain)
+
+
+def _api_message(error: ApiException) -> str:
+    try:
+        return str(json.loads(error.body or "{}").get("message") or "")[:500]
+    except ValueError:
+        return ""
 
 
 def _same(a: ServingState | None, b: ServingState) -> bool:
