@@ -23,9 +23,10 @@ import dns.rcode
 import dns.rdatatype
 
 from mailward.api.v1alpha1 import MXHost
-from mailward.parts.certificate import CERTIFICATE_CHAIN, parse_chain
+from mailward.parts.certificate import TLSA_DIGESTS, TLSA_ISSUER_DIGESTS, issuer_digests
 from mailward.parts.dns import SERVED_POLICY_ID, desired_for
 from mailward.reconcile import parse_spec
+from mailward.render.certificates import serving_secret_name
 from mailward_localstack.controlplane import kubectl, wait_established
 from mailward_localstack.dns import DNSStack
 
@@ -65,7 +66,7 @@ def cluster_provider_manifests(stack: DNSStack, secret_namespace: str) -> list[d
     secret, provider = provider_manifests(stack, secret_namespace)
     spec: dict[str, Any] = json.loads(json.dumps(provider["spec"]))
     spec["rfc2136"]["tsigSecretRef"]["namespace"] = secret_namespace
-    cluster_provider = {
+    cluster_provider: dict[str, object] = {
         "apiVersion": "mailward.io/v1alpha1",
         "kind": "ClusterDNSProvider",
         "metadata": {"name": PROVIDER_NAME},
@@ -118,12 +119,28 @@ def check(kubeconfig: Path, dns_state_dir: Path, namespace: str, name: str, time
         spec = spec.model_copy(update={"mx": [MXHost(host=h) for h in hosts]})
     facts: dict[str, object] = {}
     if spec.tls is not None and not spec.attached:
-        secret = json.loads(
-            kubectl(
-                kubeconfig, "get", "secret", spec.tls.secret_name, "-n", namespace, "-o", "json"
+        # The keys the rollover publishes (current, next, previous), and with issuerRecord the
+        # CAs of the chains mailward holds, read where the operator keeps them.
+        keys = (body.get("status", {}).get("certificate") or {}).get("keys") or []
+        digests = sorted(k["spkiSha256"] for k in keys)
+        facts[TLSA_DIGESTS] = {mx.host: digests for mx in spec.mx}
+        if spec.dane.issuer_record:
+            secret = json.loads(
+                kubectl(
+                    kubeconfig,
+                    "get",
+                    "secret",
+                    serving_secret_name(name),
+                    "-n",
+                    namespace,
+                    "-o",
+                    "json",
+                )
             )
-        )
-        facts[CERTIFICATE_CHAIN] = parse_chain(base64.b64decode(secret["data"]["tls.crt"]))
+            data = secret.get("data") or {}
+            chains = [base64.b64decode(data[i]) for i in ("tls.crt", "next.crt", "previous.crt")
+                      if data.get(i)]  # fmt: skip
+            facts[TLSA_ISSUER_DIGESTS] = {mx.host: issuer_digests(chains) for mx in spec.mx}
     served = _served_policy_id(stack, spec.domain)
     if served:
         facts[SERVED_POLICY_ID] = served  # whatever the policy endpoint serves, as the operator

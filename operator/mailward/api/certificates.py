@@ -13,7 +13,9 @@ from mailward.api.base import ObjectName, _Model, bounded_duration, parse_durati
 
 CERT_MANAGER_GROUP = "cert-manager.io"
 
+# cert-manager refuses lifetimes under an hour.
 CertificateLifetime = bounded_duration("1h", "8760h")
+RenewBefore = bounded_duration("1m", "8760h")
 RolloverDuration = bounded_duration("0s", "168h")
 RolloverTimeout = bounded_duration("30s", "168h")
 
@@ -101,11 +103,11 @@ class TLSSpec(_Model):
         default="2160h",
         description="Lifetime asked of the issuer (`issuerRef` only). 1h to 8760h. Default 2160h.",
     )
-    renew_before: CertificateLifetime = Field(  # type: ignore[valid-type]
+    renew_before: RenewBefore = Field(  # type: ignore[valid-type]
         default="720h",
         description=(
             "Renew this long before the certificate expires (`issuerRef` only); must be shorter "
-            "than `duration`. 1h to 8760h. Default 720h (30 days)."
+            "than `duration`. 1m to 8760h. Default 720h (30 days)."
         ),
     )
 

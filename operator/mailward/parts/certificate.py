@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
@@ -313,7 +313,8 @@ class CertificatePart:
         ctx.facts[CERTIFICATE_CHAIN] = chain
         ctx.facts[TLSA_DIGESTS] = {mx.host: list(decision.publish) for mx in ctx.spec.mx}
         if ctx.spec.dane.issuer_record and decision.publish:
-            issuers = _issuer_digests(state)
+            held = (state.served, state.next, state.previous)
+            issuers = issuer_digests(m.chain_pem for m in held if m is not None and m.chain_pem)
             ctx.facts[TLSA_ISSUER_DIGESTS] = {mx.host: issuers for mx in ctx.spec.mx}
         not_after = chain[0].not_valid_after_utc
         served = (
@@ -451,15 +452,13 @@ def _place(
     )
 
 
-def _issuer_digests(state: ServingState) -> list[str]:
-    """The keys of the CAs that issued the chains held: a `2 1 1` record for each keeps
-    matching across a switch to a certificate from another CA."""
+def issuer_digests(chains_pem: Iterable[bytes]) -> list[str]:
+    """The keys of the CAs that issued these chains (each leaf's issuer, when the chain holds
+    it): a `2 1 1` record for each keeps matching across a switch to another CA's certificate."""
     found: set[str] = set()
-    for material in (state.served, state.next, state.previous):
-        if material is None or not material.chain_pem:
-            continue
+    for pem in chains_pem:
         try:
-            chain = parse_chain(material.chain_pem)
+            chain = parse_chain(pem)
         except ValueError:
             continue
         issuer = next((c for c in chain[1:] if c.subject == chain[0].issuer), None)
