@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 POSTTLS_FINGER = "/usr/sbin/posttls-finger"
@@ -76,7 +76,13 @@ class DaneProbe:
     def _run(self, resolv: Path) -> None:
         while not self._stop.is_set() and len(self.results) < self.limit:
             began = time.monotonic()
-            self.results.append(probe_once(resolv, self.host))
+            result = probe_once(resolv, self.host)
+            if not result.verified:
+                # What the sender saw, so that a failure explains itself.
+                result = replace(
+                    result, summary=f"{result.summary} [{diagnose(self.resolver, self.host)}]"
+                )
+            self.results.append(result)
             self._stop.wait(max(0.0, self.interval - (time.monotonic() - began)))
 
     def stop(self) -> list[ProbeResult]:
@@ -98,3 +104,29 @@ def probe_once_verified(resolver: str, host: str) -> bool:
         resolv.write_text(f"nameserver {resolver}\noptions trust-ad\n")
         (Path(directory) / "main.cf").write_text("")
         return probe_once(resolv, host).verified
+
+
+def diagnose(resolver: str, host: str) -> str:
+    """The TLSA RRset the resolver gives now (rcode, AD, digests) and the key the host presents."""
+    import dns.flags
+    import dns.message
+    import dns.query
+    import dns.rcode
+    import dns.rdatatype
+
+    from mailward.adapters.endpoint_keys import presented_key
+
+    try:
+        query = dns.message.make_query(f"_25._tcp.{host}.", "TLSA", want_dnssec=True)
+        response = dns.query.tcp(query, resolver, timeout=2)
+        tlsa = [r for r in response.answer if r.rdtype == dns.rdatatype.TLSA]
+        records = sorted(str(r)[:22] for r in tlsa[0]) if tlsa else []
+        ad = "AD" if response.flags & dns.flags.AD else "no AD"
+        seen = f"TLSA {dns.rcode.to_text(response.rcode())} {ad} {records}"
+        address_query = dns.message.make_query(f"{host}.", "A")
+        answer = dns.query.tcp(address_query, resolver, timeout=2).answer
+        address = str(answer[0][0]) if answer else ""
+        key = presented_key(host, address).spki_sha256 if address else None
+        return f"{seen}; presented {key[:16] if key else None}"
+    except Exception as error:  # a diagnosis must never stop the probe
+        return f"diagnosis failed: {error}"

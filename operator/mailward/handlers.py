@@ -7,9 +7,11 @@ fields (kopf #321) and because the status belongs to the users' tools (kstatus, 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import Any, cast
 
@@ -71,6 +73,31 @@ RESYNC_SECONDS = float(os.environ.get("MAILWARD_RESYNC_SECONDS", "300"))
 SHARED_APPLY_REFRESH_SECONDS = min(60.0, RESYNC_SECONDS / 2)
 
 _parts: list[Part] | None = None
+
+
+class _OnePassAtATime:
+    """kopf runs the resync timer beside the change handlers, so two passes over one object can
+    overlap; the parts' writes (the rollover's Secret, DNS) must not. One lock per object, kept
+    only while a pass holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._users: dict[str, int] = {}
+
+    @contextlib.asynccontextmanager
+    async def of(self, uid: str) -> AsyncIterator[None]:
+        lock = self._locks.setdefault(uid, asyncio.Lock())
+        self._users[uid] = self._users.get(uid, 0) + 1
+        try:
+            async with lock:
+                yield
+        finally:
+            self._users[uid] -= 1
+            if not self._users[uid]:
+                del self._users[uid], self._locks[uid]
+
+
+_passes = _OnePassAtATime()
 
 
 def nameserver_observer() -> NameserverObserver:
@@ -196,11 +223,12 @@ async def reconcile(
         status=current,
     )
     results: list[PartResult] = []
-    for part in parts():
-        result = await part.reconcile(ctx)
-        results.append(result)
-        if result.blocking:
-            break
+    async with _passes.of(ctx.uid):
+        for part in parts():
+            result = await part.reconcile(ctx)
+            results.append(result)
+            if result.blocking:
+                break
     part_verdicts = [v for r in results for v in r.verdicts]
     owned_status = {k: v for r in results for k, v in r.status.items()}
     verdicts = settled_verdicts(ctx.spec, part_verdicts)
@@ -242,8 +270,9 @@ async def release(
         deleting_since=datetime.fromisoformat(deleting) if deleting else None,
     )
     try:
-        for part in reversed(parts()):
-            await part.release(ctx)
+        async with _passes.of(ctx.uid):
+            for part in reversed(parts()):
+                await part.release(ctx)
     except ReleasePending as pending:
         # The bound is counted from deletionTimestamp, so a restarted operator keeps it.
         raise kopf.TemporaryError(str(pending), delay=pending.delay) from None

@@ -10,6 +10,7 @@ the key rotation that such a renewal starts.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -97,6 +98,41 @@ def _served(stack: Stack) -> x509.Certificate:
     return x509.load_der_x509_certificate(result.chain[0])
 
 
+class Timeline:
+    """status.certificate's phase and keys, each time they change (read every second), so that
+    a failed probe can be placed in the rollover."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.entries: list[tuple[float, str]] = []
+        self._stack = stack
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Timeline:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        last = ""
+        while not self._stop.wait(1.0):
+            try:
+                status = _status(self._stack)
+            except Exception:
+                continue
+            keys = " ".join(f"{k['role']}={k['spkiSha256'][:8]}" for k in status.get("keys", []))
+            now = f"{status.get('phase')} {keys}"
+            if now != last:
+                self.entries.append((time.time(), now))
+                last = now
+
+    def since(self, began: float) -> str:
+        return "\n".join(f"{at - began:+.1f} s: {entry}" for at, entry in self.entries)
+
+
 @pytest.fixture(scope="module")
 def issued_domain(
     cluster: Stack, example: dict[str, Any], cert_manager: CertManager
@@ -156,6 +192,7 @@ def test_a_renewal_moves_to_the_published_next_key_without_a_dane_failure(
     status = _status(cluster)
     first, upcoming = _keys(status)["current"], _keys(status)["next"]
     probe = DaneProbe(cluster.layout.resolver, MX_HOST).start()
+    timeline = Timeline(cluster).__enter__()
     try:
         wait_for("three DANE probes", lambda: len(probe.results) >= 3, timeout=30)
         began = time.time()
@@ -176,7 +213,9 @@ def test_a_renewal_moves_to_the_published_next_key_without_a_dane_failure(
         wait_for("three more probes", lambda: len(probe.results) >= count + 3, timeout=30)
     finally:
         results = probe.stop()
+        timeline.__exit__()
     failures = [r for r in results if not r.verified]
+    print(f"\nthe rollover, as status.certificate showed it:\n{timeline.since(began)}")
     print(f"\n{len(results)} DANE probes across the rotation, {len(failures)} failed; "
           f"{time.time() - began:.0f} s")  # fmt: skip
     assert len(results) >= 20
@@ -220,8 +259,13 @@ def test_a_renewal_without_a_due_rotation_keeps_the_key_and_writes_no_dns(
              lambda: _served(cluster).serial_number != serial, timeout=120)  # fmt: skip
     assert certificate_digest(_served(cluster)) == key
     status = get_json(cluster, "maildomain", NAME, "-n", NAMESPACE)["status"]
+    events = kubectl(
+        cluster.kubeconfig, "get", "events", "-n", NAMESPACE, "--sort-by=.lastTimestamp",
+        "-o", "custom-columns=TIME:.lastTimestamp,REASON:.reason,MESSAGE:.message",
+    )  # fmt: skip
     assert status["dns"].get("lastChangeTime") == before["dns"].get("lastChangeTime"), (
-        "a renewal with the same key changed DNS"
+        f"a renewal with the same key changed DNS; keys before {_keys(settled)}, after "
+        f"{_keys(status['certificate'])}; events:\n{events}"
     )
     print(
         f"\nrenewed: notAfter {not_after} -> {after['notAfter']}, key {key[:16]} kept, "
@@ -257,7 +301,15 @@ def test_a_copy_of_the_example_in_another_namespace_becomes_ready_with_no_manual
             found = condition(body, "Ready")
             return body if found and found["status"] == "True" else None
 
-        body = wait_for("the copy Ready", ready, timeout=300)
+        try:
+            body = wait_for("the copy Ready", ready, timeout=300)
+        except AssertionError as error:
+            shown = get_json(cluster, "maildomain", "second", "-n", SECOND_NAMESPACE)
+            conditions = [
+                f"{c['type']}={c['status']} {c['reason']}: {c['message'][:300]}"
+                for c in shown.get("status", {}).get("conditions", [])
+            ]
+            raise AssertionError(f"{error}\n" + "\n".join(conditions)) from None
         took = time.monotonic() - began
         print(f"\nthe copy in namespace {SECOND_NAMESPACE} Ready {took:.0f} s after apply")
         assert body["status"]["certificate"]["source"] == "Issuer"

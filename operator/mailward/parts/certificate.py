@@ -129,8 +129,8 @@ class CertificatePart:
         self._backoff = Backoff(retry_seconds, retry_max_seconds)
         self._clock = clock
         # The serving Secret as read (or last written) in the pass in progress, per MailDomain;
-        # dropped when the pass ends, so nothing outlives it (kopf runs one pass per object at
-        # a time).
+        # dropped when the pass ends, so nothing outlives it (handlers.py runs one pass per
+        # object at a time).
         self._read: dict[str, ServingState] = {}
 
     async def reconcile(self, ctx: ReconcileContext) -> PartResult:
@@ -155,8 +155,9 @@ class CertificatePart:
             else:
                 result = await self._from_issuer(ctx, state, now)
         except SecretChanged as error:
+            # Later parts must not act on keys this pass could not settle.
             verdict = Verdict(CERTIFICATE_READY, "Unknown", "ConcurrentChange", str(error))
-            return PartResult([verdict], retry_after=1.0)
+            return PartResult([verdict], retry_after=1.0, blocking=True)
         except ApiException as error:
             # The API server refused or failed a read or write: said, and tried again.
             message = (

@@ -107,6 +107,13 @@ class DNSPart:
                 "spec.dns is not set: the domain's records are published by hand",
             )
             return PartResult([verdict], status={"dns": None})
+        if ctx.spec.dane.enabled and not ctx.spec.attached and TLSA_DIGESTS not in ctx.facts:
+            # Publishing without knowing the keys would withdraw the TLSA records: DANE off
+            # for every sender until the next pass. Nothing is sent; the next pass publishes.
+            verdict = Verdict(
+                DNS_READY, "Unknown", "WaitingForKeys", "the TLSA records' keys are not known yet"
+            )
+            return PartResult([verdict], retry_after=self._backoff.next(ctx.uid))
         ref = dns_spec.provider_ref
         owner = Owner(ctx.namespace, ctx.name, ctx.uid)
         desired = desired_for(ctx.spec, ctx.facts)
