@@ -165,3 +165,19 @@ def test_a_csr_names_every_host_and_is_signed_by_the_key() -> None:
     san = request.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == ["mx.example.test", "tlsrpt.example.test"]
     assert keys.algorithm_of(key) == "RSA"
+
+
+def test_the_expiry_alert_series_is_set_only_without_a_safe_rollover() -> None:
+    from prometheus_client import REGISTRY
+
+    from mailward.rollover import metrics
+
+    labels = {"namespace": "mail", "name": "example", "domain": "example.test"}
+    metrics.record("mail", "example", "example.test", not_after=1.0e9, safe=False, expiring=True)
+    alert = "mailward_certificate_expiring_without_safe_rollover"
+    assert REGISTRY.get_sample_value(alert, labels) == 1
+    metrics.record("mail", "example", "example.test", not_after=1.0e9, safe=True, expiring=True)
+    assert REGISTRY.get_sample_value(alert, labels) == 0
+    assert REGISTRY.get_sample_value("mailward_certificate_rotation_safe", labels) == 1
+    metrics.forget("mail", "example", "example.test")
+    assert REGISTRY.get_sample_value(alert, labels) is None
