@@ -2,10 +2,10 @@
 
 `check_domain()` probes one domain and returns a `Report`; `mailward check` prints it and the
 operator's compliance part writes it onto the MailDomain. See `catalog.py` for the checks,
-`gather.py` for what is probed, `checks/` for how it is judged.
+`gather.py` for what is probed, `checks/` for how it is judged, `record.py` (not imported
+here: it needs pydantic) for observations as JSON.
 """
 
-from mailward.compliance import record
 from mailward.compliance.catalog import CATALOG, DEFAULT_PROFILE, PROFILES
 from mailward.compliance.checks import judge
 from mailward.compliance.engine import Engine, check_domain
@@ -24,5 +24,4 @@ __all__ = [
     "Result",
     "check_domain",
     "judge",
-    "record",
 ]
