@@ -56,11 +56,29 @@ VARIANTS: dict[str, frozenset[str]] = {
     "rpt-sts.test": frozenset(),
     "openrelay.test": frozenset({"TR-SMTP-03"}),
     "vrfy250.test": frozenset({"TR-SMTP-04"}),
+    # brainpoolP256r1 supported, secp256r1 first in the server's order: warns (see below).
+    "p256first.test": frozenset(),
+    "p256first-rsa.test": frozenset(),
+    # No brainpoolP256r1, and the server takes the client's order: that absence is certain.
+    "nobrainpool.test": frozenset({"TR-TLS-04"}),
+    # An MX on port 25 only, no client SRV record: nothing for mail clients, nothing to fail.
+    "receiveonly.test": frozenset(),
 }
-# zone -> check IDs that must warn (a SHOULD NOT of a MUST check): still compliant.
+# zone -> check IDs that must warn (a SHOULD of a MUST check): still compliant.
 WARN_VARIANTS: dict[str, frozenset[str]] = {
     "rpt-dane.test": frozenset({"TR-RPT-02"}),
     "rpt-sts.test": frozenset({"TR-RPT-02"}),
+    # With its secp256r1 certificate a TLS 1.2 client must offer secp256r1 beside brainpool, and
+    # the server picks secp256r1 first: brainpool's support cannot be seen, its priority is a
+    # SHOULD (TR-03116-4 §2.2.2).
+    "p256first.test": frozenset({"TR-TLS-04"}),
+    # The same server with an RSA certificate: brainpool offered alone shows its support, and
+    # the warning is about the priority only.
+    "p256first-rsa.test": frozenset({"TR-TLS-04"}),
+}
+# zone -> check IDs that are not applicable (skip) although they apply in the compliant zone.
+SKIP_VARIANTS: dict[str, frozenset[str]] = {
+    "receiveonly.test": frozenset({"TR-GEN-01", "TR-GEN-02"}),
 }
 # A compliant zone for the operator test (its TLSA is deleted and repaired there).
 OPERATED_ZONE = "operated.test"
@@ -81,6 +99,10 @@ OWN_MX_ADDRESS = {
     "expired.test": addr(170),
     "openrelay.test": addr(171),
     "vrfy250.test": addr(172),
+    "p256first.test": addr(175),
+    "nobrainpool.test": addr(176),
+    "receiveonly.test": addr(177),
+    "p256first-rsa.test": addr(178),
 }
 SHARED_MX_ADDRESS = addr(165)
 
@@ -127,10 +149,16 @@ def zone_records(
     dkim: list[str] | None = None,
     policy_address: str = POLICY_ADDRESS,
     rpt_host: bool = True,
+    client_srv: bool = True,
 ) -> list[str]:
     # The report mailbox's host: DNS only, the engine never connects to it, so it may share the
     # MX's address; what matters is that it has no TLSA of its own.
     rpt = [f"tlsrpt IN A {mx_address}", "tlsrpt IN MX 10 tlsrpt"] if rpt_host else []
+    srv = [
+        f"_submissions._tcp IN SRV 0 1 465 mx.{zone}.",
+        "_imaps._tcp IN SRV 0 0 0 .",
+        "_pop3s._tcp IN SRV 0 0 0 .",
+    ]
     return [
         "@ IN MX 10 mx",
         f"mx IN A {mx_address}",
@@ -142,9 +170,7 @@ def zone_records(
         '@ IN TXT "v=spf1 mx -all"',
         f'_dmarc IN TXT "v=DMARC1; p=reject; rua=mailto:dmarc@{zone}"',
         *(dkim or []),
-        f"_submissions._tcp IN SRV 0 1 465 mx.{zone}.",
-        "_imaps._tcp IN SRV 0 0 0 .",
-        "_pop3s._tcp IN SRV 0 0 0 .",
+        *(srv if client_srv else []),
     ]
 
 
@@ -166,6 +192,8 @@ def build_lab_plan(
                 not_before=now - dt.timedelta(days=100),
                 not_after=now - dt.timedelta(days=10),
             )
+        elif zone == "p256first-rsa.test":
+            cert = ca.issue_server_cert([f"mx.{zone}"], out_dir=out, key_type="rsa")
         else:
             cert = ca.issue_server_cert([f"mx.{zone}"], out_dir=out)
         certs[zone] = cert
@@ -199,10 +227,10 @@ def build_lab_plan(
             # The mailbox at the policy domain itself: its MX has TLSA, its policy enforces.
             tlsrpt = f"v=TLSRPTv1; rua=mailto:tlsrpt@{zone}"
         mx_address = OWN_MX_ADDRESS.get(zone, SHARED_MX_ADDRESS)
-        records = (
-            zone_records(zone, mx_address, tlsa, tlsrpt=tlsrpt, dkim=dkim, rpt_host=rpt_host)
-            + extra
-        )
+        records = zone_records(
+            zone, mx_address, tlsa, tlsrpt=tlsrpt, dkim=dkim, rpt_host=rpt_host,
+            client_srv=zone != "receiveonly.test",
+        ) + extra  # fmt: skip
         if zone == OPERATED_ZONE:
             # Published by the operator's DNS part (test_compliance_operator.py), not by hand.
             records = ()
@@ -229,6 +257,15 @@ def build_lab_plan(
             target.open_relay = True
         elif zone == "vrfy250.test":
             target.vrfy_answers_250 = True
+        elif zone in ("p256first.test", "p256first-rsa.test"):
+            target.groups = "prime256v1 brainpoolP256r1 secp384r1"
+            if zone == "p256first-rsa.test":
+                target.ciphers = target.submissions_ciphers = COMPLIANT_RSA_CIPHERS
+        elif zone == "nobrainpool.test":
+            target.groups = "prime256v1 secp384r1"
+            target.server_order = False
+        elif zone == "receiveonly.test":
+            target.submissions = False
         postfixes.append(target)
 
     routes: dict[str, PolicyRoute] = {}
@@ -249,6 +286,10 @@ def build_lab_plan(
     return zones, postfixes, PolicyServer(POLICY_ADDRESS, routes, policy_certs), certs
 
 
+COMPLIANT_RSA_CIPHERS = (
+    "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384:"
+    "ECDHE-RSA-AES128-SHA256:ECDHE-RSA-AES256-SHA384"
+)
 COMPLIANT_WITH_SHA1 = (
     "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-SHA"
 )

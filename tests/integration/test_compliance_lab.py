@@ -3,12 +3,17 @@
 Each variant must fail exactly the check IDs listed in `VARIANTS` (and no other check may fail
 or end in `error`); the compliant domain passes every MUST, and TR-RPT-02 (its report mailbox
 `tlsrpt.good.test` has a route and no TLSA); the `WARN_VARIANTS` only warn.
+
+What the probes saw is kept too: judged again after a trip through JSON it must give the same
+report. With MAILWARD_RECORD_COMPLIANCE=<directory> each zone's observations are written there
+as `<zone>.json`, the way the recordings under tests/data/compliance/ were made.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,16 +21,24 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from mailward.compliance import Report, Result, check_domain
-from tests.fixtures_compliance import VARIANTS, WARN_VARIANTS, ComplianceLab
+from mailward.compliance import DomainObservations, Report, Result, check_domain, judge, record
+from tests.fixtures_compliance import SKIP_VARIANTS, VARIANTS, WARN_VARIANTS, ComplianceLab
 
 pytestmark = pytest.mark.dnsstack
 
 SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "compliance-report.schema.json"
+RPT_WARN_VARIANTS = {z: ids for z, ids in WARN_VARIANTS.items() if z.startswith("rpt-")}
 
 
 @pytest.fixture(scope="module")
-def lab_reports(compliance_lab: ComplianceLab) -> dict[str, Report]:
+def lab_observations() -> dict[str, DomainObservations]:
+    return {}
+
+
+@pytest.fixture(scope="module")
+def lab_reports(
+    compliance_lab: ComplianceLab, lab_observations: dict[str, DomainObservations]
+) -> dict[str, Report]:
     async def run() -> dict[str, Report]:
         limit = asyncio.Semaphore(8)
         reports = await asyncio.gather(
@@ -35,13 +48,20 @@ def lab_reports(compliance_lab: ComplianceLab) -> dict[str, Report]:
                     resolver=compliance_lab.resolver,
                     cafile=compliance_lab.ca_file,
                     limit=limit,
+                    record=lambda obs: lab_observations.__setitem__(obs.domain, obs),
                 )
                 for zone in VARIANTS
             )
         )
         return dict(zip(VARIANTS, reports, strict=True))
 
-    return asyncio.run(run())
+    reports = asyncio.run(run())
+    target = os.environ.get("MAILWARD_RECORD_COMPLIANCE")
+    if target:
+        Path(target).mkdir(parents=True, exist_ok=True)
+        for zone, obs in lab_observations.items():
+            record.save(obs, Path(target) / f"{zone}.json")
+    return reports
 
 
 def _explain(report: Report) -> str:
@@ -78,12 +98,17 @@ def test_broken_variant_fails_exactly_the_expected_checks(
 
 
 @pytest.mark.parametrize("zone", list(WARN_VARIANTS))
-def test_enforcing_report_mailbox_only_warns(lab_reports: dict[str, Report], zone: str) -> None:
+def test_warn_variant_only_warns(lab_reports: dict[str, Report], zone: str) -> None:
     report = lab_reports[zone]
     assert report.ids(Result.FAIL) == [], _explain(report)
     assert report.ids(Result.ERROR) == [], _explain(report)
     assert set(WARN_VARIANTS[zone]) <= set(report.ids(Result.WARN)), _explain(report)
     assert report.compliant
+
+
+@pytest.mark.parametrize("zone", list(RPT_WARN_VARIANTS))
+def test_enforcing_report_mailbox_only_warns(lab_reports: dict[str, Report], zone: str) -> None:
+    report = lab_reports[zone]
     # The host that enforces is named: the domain's own MX with its TLSA record.
     mailbox = report.by_id()["TR-RPT-02"]
     assert f"_25._tcp.mx.{zone}" in mailbox.message
@@ -106,7 +131,7 @@ def test_report_mailbox_judged_in_every_zone(lab_reports: dict[str, Report]) -> 
         "bogus.test": Result.SKIP,
         "rpt-https.test": Result.SKIP,
         "rpt-noroute.test": Result.FAIL,
-        **dict.fromkeys(WARN_VARIANTS, Result.WARN),
+        **dict.fromkeys(RPT_WARN_VARIANTS, Result.WARN),
     }
     got = {zone: report.by_id()["TR-RPT-02"] for zone, report in lab_reports.items()}
     for zone, check in got.items():
@@ -114,6 +139,53 @@ def test_report_mailbox_judged_in_every_zone(lab_reports: dict[str, Report]) -> 
     assert {z: c.result for z, c in got.items()} == {
         zone: expected.get(zone, Result.PASS) for zone in lab_reports
     }
+
+
+@pytest.mark.parametrize("zone", list(SKIP_VARIANTS))
+def test_checks_not_applicable_are_skipped(lab_reports: dict[str, Report], zone: str) -> None:
+    report = lab_reports[zone]
+    assert set(SKIP_VARIANTS[zone]) <= set(report.ids(Result.SKIP)), _explain(report)
+    assert report.compliant, _explain(report)
+
+
+def test_receive_only_domain_is_not_judged_on_client_ports(
+    lab_reports: dict[str, Report],
+) -> None:
+    # TR-03108-01-M: implicit TLS "where offered"; the MX serves port 25 only and no SRV
+    # record names a client service.
+    gen01 = lab_reports["receiveonly.test"].by_id()["TR-GEN-01"]
+    assert "not applicable" in gen01.message
+    assert "465" in gen01.message
+    assert "mx.receiveonly.test" in gen01.message
+
+
+def test_brainpool_support_and_preference_told_apart_where_possible(
+    lab_reports: dict[str, Report],
+) -> None:
+    good = lab_reports["good.test"].by_id()["TR-TLS-04"]
+    assert good.result is Result.PASS
+    assert "brainpoolP256r1 supported and preferred" in good.message
+    # secp256r1 first in the server's order, secp256r1 certificate: cannot be told apart.
+    first = lab_reports["p256first.test"].by_id()["TR-TLS-04"]
+    assert first.result is Result.WARN
+    assert "cannot be told apart" in first.message
+    # An RSA certificate lets brainpool be offered alone: supported, but not preferred.
+    rsa = lab_reports["p256first-rsa.test"].by_id()["TR-TLS-04"]
+    assert rsa.result is Result.WARN
+    assert "brainpoolP256r1 supported, but another group preferred" in rsa.message
+    # The server takes the client's order: brainpool offered first and not chosen is absent.
+    absent = lab_reports["nobrainpool.test"].by_id()["TR-TLS-04"]
+    assert absent.result is Result.FAIL
+    assert "client's first group" in absent.message
+
+
+def test_recorded_observations_judge_the_same(
+    lab_reports: dict[str, Report], lab_observations: dict[str, DomainObservations]
+) -> None:
+    assert set(lab_observations) == set(VARIANTS)
+    for zone, obs in lab_observations.items():
+        again = judge(record.loads(record.dumps(obs)), "tr-03108")
+        assert [c.to_dict() for c in again] == [c.to_dict() for c in lab_reports[zone].checks]
 
 
 def test_pkix_usage_is_flagged(lab_reports: dict[str, Report]) -> None:

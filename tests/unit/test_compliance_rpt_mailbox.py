@@ -11,11 +11,11 @@ import asyncio
 
 import pytest
 
-from mailward.compliance import rptmailbox, rules
-from mailward.compliance.dnsprobe import Answer
-from mailward.compliance.engine import _Findings
-from mailward.compliance.httpsprobe import HTTPSResult
+from mailward.compliance import records, rptmailbox
+from mailward.compliance.checks.findings import Findings
+from mailward.compliance.checks.tlsrpt import judge_mail_route, judge_mailboxes
 from mailward.compliance.model import CheckResult, Result
+from mailward.compliance.observations import Answer, HTTPSResult, MTASTSObservation
 
 TLSA = "3 1 1 " + "ab" * 32
 ENFORCE = "version: STSv1\r\nmode: enforce\r\nmx: mx.r.test\r\nmax_age: 86400\r\n"
@@ -59,8 +59,8 @@ def _check(
         return result
 
     observed = asyncio.run(rptmailbox.gather(dns.query, fetch_policy, rua, policy_domain))
-    findings = _Findings(profile)
-    rptmailbox.judge(findings, observed)
+    findings = Findings(profile)
+    judge_mailboxes(findings, observed)
     (result,) = [c for c in findings.results() if c.id == "TR-RPT-02"]
     return result
 
@@ -84,7 +84,7 @@ def _check(
     ],
 )
 def test_mailto_domains(uri: str, domains: list[str], error: str | None) -> None:
-    got, why = rules.mailto_domains(uri)
+    got, why = records.mailto_domains(uri)
     assert got == domains
     if error is None:
         assert why is None
@@ -94,25 +94,25 @@ def test_mailto_domains(uri: str, domains: list[str], error: str | None) -> None
 
 
 def test_mail_route_rules() -> None:
-    assert rules.parse_mx(["0 ."]) == ([], True)
-    assert rules.parse_mx(["20 b.test.", "10 A.test."]) == (["a.test", "b.test"], False)
-    assert rules.parse_mx(["0 .", "10 a.test."]) == (["a.test"], False)
-    null = rules.judge_mail_route("d.test", [], True, {})
+    assert records.parse_mx(["0 ."]) == ([], True)
+    assert records.parse_mx(["20 b.test.", "10 A.test."]) == (["a.test", "b.test"], False)
+    assert records.parse_mx(["0 .", "10 a.test."]) == (["a.test"], False)
+    null = judge_mail_route("d.test", [], True, {})
     assert not null.deliverable
     assert "RFC 7505" in null.message
-    implicit = rules.judge_mail_route("d.test", [], False, {"d.test": ["192.0.2.1"]})
+    implicit = judge_mail_route("d.test", [], False, {"d.test": ["192.0.2.1"]})
     assert implicit.deliverable
     assert implicit.targets == ("d.test",)
     assert "implicit MX" in implicit.message
-    nothing = rules.judge_mail_route("d.test", [], False, {"d.test": []})
+    nothing = judge_mail_route("d.test", [], False, {"d.test": []})
     assert not nothing.deliverable
     assert "no MX and no A/AAAA" in nothing.message
-    half = rules.judge_mail_route("d.test", ["a.test", "b.test"], False,
+    half = judge_mail_route("d.test", ["a.test", "b.test"], False,
                                   {"a.test": [], "b.test": ["2001:db8::1"]})  # fmt: skip
     assert half.deliverable
     assert half.targets == ("b.test",)
     assert "without address: a.test" in half.message
-    dead = rules.judge_mail_route("d.test", ["a.test"], False, {"a.test": []})
+    dead = judge_mail_route("d.test", ["a.test"], False, {"a.test": []})
     assert not dead.deliverable
     assert "without A/AAAA" in dead.message
 
@@ -130,13 +130,13 @@ def test_plan_is_bounded_and_groups_by_domain() -> None:
 
 def test_rua_taken_only_from_one_valid_record() -> None:
     record = '"v=TLSRPTv1; rua=mailto:r@m.test,https://r.test/v1"'
-    assert rptmailbox.tlsrpt_rua(_answer("_smtp._tls.d.test", "TXT", record)) == [
+    assert records.tlsrpt_rua(_answer("_smtp._tls.d.test", "TXT", record)) == [
         "mailto:r@m.test",
         "https://r.test/v1",
     ]
-    assert rptmailbox.tlsrpt_rua(_answer("_smtp._tls.d.test", "TXT", record, record)) == []
+    assert records.tlsrpt_rua(_answer("_smtp._tls.d.test", "TXT", record, record)) == []
     bogus = _answer("_smtp._tls.d.test", "TXT", rcode="SERVFAIL", secure=False)
-    assert rptmailbox.tlsrpt_rua(bogus) == []
+    assert records.tlsrpt_rua(bogus) == []
 
 
 # -- judged observations ---------------------------------------------------------------------
@@ -249,9 +249,10 @@ def test_policy_domain_itself_is_judged_with_its_own_policy() -> None:
     own = HTTPSResult("https://mta-sts.d.test/.well-known/mta-sts.txt", status=200,
                       body=ENFORCE.encode())  # fmt: skip
     txt = _answer("_mta-sts.d.test", "TXT", '"v=STSv1; id=1"')
-    observed.share_policy("d.test", txt, _answer("mta-sts.d.test", "A", "192.0.2.44"), own)
-    findings = _Findings("tr-03108")
-    rptmailbox.judge(findings, observed)
+    host = _answer("mta-sts.d.test", "A", "192.0.2.44")
+    rptmailbox.share_policy(observed, "d.test", MTASTSObservation(txt, host, own))
+    findings = Findings("tr-03108")
+    judge_mailboxes(findings, observed)
     (result,) = [c for c in findings.results() if c.id == "TR-RPT-02"]
     assert result.result is Result.WARN
     (evidence,) = result.evidence

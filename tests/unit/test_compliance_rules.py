@@ -10,9 +10,9 @@ import jsonschema
 import pytest
 
 from mailward.api.v1alpha1 import MailDomainStatus
-from mailward.compliance import rules
+from mailward.compliance import records
 from mailward.compliance.catalog import CATALOG, PROFILES
-from mailward.compliance.dnsprobe import txt_strings
+from mailward.compliance.checks import certificate, dane, email_auth, tls
 from mailward.compliance.model import CheckResult, Level, Report, Result
 from mailward.compliance.report import render_json, render_table
 from mailward.parts.compliance import ComplianceSettings, decide
@@ -59,59 +59,59 @@ def test_banner_is_information_only_in_every_profile() -> None:
 def test_suites_against_the_allow_list_and_order(
     suites: list[str], order: bool | None, ok: bool, tolerated: bool
 ) -> None:
-    verdict = rules.judge_suites(suites, order, "ec")
+    verdict = tls.judge_suites(suites, order, "ec")
     assert (verdict.ok, verdict.tolerated) == (ok, tolerated), verdict.message
 
 
 def test_sts_txt_and_policy() -> None:
-    assert rules.parse_sts_txt("v=STSv1; id=20261127T1200") == ("20261127T1200", None)
-    assert rules.parse_sts_txt("v=STSv1; id=has-dash")[1] is not None
-    assert rules.parse_sts_txt("v=STSv2; id=1")[1] is not None
-    policy = rules.parse_sts_policy(
+    assert records.parse_sts_txt("v=STSv1; id=20261127T1200") == ("20261127T1200", None)
+    assert records.parse_sts_txt("v=STSv1; id=has-dash")[1] is not None
+    assert records.parse_sts_txt("v=STSv2; id=1")[1] is not None
+    policy = records.parse_sts_policy(
         "version: STSv1\r\nmode: enforce\r\nmx: mx.example.test\r\nmx: *.example.test\r\n"
         "max_age: 604800\r\n"
     )
     assert policy.errors == []
     assert policy.mx == ["mx.example.test", "*.example.test"]
-    assert rules.parse_sts_policy("version: STSv1\nmode: enforce\nmax_age: 86400\n").errors
-    assert rules.parse_sts_policy("version: STSv1\nmode: none\nmax_age: 99999999999\n").errors
-    assert rules.mx_matches_pattern("mx1.example.test", "*.example.test")
-    assert not rules.mx_matches_pattern("a.mx1.example.test", "*.example.test")
-    assert not rules.mx_matches_pattern("example.test", "*.example.test")
+    assert records.parse_sts_policy("version: STSv1\nmode: enforce\nmax_age: 86400\n").errors
+    assert records.parse_sts_policy("version: STSv1\nmode: none\nmax_age: 99999999999\n").errors
+    assert records.mx_matches_pattern("mx1.example.test", "*.example.test")
+    assert not records.mx_matches_pattern("a.mx1.example.test", "*.example.test")
+    assert not records.mx_matches_pattern("example.test", "*.example.test")
 
 
 def test_tlsrpt_spf_dmarc_dkim() -> None:
-    assert rules.parse_tlsrpt("v=TLSRPTv1; rua=mailto:a@x.test,https://r.x.test/v1") == (
+    assert records.parse_tlsrpt("v=TLSRPTv1; rua=mailto:a@x.test,https://r.x.test/v1") == (
         ["mailto:a@x.test", "https://r.x.test/v1"],
         None,
     )
-    assert rules.parse_tlsrpt("v=TLSRPTv1;")[1] is not None
-    assert rules.judge_spf(["v=spf1 mx -all"])[0]
-    assert not rules.judge_spf(["v=spf1 mx ?all"])[0]
-    assert not rules.judge_spf(["v=spf1 mx -all", "v=spf1 -all"])[0]
-    assert rules.judge_dmarc(["v=DMARC1; p=reject; rua=mailto:d@x.test"])[0]
-    assert not rules.judge_dmarc(["v=DMARC1; rua=mailto:d@x.test; p=reject"])[0]
-    assert not rules.judge_dmarc(["v=DMARC1; p=none; rua=mailto:d@x.test"])[0]
-    assert not rules.judge_dmarc(["v=DMARC1; p=reject"])[0]
-    assert rules.dkim_key_kind("v=DKIM1; k=ed25519; p=abc") == "ed25519"
-    assert rules.dkim_key_kind("v=DKIM1; p=") is None
-    assert txt_strings('"v=spf1 " "mx -all"') == "v=spf1 mx -all"
+    assert records.parse_tlsrpt("v=TLSRPTv1;")[1] is not None
+    assert email_auth.judge_spf(["v=spf1 mx -all"])[0]
+    assert not email_auth.judge_spf(["v=spf1 mx ?all"])[0]
+    assert not email_auth.judge_spf(["v=spf1 mx -all", "v=spf1 -all"])[0]
+    assert email_auth.judge_dmarc(["v=DMARC1; p=reject; rua=mailto:d@x.test"])[0]
+    assert not email_auth.judge_dmarc(["v=DMARC1; rua=mailto:d@x.test; p=reject"])[0]
+    assert not email_auth.judge_dmarc(["v=DMARC1; p=none; rua=mailto:d@x.test"])[0]
+    assert not email_auth.judge_dmarc(["v=DMARC1; p=reject"])[0]
+    assert email_auth.dkim_key_kind("v=DKIM1; k=ed25519; p=abc") == "ed25519"
+    assert email_auth.dkim_key_kind("v=DKIM1; p=") is None
+    assert records.txt_strings('"v=spf1 " "mx -all"') == "v=spf1 mx -all"
 
 
 def test_tlsa_matching_and_certificate_rules(tmp_path: Path) -> None:
     ca = LocalCA.create(tmp_path / "ca")
     cert = ca.issue_server_cert(["mx.example.test"], out_dir=tmp_path)
     chain = [cert.cert, ca.cert]
-    assert rules.tlsa_matches(rules.TLSA.parse(f"3 1 1 {cert.spki_sha256()}"), chain)
-    assert rules.tlsa_matches(rules.TLSA.parse(f"2 1 1 {ca.spki_sha256()}"), chain)
-    assert not rules.tlsa_matches(rules.TLSA.parse(f"3 1 1 {ca.spki_sha256()}"), chain)
+    assert dane.tlsa_matches(records.TLSA.parse(f"3 1 1 {cert.spki_sha256()}"), chain)
+    assert dane.tlsa_matches(records.TLSA.parse(f"2 1 1 {ca.spki_sha256()}"), chain)
+    assert not dane.tlsa_matches(records.TLSA.parse(f"3 1 1 {ca.spki_sha256()}"), chain)
     # PKIX usages are never "matching" for SMTP (RFC 7672 §3.1.3).
-    assert not rules.tlsa_matches(rules.TLSA.parse(f"1 1 1 {cert.spki_sha256()}"), chain)
-    assert rules.profile_problems(cert.cert) == []
-    assert rules.key_size_problem(cert.cert) is None
-    assert rules.signature_problem(cert.cert, dt.datetime.now(dt.UTC)) is None
+    assert not dane.tlsa_matches(records.TLSA.parse(f"1 1 1 {cert.spki_sha256()}"), chain)
+    assert certificate.profile_problems(cert.cert) == []
+    assert certificate.key_size_problem(cert.cert) is None
+    assert certificate.signature_problem(cert.cert, dt.datetime.now(dt.UTC)) is None
     wild = ca.issue_server_cert(["*.example.test"], out_dir=tmp_path, allow_wildcard=True)
-    assert rules.wildcard_names(wild.cert) == ["*.example.test", "*.example.test"]
+    assert certificate.wildcard_names(wild.cert) == ["*.example.test", "*.example.test"]
 
 
 def _report(results: dict[str, Result], fatal: str | None = None) -> Report:
@@ -262,12 +262,13 @@ def test_part_wakes_the_loop_on_spec_change_or_published_records() -> None:
     ],
 )
 def test_vrfy_judged_by_rfc_5321_section_7_3(known: str, random: str, expected: Result) -> None:
-    from mailward.compliance.engine import _Findings, _judge_vrfy
-    from mailward.compliance.tlsprobe import SMTPObservation
+    from mailward.compliance.checks.findings import Findings
+    from mailward.compliance.checks.smtp import judge_vrfy
+    from mailward.compliance.observations import SMTPObservation
 
-    findings = _Findings("tr-03108")
-    smtp = SMTPObservation(vrfy={"postmaster@d.test": known, "x7q@d.test": random})
-    _judge_vrfy(findings, "d.test", smtp, "mx.d.test:25")
+    findings = Findings("tr-03108")
+    smtp = SMTPObservation(vrfy=[("postmaster@d.test", known), ("x7q@d.test", random)])
+    judge_vrfy(findings, smtp, "mx.d.test:25")
     (finding,) = findings.items["TR-SMTP-04"]
     assert finding.result == expected, finding.message
 

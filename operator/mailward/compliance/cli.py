@@ -40,6 +40,12 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.add_argument("-v", "--verbose", action="store_true", help="show the evidence")
     check.add_argument(
+        "--record",
+        type=Path,
+        metavar="FILE",
+        help="also write what the probes saw to FILE (JSON), to be judged again later",
+    )
+    check.add_argument(
         "--concurrency", type=int, default=8, help="parallel network probes (default 8)"
     )
 
@@ -56,7 +62,9 @@ def _system_resolver() -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mailward.compliance import record
     from mailward.compliance.engine import check_domain
+    from mailward.compliance.observations import DomainObservations
     from mailward.compliance.report import render_json, render_table
 
     resolver = args.resolver or _system_resolver()
@@ -72,11 +80,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"mailward check: cannot read --ca-file {cafile}", file=sys.stderr)
         return 2
 
+    def save(obs: DomainObservations) -> None:
+        record.save(obs, args.record)
+
     async def main() -> int:
         limit = asyncio.Semaphore(max(1, args.concurrency))
         report = await check_domain(
             args.domain, resolver=address, port=port, profile=args.profile, cafile=cafile,
-            limit=limit,
+            limit=limit, record=save if args.record else None,
         )  # fmt: skip
         if args.json:
             sys.stdout.write(render_json(report))

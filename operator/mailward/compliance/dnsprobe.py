@@ -20,34 +20,7 @@ import dns.name
 import dns.rcode
 import dns.rdatatype
 
-
-class ResolverUnreachable(RuntimeError):
-    """The resolver did not answer at all: the check as a whole cannot run."""
-
-
-@dataclass(frozen=True)
-class Answer:
-    name: str
-    rdtype: str
-    rcode: str  # NOERROR, NXDOMAIN, SERVFAIL, ... or TIMEOUT
-    secure: bool  # AD bit
-    records: tuple[str, ...] = ()  # rdata in presentation form, of the queried type only
-    ttl: int = 0
-    ede: tuple[str, ...] = ()  # Extended DNS Errors, e.g. "6 DNSSEC Bogus: ..."
-
-    @property
-    def ok(self) -> bool:
-        return self.rcode == "NOERROR"
-
-    @property
-    def bogus(self) -> bool:
-        return self.rcode == "SERVFAIL"
-
-    def describe(self) -> str:
-        flags = "AD" if self.secure else "no AD"
-        ede = f", EDE {'; '.join(self.ede)}" if self.ede else ""
-        data = f": {', '.join(self.records[:4])}" if self.records else ""
-        return f"{self.name} {self.rdtype}: {self.rcode} ({flags}{ede}){data}"
+from mailward.compliance.observations import Answer
 
 
 class DNSClient(Protocol):
@@ -114,29 +87,3 @@ class ValidatingResolverClient:
         """Whether the resolver answers at all (any rcode) for the root SOA."""
         answer = await self._query(".", "SOA")
         return answer.rcode != "TIMEOUT"
-
-
-def txt_strings(record: str) -> str:
-    """A TXT rdata in presentation form (`"a" "b"`) as its concatenated value (RFC 7208 §3.3)."""
-    parts: list[str] = []
-    i = 0
-    while i < len(record):
-        if record[i] == '"':
-            j = i + 1
-            buf = []
-            while j < len(record) and record[j] != '"':
-                if record[j] == "\\" and j + 1 < len(record):
-                    if record[j + 1 : j + 4].isdigit():
-                        buf.append(chr(int(record[j + 1 : j + 4])))
-                        j += 4
-                        continue
-                    buf.append(record[j + 1])
-                    j += 2
-                    continue
-                buf.append(record[j])
-                j += 1
-            parts.append("".join(buf))
-            i = j + 1
-        else:
-            i += 1
-    return "".join(parts)

@@ -9,23 +9,12 @@ from __future__ import annotations
 import http.client
 import socket
 import ssl
-from dataclasses import dataclass, field
 
 from cryptography import x509
 
+from mailward.compliance.observations import HTTPSResult
+
 MAX_BODY = 64 * 1024
-
-
-@dataclass
-class HTTPSResult:
-    url: str
-    status: int | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-    body: bytes = b""
-    truncated: bool = False
-    pkix_error: str | None = None  # None: chain, name and validity verified
-    leaf_names: list[str] = field(default_factory=list)
-    error: str = ""
 
 
 def fetch(

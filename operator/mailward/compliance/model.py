@@ -47,7 +47,6 @@ class Finding:
     result: Result
     message: str
     subject: str = ""
-    evidence: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

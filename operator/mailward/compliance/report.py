@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import textwrap
-from typing import Any
 
 from mailward.compliance.catalog import GROUPS
 from mailward.compliance.model import Report, Result
@@ -71,7 +70,3 @@ def render_table(report: Report, *, colour: bool, verbose: bool = False) -> str:
 
 def render_json(report: Report) -> str:
     return json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n"
-
-
-def report_dict(report: Report) -> dict[str, Any]:
-    return report.to_dict()
