@@ -89,7 +89,8 @@ def _served(stack: Stack) -> x509.Certificate:
     """The leaf the MTA pod presents after STARTTLS."""
     import ssl
 
-    from mailward.compliance.tlsprobe import Endpoint, handshake
+    from mailward.compliance.observations import Endpoint
+    from mailward.compliance.tlsprobe import handshake
 
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False

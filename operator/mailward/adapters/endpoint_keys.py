@@ -16,7 +16,9 @@ from typing import Any, Protocol
 from cryptography import x509
 from kubernetes import client
 
-from mailward.compliance.tlsprobe import Endpoint, ProbeError, handshake
+from mailward.compliance.observations import Endpoint
+from mailward.compliance.smtpprobe import ProbeError
+from mailward.compliance.tlsprobe import handshake
 from mailward.rollover.keys import certificate_digest
 
 SMTP_PORT = 25

@@ -175,12 +175,14 @@ sys.exit(0 if code == 250 else 1)
 
 # A query answered from the resolver's own data (the `localhost.` zone every Unbound serves), so
 # readiness says "the resolver answers DNS on its address" without making the MTA unready when an
-# upstream is slow: outbound mail then defers on its own (TEMP), inbound must go on.
+# upstream is slow: outbound mail then defers on its own (TEMP), inbound must go on. Over TCP: a
+# UDP query's socket is bound to the wildcard address while it waits for the answer, which a
+# pod confined to loopback must never hold, not even for a moment.
 DNS_PROBE = """\
 import sys
 import dns.message, dns.query, dns.rcode
 host, timeout = sys.argv[1], float(sys.argv[2])
-answer = dns.query.udp(dns.message.make_query("localhost.", "A"), host, timeout=timeout)
+answer = dns.query.tcp(dns.message.make_query("localhost.", "A"), host, timeout=timeout)
 sys.exit(0 if answer.rcode() == dns.rcode.NOERROR and answer.answer else 1)
 """
 

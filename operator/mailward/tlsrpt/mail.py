@@ -140,7 +140,8 @@ def resolver_dnsfunc(nameserver: str, timeout: float = 3.0) -> DNSFunc:
     def lookup(name: bytes | str, timeout: float = timeout) -> bytes | None:
         qname = name.decode("ascii") if isinstance(name, bytes) else name
         try:
-            answer = resolver.resolve(qname, "TXT")
+            # TCP: an unconnected UDP socket would be bound to the wildcard address meanwhile.
+            answer = resolver.resolve(qname, "TXT", tcp=True)
         except Exception:
             return None
         for record in answer:
