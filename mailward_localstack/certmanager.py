@@ -151,16 +151,23 @@ def ca_secret_manifest(ca: LocalCA, name: str, namespace: str) -> dict[str, Any]
     }
 
 
-def ca_issuer_manifest(name: str, secret_name: str, namespace: str | None) -> dict[str, Any]:
-    """A CA `ClusterIssuer` (namespace None) or namespaced `Issuer` signing with `secret_name`."""
+def ca_issuer_manifest(
+    name: str, secret_name: str, namespace: str | None, crl_url: str | None = None
+) -> dict[str, Any]:
+    """A CA `ClusterIssuer` (namespace None) or namespaced `Issuer` signing with `secret_name`;
+    with `crl_url`, its certificates name that CRL distribution point (the local CA's own, as
+    the certificates it issues itself do: TR-03108's certificate profile asks for one)."""
     metadata: dict[str, Any] = {"name": name}
     if namespace is not None:
         metadata["namespace"] = namespace
+    ca: dict[str, Any] = {"secretName": secret_name}
+    if crl_url:
+        ca["crlDistributionPoints"] = [crl_url]
     return {
         "apiVersion": f"{GROUP}/v1",
         "kind": "ClusterIssuer" if namespace is None else "Issuer",
         "metadata": metadata,
-        "spec": {"ca": {"secretName": secret_name}},
+        "spec": {"ca": ca},
     }
 
 
@@ -364,7 +371,7 @@ class CertManager:
         the local CA), once Ready; returns its `issuerRef`."""
         objects = [
             ca_secret_manifest(self.ca, name, namespace),
-            ca_issuer_manifest(name, name, namespace),
+            ca_issuer_manifest(name, name, namespace, self.ca.crl_url),
         ]
         _apply(self.kubeconfig, objects)
         wait_until(
@@ -400,7 +407,7 @@ def install(
     objects = [
         *controller_manifests(image.ref, addresses),
         ca_secret_manifest(ca, CA_SECRET, NAMESPACE),
-        ca_issuer_manifest(CLUSTER_ISSUER, CA_SECRET, None),
+        ca_issuer_manifest(CLUSTER_ISSUER, CA_SECRET, None, ca.crl_url),
     ]
     state_dir.mkdir(parents=True, exist_ok=True)
     (state_dir / "manifests.json").write_text(
