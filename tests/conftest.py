@@ -32,9 +32,20 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if report.when != "call" or not report.failed:
         return
     # Imported here: a plugin module imported by conftest itself loses pytest's assert rewriting.
+    from mailward_localstack.controlplane import kubectl
+    from mailward_localstack.stack import RELEASE_NAMESPACE, Stack
     from tests.fixtures_operator import OperatorProcess
 
-    operator = getattr(item, "funcargs", {}).get("operator")
+    funcargs = getattr(item, "funcargs", {})
+    operator = funcargs.get("operator")
     if isinstance(operator, OperatorProcess):
         tail = operator.log().splitlines()[-OPERATOR_LOG_LINES:]
         report.sections.append((f"operator log, last {len(tail)} lines", "\n".join(tail)))
+    cluster = funcargs.get("cluster")
+    if isinstance(cluster, Stack):
+        # The chart's operator pod on the real node: what it said while the test waited.
+        log = kubectl(
+            cluster.kubeconfig, "logs", "-n", RELEASE_NAMESPACE, "deploy/mailward",
+            f"--tail={OPERATOR_LOG_LINES}", check=False,
+        )  # fmt: skip
+        report.sections.append(("operator pod log", log))

@@ -236,7 +236,11 @@ async def reconcile(
     for result in results:
         for event in result.events:
             kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+    # A part that wants to look again only after the next resync (a renewal weeks away) waits
+    # for the resync: a TemporaryError that long would hold back kopf's handling of the next
+    # spec change, and the resync timer's own runs, for as long.
     delays = [r.retry_after for r in results if r.retry_after is not None]
+    delays = [d for d in delays if d < RESYNC_SECONDS]
     if delays:
         # Every part that is not there yet, not only the first: the log is where an operator
         # of the operator sees why a domain keeps being retried.
