@@ -135,6 +135,23 @@ INVALID_CASES: list[InvalidCase] = [
     InvalidCase(
         "tls-secret-name-invalid", _set("tls.secretName", "Bad_Name"), "spec.tls.secretName"
     ),
+    InvalidCase("tls-secret-and-issuer", _set("tls.issuerRef", {"name": "ca"}), "spec.tls"),
+    InvalidCase(
+        "tls-issuer-kind-unknown",
+        _set("tls", {"issuerRef": {"name": "ca", "kind": "Vault"}}),
+        "spec.tls.issuerRef.kind",
+    ),
+    InvalidCase("tls-duration-too-short", _set("tls.duration", "30m"), "spec.tls.duration"),
+    InvalidCase(
+        "tls-renew-before-not-shorter",
+        _set("tls", {"issuerRef": {"name": "ca"}, "duration": "1h", "renewBefore": "2h"}),
+        "spec.tls",
+    ),
+    InvalidCase(
+        "dane-rollover-margin-invalid",
+        _set("dane", {"rollover": {"margin": "5 minutes"}}),
+        "spec.dane.rollover.margin",
+    ),
     InvalidCase(
         "dns-provider-kind-unknown",
         _set("dns.providerRef.kind", "Route53"),

@@ -40,7 +40,13 @@ def test_valid_examples_are_accepted_and_defaulted(kube: Kube, namespace: str) -
     kube.kubectl("create", "-f", "-", input=json.dumps(minimal_maildomain(namespace=namespace)))
     minimal = kube.get_maildomain(namespace, "minimal")["spec"]
     assert minimal["mx"][0]["priority"] == 10
-    assert minimal["dane"] == {"enabled": True}
+    assert minimal["dane"] == {
+        "enabled": True,
+        "issuerRecord": False,
+        "rollover": {"margin": "5m", "propagationTimeout": "10m", "verifyTimeout": "5m"},
+    }
+    assert minimal["tls"]["duration"] == "2160h"
+    assert minimal["tls"]["privateKey"] == {"algorithm": "ECDSA", "rotationPolicy": "Always"}
     assert minimal["mtaSts"] == {"mode": "enforce", "maxAge": 604800}
     assert minimal["compliance"] == {"profile": "tr-03108", "interval": "1h"}
 
@@ -100,6 +106,7 @@ def test_printer_columns(kube: Kube, namespace: str) -> None:
         "READY",
         "COMPLIANT",
         "MTA-STS",
+        "CERT-EXPIRES",
         "DANE",
         "AGE",
         "MAILSERVER",

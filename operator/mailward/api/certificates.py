@@ -75,7 +75,11 @@ class TLSSpec(_Model):
                 {
                     "rule": "has(self.secretName) != has(self.issuerRef)",
                     "message": "set exactly one of spec.tls.secretName and spec.tls.issuerRef",
-                }
+                },
+                {
+                    "rule": "duration(self.renewBefore) < duration(self.duration)",
+                    "message": "spec.tls.renewBefore must be shorter than spec.tls.duration",
+                },
             ]
         },
     )
