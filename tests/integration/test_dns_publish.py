@@ -372,14 +372,21 @@ def test_demo_provider_publishes_the_example(
     example["spec"]["mx"] = [{"host": f"mx1.{domain}", "priority": 10, "addresses": [addr(25)]}]
     # rua stays empty (the collector's mailbox), its host points at an address of this test.
     example["spec"]["dns"]["tlsRptCollector"] = {"addresses": [addr(26)]}
+    # No cert-manager and no ClusterDNSProvider beside this control plane: a Secret of the
+    # test's CA, and the namespace's provider.
+    example["spec"]["tls"] = {"secretName": "mx-example-test-tls"}
+    example["spec"]["dns"]["providerRef"] = {"kind": "DNSProvider", "name": "local-bind"}
     cert = local_ca.issue_server_cert([f"mx1.{domain}"])
-    kube.apply(tls_secret_manifest(namespace, cert, example["spec"]["tls"]["secretName"]))
+    kube.apply(tls_secret_manifest(namespace, cert, "mx-example-test-tls"))
     kube.apply(example)
     _wait_dns(kube, namespace, "True", "Published")
     assert check(kube.kubeconfig, dns_dir, namespace, "example", timeout=20) == 0
     shown = capsys.readouterr().out
     assert "BAD" not in shown
-    assert f"_25._tcp.mx1.{domain}. TLSA 3 1 1 {spki_sha256(cert.cert)}" in shown
+    # The leaf's key, and with `dane.issuerRecord` the CA's key (its certificate is in the chain).
+    (tlsa,) = [line for line in shown.splitlines() if f"_25._tcp.mx1.{domain}. TLSA" in line]
+    assert f"3 1 1 {spki_sha256(cert.cert)}" in tlsa
+    assert f"2 1 1 {spki_sha256(local_ca.cert)}" in tlsa
     assert f'_smtp._tls.{domain}. TXT "v=TLSRPTv1; rua=mailto:tlsrpt@tlsrpt.{domain}"' in shown
     assert f"tlsrpt.{domain}. MX 10 tlsrpt.{domain}." in shown
     assert f"tlsrpt.{domain}. A {addr(26)}" in shown
