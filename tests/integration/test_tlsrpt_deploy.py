@@ -97,9 +97,11 @@ def test_the_collector_follows_the_namespaces_maildomains(
     statefulset = _get(kube, namespace, "statefulset", NAME)
     assert statefulset is not None
     pod = statefulset["spec"]["template"]["spec"]
+    # Each domain's certificate as mailward serves it (its copy, moved only by the rollover),
+    # not the user's Secret.
     assert sorted(v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v) == [
-        "alpha-tls",
-        "beta-tls",
+        "alpha-mailward-tls",
+        "beta-mailward-tls",
     ]
     assert pod["containers"][0]["image"] == "ghcr.io/mailward/operator:test"
     public = _get(kube, namespace, "service", NAME)
