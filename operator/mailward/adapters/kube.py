@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 from typing import Protocol
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from mailward.reconcile import TLSSecretObservation
+
+
+def api_message(error: ApiException) -> str:
+    """What the API server said, for a condition or a log line (its Status message)."""
+    try:
+        return str(json.loads(error.body or "{}").get("message") or error.reason)[:1000]
+    except ValueError:
+        return str(error.reason)
 
 
 class SecretObserver(Protocol):

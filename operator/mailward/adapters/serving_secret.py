@@ -19,6 +19,7 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from mailward.reconcile import TLSSecretObservation
+from mailward.rollover.keys import key_digest, key_from_pem
 from mailward.rollover.machine import RolloverRecord
 
 RECORD_ANNOTATION = "mailward.io/rollover"
@@ -37,6 +38,11 @@ class KeyMaterial:
     key_pem: bytes
     # The certificate chain for this key (leaf first); empty while none was issued.
     chain_pem: bytes = b""
+
+    @property
+    def spki_sha256(self) -> str:
+        """The key's DANE digest (what its `3 1 1` record holds)."""
+        return key_digest(key_from_pem(self.key_pem))
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ Facts it leaves for later parts (`ctx.facts`): `certificate.chain`, the served c
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -27,6 +26,7 @@ from cryptography import x509
 from kubernetes.client.exceptions import ApiException
 
 from mailward.adapters.endpoint_keys import MTAEndpoints, digests_of, presented_keys
+from mailward.adapters.kube import api_message
 from mailward.adapters.nameservers import NameserverObserver, NameserverView, agreement
 from mailward.adapters.serving_secret import (
     KeyMaterial,
@@ -102,13 +102,6 @@ class _Failure:
     retry: bool = True
 
 
-def _not_after(chain_pem: bytes) -> datetime | None:
-    try:
-        return parse_chain(chain_pem)[0].not_valid_after_utc
-    except ValueError:
-        return None
-
-
 class CertificatePart:
     name = "certificate"
 
@@ -160,9 +153,7 @@ class CertificatePart:
             return PartResult([verdict], retry_after=1.0, blocking=True)
         except ApiException as error:
             # The API server refused or failed a read or write: said, and tried again.
-            message = (
-                f"the API server answered {error.status} {error.reason}: {_api_message(error)}"
-            )
+            message = f"the API server answered {error.status} {error.reason}: {api_message(error)}"
             log.warning("%s/%s: %s", ctx.namespace, ctx.name, message)
             verdict = Verdict(CERTIFICATE_READY, "Unknown", "APIError", message)
             return PartResult([verdict], retry_after=self._backoff.next(ctx.uid), blocking=True)
@@ -222,7 +213,7 @@ class CertificatePart:
         self, ctx: ReconcileContext, state: ServingState, first: KeyMaterial, now: datetime
     ) -> ServingState:
         """The first key is served at once: no TLSA record pins anything yet."""
-        digest = keys.key_digest(keys.key_from_pem(first.key_pem))
+        digest = first.spki_sha256
         record = RolloverRecord(current=KeyEntry(spki_sha256=digest, served_since=now))
         state = replace(state, served=first, record=record)
         return await self._write(ctx, state)
@@ -243,7 +234,7 @@ class CertificatePart:
         timing = timing_for(ctx.spec)
         record = state.record
         if record.current is None or state.damaged:
-            digest = keys.key_digest(keys.key_from_pem(state.served.key_pem))
+            digest = state.served.spki_sha256
             record = RolloverRecord(current=KeyEntry(spki_sha256=digest, served_since=now))
         materials = _materials(state)
         assert record.current is not None
@@ -252,7 +243,7 @@ class CertificatePart:
         rotation_wanted = False
         next_ready = False
         if offered is not None:
-            offered_digest = keys.key_digest(keys.key_from_pem(offered.key_pem))
+            offered_digest = offered.spki_sha256
             materials[offered_digest] = offered
             if offered_digest == current_digest and offered.chain_pem != state.served.chain_pem:
                 # A renewal with the same key: served at once, DNS unchanged.
@@ -399,13 +390,6 @@ class CertificatePart:
         certificate_metrics.forget(ctx.namespace, ctx.name, ctx.spec.domain)
 
 
-def _api_message(error: ApiException) -> str:
-    try:
-        return str(json.loads(error.body or "{}").get("message") or "")[:500]
-    except ValueError:
-        return ""
-
-
 def _same(a: ServingState | None, b: ServingState) -> bool:
     if a is None:
         return False
@@ -435,7 +419,7 @@ def _materials(state: ServingState) -> dict[str, KeyMaterial]:
     found: dict[str, KeyMaterial] = {}
     for material in (state.previous, state.next, state.served):
         if material is not None:
-            found[keys.key_digest(keys.key_from_pem(material.key_pem))] = material
+            found[material.spki_sha256] = material
     return found
 
 

@@ -21,10 +21,9 @@ Configuration (operator environment): `MAILWARD_MTA_RESOLVER_TRUST_ANCHORS` and
 
 from __future__ import annotations
 
-import json
-
 from kubernetes.client.exceptions import ApiException
 
+from mailward.adapters.kube import api_message
 from mailward.adapters.mailservers import MailServerDirectory
 from mailward.adapters.workloads import StatefulSetObservation, WorkloadClient
 from mailward.api.mta import DEFAULT_MTA_IMAGE
@@ -66,13 +65,6 @@ def mta_verdict(observed: StatefulSetObservation, name: str) -> Verdict:
     if observed.ready_replicas < observed.replicas:
         return Verdict(MTA_READY, "False", "MTANotReady", f"{what}: {counts}")
     return Verdict(MTA_READY, "True", "MTARunning", f"{what}: {counts}")
-
-
-def _api_message(error: ApiException) -> str:
-    try:
-        return str(json.loads(error.body or "{}").get("message") or error.reason)[:1000]
-    except ValueError:
-        return str(error.reason)
 
 
 class MTAPart:
@@ -125,7 +117,7 @@ class MTAPart:
                 # The API server's refusal (an immutable field, a quota, a webhook) is the
                 # condition's message; the rest of the pass and the status write go on.
                 what = f"{manifest['kind']} {manifest['metadata']['name']}"
-                message = f"the API server refused {what}: {_api_message(error)}"
+                message = f"the API server refused {what}: {api_message(error)}"
                 return PartResult(
                     [Verdict(MTA_READY, "False", "ApplyRefused", message, stalled=True)],
                     status={"mailServer": None},

@@ -28,7 +28,7 @@ from mailward.parts.backoff import Backoff
 from mailward.render.mta_server import ResourceOwner
 from mailward.render.policy_objects import policy_hosts, tls_secret_name
 from mailward.rollover import keys
-from mailward.rollover.issuance import request_name
+from mailward.rollover.issuance import certified, request_name
 
 POLICY_CERTIFICATE_READY = "PolicyCertificateReady"
 POLL_SECONDS = 5.0
@@ -64,7 +64,7 @@ class PolicyCertificatePart:
         renew_before = timedelta(seconds=parse_duration(tls.renew_before))
         original = await self._secrets.read(self._namespace, name)
         state, failure = await self._collect(ctx, original)
-        if state.served is not None and _valid_for(state.served, now, renew_before):
+        if state.served is not None and certified(state.served, now, renew_before):
             await self._save(original, state, name)
             self._backoff.reset(ctx.uid)
             served = keys.load_chain(state.served.chain_pem)[0].not_valid_after_utc
@@ -108,7 +108,7 @@ class PolicyCertificatePart:
         if outcome.state != "Issued":
             return state, f"{what}: {outcome.state}: {outcome.message or 'no reason given'}"
         await self._requests.delete(ctx.namespace, request)
-        if state.next is None or _digest(state.next) != digest:
+        if state.next is None or state.next.spki_sha256 != digest:
             return state, f"{what}: issued for a key mailward no longer holds"
         issued = replace(state.next, chain_pem=outcome.chain_pem)
         return replace(state, served=issued, next=None), None
@@ -144,16 +144,3 @@ class PolicyCertificatePart:
         if tls is None or tls.issuer_ref is None or self._namespace is None:
             return
         await self._secrets.delete(self._namespace, tls_secret_name(ctx.spec.domain))
-
-
-def _digest(material: KeyMaterial) -> str:
-    return keys.key_digest(keys.key_from_pem(material.key_pem))
-
-
-def _valid_for(material: KeyMaterial, now: datetime, lead: timedelta) -> bool:
-    try:
-        chain = keys.load_chain(material.chain_pem)
-        key = keys.key_from_pem(material.key_pem)
-    except ValueError:
-        return False
-    return keys.chain_matches_key(chain, key) and chain[0].not_valid_after_utc - now > lead

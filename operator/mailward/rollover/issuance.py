@@ -73,7 +73,7 @@ def request_name(maildomain: str, digest: str, now: datetime) -> str:
     return maildomain[: _NAME_MAX - len(suffix)] + suffix
 
 
-def _certified(material: KeyMaterial | None, now: datetime, lead: timedelta) -> bool:
+def certified(material: KeyMaterial | None, now: datetime, lead: timedelta) -> bool:
     """The material's chain belongs to its key and stays valid for at least `lead`."""
     if material is None or not material.chain_pem:
         return False
@@ -133,10 +133,10 @@ class IssuerSource:
             # The issuing CA in the chain lets a `2 1 1` record match (RFC 7671 §5.2.2).
             chain = chain.rstrip(b"\n") + b"\n" + outcome.ca_pem
         await self._requests.delete(self._ctx.namespace, name)
-        if state.served is not None and _digest(state.served) == digest:
+        if state.served is not None and state.served.spki_sha256 == digest:
             issued = replace(state.served, chain_pem=chain)
             return replace(state, served=issued), Progress("Issued", material=issued)
-        if state.next is not None and _digest(state.next) == digest:
+        if state.next is not None and state.next.spki_sha256 == digest:
             issued = replace(state.next, chain_pem=chain)
             if state.served is None:  # the first certificate: bootstrapped by the part
                 return replace(state, next=None), Progress("Issued", material=issued)
@@ -170,11 +170,11 @@ class IssuerSource:
             return None  # the last switch is being verified: no new key yet
         material = state.next or KeyMaterial(keys.key_to_pem(self._new_key()))
         return Offer(
-            _digest(material), material, _certified(material, self._now, self._renew_before)
+            material.spki_sha256, material, certified(material, self._now, self._renew_before)
         )
 
     def renewal_due(self, state: ServingState) -> bool:
-        return not _certified(state.served, self._now, self._renew_before)
+        return not certified(state.served, self._now, self._renew_before)
 
     def rotation_due(self, state: ServingState) -> bool:
         return self._tls.private_key.rotation_policy == "Always" and self.renewal_due(state)
@@ -183,7 +183,7 @@ class IssuerSource:
         if state.pending_request is not None:
             return state
         material = state.next
-        if material is None or _digest(material) != digest:
+        if material is None or material.spki_sha256 != digest:
             return state
         return await self._ask(state, material)
 
@@ -197,7 +197,3 @@ class IssuerSource:
         if switching:
             return state
         return await self._ask(state, state.served)
-
-
-def _digest(material: KeyMaterial) -> str:
-    return keys.key_digest(keys.key_from_pem(material.key_pem))
