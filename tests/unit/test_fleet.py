@@ -15,7 +15,6 @@ from mailward.adapters.workloads import StatefulSetObservation
 from mailward.api.mailserver import MailServerSpec
 from mailward.api.v1alpha1 import MailDomainStatus
 from mailward.attachment import NAMESPACE_NOT_ALLOWED, ServerKey, decide
-from mailward.compliance.endpoint_probes import EndpointProbes
 from mailward.endpoint.catalog import site_for
 from mailward.parts import ReconcileContext
 from mailward.parts.mta import MTAPart
@@ -170,34 +169,6 @@ def test_fleet_records_hold_one_tlsa_rrset_per_host() -> None:
         ("_25._tcp.mx1.fleet.test.", "TLSA"),
         ("mx1.fleet.test.", "A"),
     ]
-
-
-def test_an_endpoint_is_probed_once_per_window_for_all_its_domains() -> None:
-    now = [0.0]
-    probes = EndpointProbes(clock=lambda: now[0])
-    calls: list[str] = []
-
-    async def probe() -> str:
-        calls.append("probe")
-        await asyncio.sleep(0)
-        return f"result-{len(calls)}"
-
-    async def many() -> list[str]:
-        # Three domains of one fleet checked together: one probe, awaited by all.
-        return await asyncio.gather(*(probes.get("tls", "mx1:25", 3600, probe) for _ in range(3)))
-
-    assert asyncio.run(many()) == ["result-1"] * 3
-    now[0] = 3000.0
-    assert asyncio.run(probes.get("tls", "mx1:25", 3600, probe)) == "result-1"
-    now[0] = 3700.0  # a new interval: probed again
-    assert asyncio.run(probes.get("tls", "mx1:25", 3600, probe)) == "result-2"
-    assert asyncio.run(probes.get("tls", "mx2:25", 3600, probe)) == "result-3"
-    assert (probes.probes, probes.shared) == (3, 3)
-    # An incomplete probe (a refused or rate-limited connection) is not handed to the others.
-    now[0] = 8000.0
-    keep_none = probes.get("tls", "mx1:25", 3600, probe, keep=lambda _: False)
-    assert asyncio.run(keep_none) == "result-4"
-    assert asyncio.run(probes.get("tls", "mx1:25", 3600, probe)) == "result-5"
 
 
 def test_the_policy_endpoint_serves_an_attached_domain_with_its_fleets_hosts() -> None:

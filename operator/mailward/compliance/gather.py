@@ -4,7 +4,9 @@ one domain, and keep it as `DomainObservations`. No verdicts here (`checks/` jud
 The blocking network probes run in threads, bounded by a semaphore that a caller can share
 between domains (the operator keeps one for the whole process), so a hundred domains never mean
 a thousand simultaneous handshakes. Endpoint probes (the TLS enumeration, the STARTTLS injection
-test) can be shared between the domains an MX serves (`endpoint_probes.EndpointProbes`).
+test) can be shared between the domains an MX serves (`endpoint_probes.EndpointProbes`): only
+when a caller passes `shared` and a window (`shared_max_age`); without them (`mailward check`,
+one domain) every probe is the domain's own.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import TypeVar
 
 from mailward.compliance import rptmailbox
 from mailward.compliance.dnsprobe import DNSClient
-from mailward.compliance.endpoint_probes import EndpointProbes
+from mailward.compliance.endpoint_probes import EndpointProbes, ProbeWindow
 from mailward.compliance.httpsprobe import fetch
 from mailward.compliance.observations import (
     CLIENT_PORTS,
@@ -25,6 +27,7 @@ from mailward.compliance.observations import (
     DomainObservations,
     Endpoint,
     HTTPSResult,
+    InjectionObservation,
     Lookup,
     MTASTSObservation,
     MXHost,
@@ -83,15 +86,27 @@ class Gatherer:
             return await asyncio.get_running_loop().run_in_executor(_executor(), fn, *args)
 
     async def _endpoint(
-        self, kind: str, ep: Endpoint, fn: Callable[[Endpoint], T], complete: Callable[[T], bool]
+        self,
+        window: ProbeWindow[Endpoint, T] | None,
+        ep: Endpoint,
+        fn: Callable[[Endpoint], T],
+        complete: Callable[[T], bool],
     ) -> T:
         """`fn(ep)`, or what it gave for another domain within `shared_max_age` if that probe
-        was `complete`."""
-        if self.shared is None or self.shared_max_age <= 0:
+        was `complete` (or is still running: then its outcome, whatever it is)."""
+        if window is None or self.shared_max_age <= 0:
             return await self._blocking(fn, ep)
-        return await self.shared.get(
-            kind, ep, self.shared_max_age, lambda: self._blocking(fn, ep), complete
+        return await window.get(ep, self.shared_max_age, lambda: self._blocking(fn, ep), complete)
+
+    async def _injection(self, ep: Endpoint) -> InjectionObservation:
+        window = self.shared.injection if self.shared is not None else None
+        return await self._endpoint(
+            window, ep, starttls_injection, lambda f: f.vulnerable is not None
         )
+
+    async def _tls(self, ep: Endpoint) -> TLSObservation:
+        window = self.shared.tls if self.shared is not None else None
+        return await self._endpoint(window, ep, self._observe_tls, _complete)
 
     async def _zone_of(self, name: str) -> str:
         labels = name.rstrip(".").split(".")
@@ -152,16 +167,14 @@ class Gatherer:
             if mx.smtp.starttls_offered:
                 ep = Endpoint(mx.name, mx.address, 25)
                 try:
-                    mx.injection = await self._endpoint(
-                        "injection", ep, starttls_injection, lambda f: f.vulnerable is not None
-                    )
+                    mx.injection = await self._injection(ep)
                 except (ProbeError, OSError) as e:
                     mx.injection_error = str(e)
                 # Port 25 TLS only where STARTTLS was offered.
                 await observe(ep)
 
         async def observe(ep: Endpoint) -> None:
-            tls.append(await self._endpoint("tls", ep, self._observe_tls, _complete))
+            tls.append(await self._tls(ep))
 
         async def sts() -> None:
             if not txt_values(sts_txt, "v=STSv1"):
