@@ -199,6 +199,7 @@ class Scheduler:
         """Start the waiting task on the running event loop."""
         if self._dispatcher is None or self._dispatcher.done():
             self._dispatcher = asyncio.create_task(self._dispatch(), name="mailward scheduler")
+            self._dispatcher.add_done_callback(_report_dispatcher_end)
 
     async def stop(self, grace: float = 10.0) -> set[JobKey]:
         """Stop waiting and cancel the runs; wait for them at most `grace` seconds. Returns
@@ -388,3 +389,10 @@ class Scheduler:
         finally:
             sleeper.cancel()
             waker.cancel()
+
+
+def _report_dispatcher_end(task: asyncio.Task[None]) -> None:
+    # Without its one waiting task no periodic job runs again: that must not pass silently.
+    error = None if task.cancelled() else task.exception()
+    if error is not None:
+        logger.error("the scheduler stopped: no periodic job runs any more", exc_info=error)
