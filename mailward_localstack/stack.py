@@ -295,6 +295,9 @@ def chart_values(stack: Stack, dns_stack: DNSStack) -> dict[str, Any]:
         "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
         "hostNetwork": True,
         "bindAddress": layout.operator,
+        # One node, and on its network the operator's ports allow one replica (the chart's
+        # two need two nodes; tests/integration/test_ha.py runs two without the ports).
+        "replicas": 1,
         "policyEndpoint": {
             "replicas": 1,
             "hostNetwork": {"addresses": [layout.policy_endpoint]},

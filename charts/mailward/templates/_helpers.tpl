@@ -31,3 +31,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{ .Values.bindAddress }}
 {{- end -}}
 {{- end -}}
+
+{{- /* The kopf peering object the replicas elect their active one in. */ -}}
+{{- define "mailward.peeringName" -}}
+{{- default (include "mailward.fullname" .) .Values.peering.name -}}
+{{- end -}}

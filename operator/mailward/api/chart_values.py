@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 JSONSchema = dict[str, Any]
@@ -47,6 +47,34 @@ class CRDs(_Values):
         description=(
             "Keep the CRDs on `helm uninstall` (helm.sh/resource-policy: keep): deleting a CRD "
             "deletes every MailDomain and MailServer with it."
+        ),
+    )
+
+
+class Peering(_Values):
+    """kopf peering: the replicas run active/standby (docs/ha.md)."""
+
+    enabled: bool = Field(
+        default=True,
+        description=(
+            "Replicas elect one active through a kopf.dev peering object. false: kopf runs "
+            "standalone, and `replicas` must be 1."
+        ),
+    )
+    name: str = Field(default="", description="The peering object's name. Empty: the full name.")
+    lifetime_seconds: int = Field(
+        default=20,
+        ge=5,
+        description=(
+            "A replica that stopped renewing its peer record (SIGKILL, a lost node) is taken for "
+            "dead after this; kopf's default is 60."
+        ),
+    )
+    install_crds: bool = Field(
+        default=True,
+        description=(
+            "Install kopf's peering CRD (with crds.install). false when another kopf operator's "
+            "release already owns it: the CRDs kopf.dev are shared by every kopf operator."
         ),
     )
 
@@ -164,7 +192,20 @@ class ChartValues(_Values):
     image: Image = Field(default_factory=Image)
     image_pull_secrets: list[dict[str, str]] = Field(default_factory=list)
     watch_namespaces: list[str] = Field(default_factory=list, description="Empty: every namespace.")
-    replicas: int = Field(default=1, ge=0, le=1, description="One: kopf runs standalone.")
+    replicas: int = Field(
+        default=2, ge=0, description="One active, the others on standby (needs peering.enabled)."
+    )
+    peering: Peering = Field(default_factory=Peering)
+    pod_disruption_budget: bool = Field(
+        default=True, description="With more than one replica: at most one evicted at a time."
+    )
+    health_endpoint: bool = Field(
+        default=True,
+        description=(
+            "kopf's /healthz on bindAddress:8080 and the probes on it. false: neither (several "
+            "replicas on one node's host network, which would all need that port)."
+        ),
+    )
     host_network: bool = False
     bind_address: str = "0.0.0.0"
     extra_env: list[dict[str, Any]] = Field(default_factory=list)
@@ -204,6 +245,13 @@ class ChartValues(_Values):
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
     affinity: dict[str, Any] = Field(default_factory=dict)
     pod_annotations: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_replica_without_peering(self) -> ChartValues:
+        # The chart's template says the same to helm (values.schema.json cannot).
+        if self.replicas > 1 and not self.peering.enabled:
+            raise ValueError("replicas > 1 needs peering.enabled: standalone replicas all work")
+        return self
 
 
 def values_schema() -> JSONSchema:
