@@ -3,7 +3,10 @@
 Reading: the zone is found from the SOA (RFC 2136 §4: updates go to the zone's primary), then
 read by a TSIG-signed zone transfer. A copy of each zone is kept and brought up to date by IXFR,
 so a pass over many domains of one zone does not transfer the whole zone every time; any doubt
-(an error, a serial gone backwards, an old copy) falls back to a full AXFR.
+(an error, a serial gone backwards, an old copy) falls back to a full AXFR. The copy holds the
+zone's RRsets by owner name, without what the signer maintains: the transfer is read record by
+record and RRSIG/NSEC/NSEC3 data (most of a signed zone, and most of each IXFR after an UPDATE)
+is skipped unparsed, while the TSIG of every signed message is verified as usual (RFC 8945 §5.3.1).
 
 Writing: all changes of one domain go into ONE UPDATE message, together with the ownership
 registry and a prerequisite on every RRset as it was read (RFC 2136 §2.4). The server applies
@@ -17,11 +20,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import logging
+import re
+import socket
+import struct
 import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import dns.exception
 import dns.flags
@@ -32,10 +40,12 @@ import dns.rcode
 import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
+import dns.rdtypes.ANY.SOA
+import dns.rdtypes.ANY.TSIG
+import dns.serial
 import dns.tsig
 import dns.update
 import dns.xfr
-import dns.zone
 
 from mailward.adapters.dns_provider import (
     ConcurrentChange,
@@ -43,7 +53,7 @@ from mailward.adapters.dns_provider import (
     PublishResult,
     UpdateRefused,
 )
-from mailward.adapters.wire import dns_exchange_tcp
+from mailward.adapters.wire import dns_exchange_tcp, recv_exact
 from mailward.plan.records import Key, Owner, Plan, calculate, decode_registry, registry_name
 from mailward.render.dns_records import RRset, absolute
 
@@ -98,17 +108,50 @@ class RFC2136Config:
         return f"{self.host}#{self.port}"
 
 
+class _Data:
+    """The records of one RRset in the copy."""
+
+    __slots__ = ("rdata", "ttl")
+
+    def __init__(self, ttl: int) -> None:
+        self.ttl = ttl
+        self.rdata: set[dns.rdata.Rdata] = set()
+
+
 class _ZoneCopy:
+    """What mailward knows of a zone: its RRsets by owner name (lower-case absolute text) and
+    type, without what the signer maintains, as of SOA serial `serial`."""
+
     def __init__(self, origin: dns.name.Name) -> None:
-        self.zone = dns.zone.Zone(origin, relativize=False)
+        self.origin = origin
+        self.origin_text = origin.canonicalize().to_text()
+        self.names: dict[str, dict[str, _Data]] = {}
+        self.serial: int | None = None
         self.lock = threading.Lock()
         self.fetched_at = 0.0
         self.complete = False
 
-    def serial(self) -> int | None:
-        origin = self.zone.origin
-        soa = self.zone.get_rdataset(origin, dns.rdatatype.SOA) if origin is not None else None
-        return int(soa[0].serial) if soa else None
+    def rrsets_at(self, name: str) -> dict[Key, RRset]:
+        node = self.names.get(_owner_key(name))
+        if not node:
+            return {}
+        return {(name, rdtype): _rrset(name, rdtype, data) for rdtype, data in node.items()}
+
+    def rrsets(self) -> dict[Key, RRset]:
+        """Every RRset of the copy (for tests: it must equal what a fresh AXFR reads)."""
+        return {
+            (name, rdtype): _rrset(name, rdtype, data)
+            for name, node in self.names.items()
+            for rdtype, data in node.items()
+        }
+
+
+def _rrset(name: str, rdtype: str, data: _Data) -> RRset:
+    return RRset(name, rdtype, data.ttl, tuple(sorted(r.to_text() for r in data.rdata)))
+
+
+def _owner_key(name: str) -> str:
+    return dns.name.from_text(name).canonicalize().to_text()
 
 
 _copies: dict[tuple[str, int, str, str], _ZoneCopy] = {}
@@ -158,6 +201,244 @@ def _refusal(config: RFC2136Config, zone: str, action: str, response: dns.messag
     else:
         why = "see the server's log"
     return f"{config.server} refused to {action} zone {zone} ({rcode}): {why}"
+
+
+# -- reading a zone transfer ---------------------------------------------------------------
+# dnspython parses every record of a transfer into objects (some 15 ms for the IXFR after one
+# domain's UPDATE in a signed zone, 5 times the server's time to send it); this reader walks the
+# wire and builds objects only for the records the copy keeps.
+
+
+def _malformed(why: str) -> dns.exception.FormError:
+    return dns.exception.FormError(why)  # type: ignore[no-untyped-call]
+
+
+_PLAIN_LABEL = re.compile(rb"[a-z0-9_*-]+")
+_XFR_MESSAGES_AT_MOST = 100_000
+
+
+@functools.cache
+def _type_text(rdtype: int) -> str:
+    return dns.rdatatype.to_text(dns.rdatatype.RdataType.make(rdtype))
+
+
+@functools.cache
+def _kept(rdtype: int) -> bool:
+    text = _type_text(rdtype)
+    return not (text in _SIGNER_TYPES or text.startswith("TYPE"))
+
+
+def _read_name(wire: bytes, offset: int, memo: dict[int, str]) -> tuple[str, int]:
+    """The (possibly compressed) name at `offset`: lower-case absolute text as dnspython writes
+    it, and the offset after it. `memo` holds the names read from this message by offset."""
+    labels: list[tuple[int, str]] = []
+    end = -1
+    position = lowest = offset
+    suffix = ""
+    while True:
+        known = memo.get(position)
+        if known is not None:
+            suffix = known
+            break
+        length = wire[position]
+        if length == 0:
+            position += 1
+            break
+        if length & 0xC0 == 0xC0:
+            pointer = (length & 0x3F) << 8 | wire[position + 1]
+            if end < 0:
+                end = position + 2
+            if pointer >= lowest:  # each jump before the last one: no loops
+                raise _malformed("a compression pointer that does not point back")
+            position = lowest = pointer
+            continue
+        if length & 0xC0:
+            raise _malformed("unknown label type")
+        label = wire[position + 1 : position + 1 + length].lower()
+        if len(label) != length:
+            raise _malformed("truncated name")
+        text = (
+            label.decode("ascii")
+            if _PLAIN_LABEL.fullmatch(label)
+            else dns.name.Name((label,)).to_text()
+        )
+        labels.append((position, text))
+        position += 1 + length
+    if end < 0:
+        end = position
+    for at, text in reversed(labels):
+        suffix = f"{text}.{suffix}"
+        memo[at] = suffix
+    return suffix or ".", end
+
+
+_Op = tuple[bool, str, str, int, dns.rdata.Rdata]  # (add, owner, type, ttl, rdata)
+
+
+class _Inbound:
+    """The state of one zone transfer (RFC 5936 AXFR, RFC 1995 IXFR, and the AXFR-style answer
+    a server may give to an IXFR); the copy changes only when it completed."""
+
+    def __init__(self, origin: str, serial: int | None) -> None:
+        self.origin = origin
+        self.serial = serial  # the copy's serial for an IXFR, None for an AXFR
+        self.incremental = serial is not None
+        self.final: dns.rdtypes.ANY.SOA.SOA | None = None  # the first SOA: the new version
+        self.final_ttl = 0
+        self.expecting_soa = False
+        self.deleting = False
+        self.at = serial  # the serial the current IXFR sequence starts from or leads to
+        self.ops: list[_Op] = []
+        self.done = False
+        self.up_to_date = False
+
+    def feed(self, name: str, rdtype: int, ttl: int, rdata: dns.rdata.Rdata | None) -> None:
+        if self.done:
+            raise _malformed("records after the final SOA")
+        is_soa = rdtype == dns.rdatatype.SOA and name == self.origin
+        if self.final is None:
+            if not is_soa or rdata is None:
+                raise _malformed("the transfer does not start with the zone's SOA")
+            self.final = cast(dns.rdtypes.ANY.SOA.SOA, rdata)
+            self.final_ttl = ttl
+            if self.incremental:
+                assert self.serial is not None
+                if self.final.serial == self.serial:
+                    self.done = self.up_to_date = True
+                elif dns.serial.Serial(self.final.serial) < self.serial:
+                    raise dns.xfr.SerialWentBackwards
+                else:
+                    self.expecting_soa = True
+            return
+        if is_soa:
+            soa = cast(dns.rdtypes.ANY.SOA.SOA, rdata)
+            if self.expecting_soa:  # IXFR: the first deletion sequence
+                self.expecting_soa = False
+                self.deleting = True
+                if soa.serial != self.serial:
+                    raise _malformed("IXFR base serial mismatch")
+            elif not self.incremental:
+                if soa != self.final:
+                    raise _malformed("unexpected SOA in an AXFR")
+                self.done = True
+            elif self.deleting:  # the additions up to this version follow
+                self.deleting = False
+                self.at = soa.serial
+            elif soa == self.final:
+                if self.at != soa.serial:
+                    raise _malformed("unexpected end of IXFR sequence")
+                self.done = True
+            else:  # the next deletion sequence
+                if soa.serial != self.at:
+                    raise _malformed("IXFR sequences do not follow each other")
+                self.deleting = True
+            return
+        if self.expecting_soa:  # an IXFR answered with the whole zone
+            self.incremental = False
+            self.expecting_soa = False
+        if rdata is not None:
+            self.ops.append((not self.deleting, name, _type_text(rdtype), ttl, rdata))
+
+    def commit(self, copy: _ZoneCopy) -> None:
+        assert self.done
+        assert self.final is not None
+        if self.up_to_date:
+            return
+        names: dict[str, dict[str, _Data]] = copy.names if self.incremental else {}
+        for add, name, rdtype, ttl, rdata in self.ops:
+            node = names.get(name)
+            data = node.get(rdtype) if node is not None else None
+            if add:
+                if node is None:
+                    node = names[name] = {}
+                if data is None:
+                    data = node[rdtype] = _Data(ttl)
+                elif ttl < data.ttl:
+                    data.ttl = ttl
+                data.rdata.add(rdata)
+                continue
+            if node is None or data is None or rdata not in data.rdata:
+                raise _malformed(f"IXFR deletes {name} {rdtype} the copy lacks")
+            data.rdata.discard(rdata)
+            if not data.rdata:
+                del node[rdtype]
+                if not node:
+                    del names[name]
+        soa = _Data(self.final_ttl)
+        soa.rdata.add(self.final)
+        names.setdefault(self.origin, {})["SOA"] = soa
+        copy.names = names
+        copy.serial = self.final.serial
+
+
+def _read_xfr_message(
+    wire: bytes,
+    query: dns.message.Message,
+    key: dns.tsig.Key,
+    ctx: object,
+    inbound: _Inbound,
+) -> tuple[object, bool]:
+    """Feed one message of a transfer to `inbound`; the TSIG context to go on with, and whether
+    this message was signed. A signed message is verified before any of its records is used."""
+    memo: dict[int, str] = {}
+    records: list[tuple[str, int, int, int, int, int]] = []
+    tsig: tuple[str, int, int, int] | None = None
+    try:
+        ident, flags, questions, answers, authority, additional = struct.unpack_from("!6H", wire, 0)
+        position = 12
+        for _ in range(questions):
+            _, position = _read_name(wire, position, memo)
+            position += 4
+        for section, count in enumerate((answers, authority, additional)):
+            for index in range(count):
+                start = position
+                name, position = _read_name(wire, position, memo)
+                rdtype, rdclass, ttl, length = struct.unpack_from("!HHIH", wire, position)
+                position += 10
+                if position + length > len(wire):
+                    raise _malformed("truncated record")
+                if section == 0:
+                    records.append((name, rdtype, rdclass, ttl, position, length))
+                elif section == 2 and rdtype == dns.rdatatype.TSIG:
+                    if index != count - 1:
+                        raise _malformed("TSIG is not the last record")
+                    tsig = (name, start, position, length)
+                position += length
+    except (IndexError, struct.error):
+        raise _malformed("truncated message") from None
+    if position != len(wire):
+        raise _malformed("trailing data after the message")
+    if ident != query.id or not flags & dns.flags.QR:
+        raise _malformed("not an answer to the transfer query")
+    if tsig is not None:
+        owner, start, at, length = tsig
+        signature = cast(
+            dns.rdtypes.ANY.TSIG.TSIG,
+            dns.rdata.from_wire(dns.rdataclass.ANY, dns.rdatatype.TSIG, wire, at, length),
+        )
+        ctx = dns.tsig.validate(  # type: ignore[no-untyped-call]
+            wire, key, dns.name.from_text(owner), signature, int(time.time()), query.mac, start,
+            ctx, True,
+        )  # fmt: skip
+    elif ctx is not None:
+        ctx.update(wire)  # type: ignore[attr-defined]  # unsigned, covered by the next TSIG
+    rcode = dns.rcode.from_flags(flags, 0)
+    if rcode != dns.rcode.NOERROR:
+        raise dns.xfr.TransferError(rcode)  # type: ignore[no-untyped-call]
+    if ctx is None:
+        raise _malformed("the transfer's first message is not signed")
+    for name, rdtype, rdclass, ttl, at, length in records:
+        data = None
+        if rdtype == dns.rdatatype.SOA or _kept(rdtype):
+            data = dns.rdata.from_wire(
+                dns.rdataclass.RdataClass.make(rdclass),
+                dns.rdatatype.RdataType.make(rdtype),
+                wire,
+                at,
+                length,
+            )
+        inbound.feed(name, rdtype, ttl, data)
+    return ctx, tsig is not None
 
 
 class RFC2136Provider:
@@ -235,7 +516,7 @@ class RFC2136Provider:
         for attempt in range(1, _ATTEMPTS + 1):
             copy = self._read_zone(zone, serial if attempt == 1 else None)
             with copy.lock:
-                current = self._current(copy.zone, domain, inside)
+                current = self._current(copy, domain, inside)
             plan = calculate(
                 owner=owner,
                 domain=domain,
@@ -317,7 +598,7 @@ class RFC2136Provider:
         with copy.lock:
             fresh = time.monotonic() - copy.fetched_at < _ZONE_COPY_MAX_AGE
             try:
-                if copy.complete and fresh and serial is not None and serial == copy.serial():
+                if copy.complete and fresh and serial is not None and serial == copy.serial:
                     return copy
                 if copy.complete and fresh:
                     try:
@@ -325,7 +606,6 @@ class RFC2136Provider:
                         return copy
                     except (dns.xfr.TransferError, dns.exception.FormError, ValueError):
                         pass  # IXFR not possible here: fall back to a full transfer
-                copy.zone = dns.zone.Zone(zone, relativize=False)
                 copy.complete = False
                 self._transfer(copy, incremental=False)
                 copy.complete = True
@@ -336,25 +616,44 @@ class RFC2136Provider:
         return copy
 
     def _transfer(self, copy: _ZoneCopy, *, incremental: bool) -> None:
-        zone_name = copy.zone.origin
-        assert zone_name is not None
-        zone_text = zone_name.to_text(omit_final_dot=True)
-        query, _ = dns.xfr.make_query(
-            copy.zone,
-            serial=0 if incremental else None,
-            keyring=self._key,
-            keyname=self._key.name,
-            keyalgorithm=self._key.algorithm,
+        """Bring `copy` up to date by IXFR from its serial, or replace it by an AXFR."""
+        zone_text = copy.origin.to_text(omit_final_dot=True)
+        query = dns.message.make_query(
+            copy.origin, dns.rdatatype.IXFR if incremental else dns.rdatatype.AXFR
         )
+        serial = copy.serial if incremental else None
+        if serial is not None:
+            # RFC 1995 §3: the version the client has, as an SOA in the authority section.
+            soa = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.SOA, f". . {serial} 0 0 0 0")
+            query.find_rrset(
+                query.authority, copy.origin, dns.rdataclass.IN, dns.rdatatype.SOA, create=True
+            ).add(soa, 0)
+        elif incremental:
+            raise ValueError("no serial to start an IXFR from")
+        query.use_tsig(self._key)
+        wire = query.to_wire()
+        inbound = _Inbound(copy.origin_text, serial)
+        deadline = time.monotonic() + self.config.timeout * 6
+        family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
         try:
-            dns.query.inbound_xfr(
-                self.config.host,
-                copy.zone,
-                query,
-                port=self.config.port,
-                timeout=self.config.timeout,
-                lifetime=self.config.timeout * 6,
-            )
+            with socket.socket(family, socket.SOCK_STREAM) as sock:
+                sock.settimeout(self.config.timeout)
+                sock.connect((self.config.host, self.config.port))
+                sock.sendall(struct.pack("!H", len(wire)) + wire)
+                ctx: object = None
+                signed = False
+                for _ in range(_XFR_MESSAGES_AT_MOST):
+                    if inbound.done:
+                        break
+                    if time.monotonic() > deadline:
+                        raise dns.exception.Timeout
+                    (length,) = struct.unpack("!H", recv_exact(sock, 2))
+                    message = recv_exact(sock, length)
+                    ctx, signed = _read_xfr_message(message, query, self._key, ctx, inbound)
+                else:
+                    raise _malformed("a transfer that does not end")
+            if not signed:
+                raise _malformed("the transfer's last message is not signed")
         except dns.xfr.TransferError as error:
             if error.rcode in (dns.rcode.NOTAUTH, dns.rcode.REFUSED, dns.rcode.NOTZONE):
                 response = dns.message.make_response(query)
@@ -377,24 +676,17 @@ class RFC2136Provider:
                 f"cannot read zone {zone_text} from {self.config.server}: "
                 f"{error or type(error).__name__}"
             ) from None
+        inbound.commit(copy)
 
     @staticmethod
-    def _current(zone: dns.zone.Zone, domain: str, desired: Sequence[RRset]) -> dict[Key, RRset]:
+    def _current(copy: _ZoneCopy, domain: str, desired: Sequence[RRset]) -> dict[Key, RRset]:
         """The zone's RRsets at every name the plan can touch: the desired names, the registry
         and whatever the registry lists."""
 
         def at(names: Iterable[str]) -> dict[Key, RRset]:
             found: dict[Key, RRset] = {}
             for name in names:
-                node = zone.get_node(dns.name.from_text(name))
-                if node is None:
-                    continue
-                for rdataset in node.rdatasets:
-                    rdtype = dns.rdatatype.to_text(rdataset.rdtype)
-                    if rdtype in _SIGNER_TYPES or rdtype.startswith("TYPE"):
-                        continue
-                    rdata = tuple(sorted(r.to_text() for r in rdataset))
-                    found[(name, rdtype)] = RRset(name, rdtype, rdataset.ttl, rdata)
+                found.update(copy.rrsets_at(name))
             return found
 
         registry = registry_name(domain)
