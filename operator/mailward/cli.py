@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import random
+import socket
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, cast
 
 # How long a replica's peer record counts after its last renewal (kopf renews it 5-10 s before
 # it runs out). After a crash without cleanup (SIGKILL, a lost node) the standby takes over when
@@ -158,16 +161,28 @@ def _run(
     # watches, handlers, timers and daemons stop). Equal priorities pause every replica, so each
     # process takes one of its own (peering_priority). Its identity is POD_ID (the pod's name,
     # from the downward API), so a container that kubelet restarts replaces its own record.
+    from mailward import peering as peering_state
+
     settings.peering.lifetime = lifetime
     settings.peering.stealth = True  # no log line per keep-alive
     ensure_peering_object(peering, namespaces)
+    # Who this process is in the peering, for the work kopf does not pause (peering.py).
+    me = peering_state.Peering(
+        name=peering,
+        namespaces=tuple(namespaces),
+        identity=os.environ.get("POD_ID") or f"{socket.gethostname()}/{os.getpid()}",
+        priority=peering_priority() if priority is None else priority,
+        lifetime=lifetime,
+    )
+    peering_state.CURRENT = me
     kopf.run(
         clusterwide=not namespaces,
         namespaces=namespaces,
         liveness_endpoint=liveness,
         settings=settings,
         peering_name=peering,
-        priority=peering_priority() if priority is None else priority,
+        priority=me.priority,
+        identity=cast(Any, me.identity),  # kopf's Identity, a NewType of str it does not export
     )
     return 0
 
