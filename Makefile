@@ -11,9 +11,10 @@ VENV_STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 STATE_DIR := .local/stack
 ENV_FILE := .local/demo.env
 PYTEST_ARGS ?=
+BENCH_SCALE_ARGS ?=
 
 .PHONY: help install system-deps venv controlplane helm gitops-tools flux cert-manager images crds lint test test-unit test-integration \
-        demo down status clean bench bench-dns bench-policy bench-tlsrpt bench-compliance bench-fleet
+        demo down status clean bench bench-dns bench-policy bench-tlsrpt bench-compliance bench-fleet bench-scale
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -96,6 +97,10 @@ bench-compliance: install ## check 100 local domains: domains/min and peak RSS v
 
 bench-fleet: install ## MailServer with 1,000 domains: render, pod memory, attach time vs 1 domain and a roll
 	$(BIN)/python -m tests.bench.fleet
+
+# Not in `bench`: 15 to 50 minutes (10 of them idle). BENCH_SCALE_ARGS='--domains 10000 --budget 7200'
+bench-scale: install ## 1,000 MailDomains with DNS on 4 fleets: time to Ready, operator memory, idle writes vs the goals
+	$(BIN)/python -m tests.bench.scale $(BENCH_SCALE_ARGS)
 
 clean: down ## remove the virtualenv and the demo state (keeps the control-plane cache)
 	rm -rf $(VENV) .local .mypy_cache .ruff_cache .pytest_cache

@@ -20,6 +20,13 @@ only thing another process needs to find, inspect or stop a running control plan
       pki/                      ca/ (a LocalCA), apiserver and admin certs, service-account keys
       etcd/                     etcd's data
       etcd.{pid,log}            kube-apiserver.{pid,log}
+      audit/                    policy.yaml, audit.log (+ rotated copies): only with `audit`
+
+With `audit` (or `$MAILWARD_CONTROLPLANE_AUDIT=1`, for callers that start the control plane
+through `stack.up`) the API server writes an audit log of every mutating request (create, update,
+patch, delete, deletecollection) at the Metadata level: who, which verb, which resource and
+subresource, the request URI (with `fieldManager`), no bodies. It is bounded: 200 MB a file,
+five rotated files kept. Nothing pays for it unless asked (the scale benchmark asks).
 
 The CA, the admin certificate and the service-account keys are kept across restarts of the same
 state directory (a kubeconfig copied elsewhere stays valid, tokens stay verifiable); the serving
@@ -63,6 +70,17 @@ ADMIN_USER = "mailward-admin"
 DEFAULT_SERVICE_CIDR = "127.96.0.0/16"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc"
 BIN_DIR_ENV = "MAILWARD_CONTROLPLANE_BIN"
+AUDIT_ENV = "MAILWARD_CONTROLPLANE_AUDIT"
+AUDIT_VERBS = ("create", "update", "patch", "delete", "deletecollection")
+# Metadata only (no bodies), one event per request (ResponseComplete; RequestReceived omitted).
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [{"level": "Metadata", "verbs": list(AUDIT_VERBS)}, {"level": "None"}],
+}
+AUDIT_LOG_MAX_MB = 200
+AUDIT_LOG_BACKUPS = 5
 BINARIES = ("etcd", "kube-apiserver", "kubectl")
 
 _STATE_FILE = "controlplane.json"
@@ -171,6 +189,7 @@ class ControlPlane:
         bin_dir: Path | None = None,
         service_cidr: str = DEFAULT_SERVICE_CIDR,
         apiserver_port: int | None = None,
+        audit: bool | None = None,
     ):
         address = ipaddress.ip_address(host)
         if address.version != 4 or not address.is_loopback:
@@ -183,6 +202,8 @@ class ControlPlane:
         self.service_cidr = service_cidr
         self.apiserver_port = apiserver_port
         """A fixed port for the API server; the kernel picks one when None."""
+        self.audit = os.environ.get(AUDIT_ENV) == "1" if audit is None else audit
+        """Write the audit log of mutating requests (`audit_log`); None: `$AUDIT_ENV` == 1."""
         self._bin_dir = bin_dir
         self._ports: _Ports | None = None
         self.ready_after: float | None = None
@@ -225,6 +246,11 @@ class ControlPlane:
     def ca_file(self) -> Path:
         """The CA that signs the API server's serving certificate and the admin client cert."""
         return self.pki_dir / "ca" / "ca.pem"
+
+    @property
+    def audit_log(self) -> Path:
+        """The current audit log (`audit-<time>.log` beside it are the rotated ones)."""
+        return self.state_dir / "audit" / "audit.log"
 
     @property
     def server_url(self) -> str:
@@ -382,10 +408,25 @@ class ControlPlane:
                 # an error every 10 s. Nothing in the cluster needs that endpoint.
                 "--endpoint-reconciler-type=none",
                 "--profiling=false",
+                *self._audit_flags(),
             ],
         )
         _start_fresh(apiserver)
         _await(apiserver, self._apiserver_ready, deadline, f"{self.server_url}/readyz")
+
+    def _audit_flags(self) -> list[str]:
+        if not self.audit:
+            return []
+        policy = self.audit_log.with_name("policy.yaml")
+        policy.parent.mkdir(parents=True, exist_ok=True)
+        policy.write_text(yaml.safe_dump(AUDIT_POLICY, sort_keys=False))
+        return [
+            f"--audit-policy-file={policy}",
+            f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json",
+            f"--audit-log-maxsize={AUDIT_LOG_MAX_MB}",
+            f"--audit-log-maxbackup={AUDIT_LOG_BACKUPS}",
+        ]
 
     # -- probes ------------------------------------------------------------------------------
 

@@ -33,12 +33,8 @@ any case.
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import json
-import os
-import shutil
-import signal
 import smtplib
 import ssl
 import statistics
@@ -47,7 +43,6 @@ import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from mailward.api.mailserver import MailServerSpec
@@ -56,10 +51,23 @@ from mailward.render.mta_server import MTAServer, fleet_server
 from mailward.render.postfix import DomainConfig
 from mailward_localstack._process import StackError, wait_until
 from mailward_localstack.controlplane import kubectl
-from mailward_localstack.dns import ensure_loopback_address, remove_loopback_address
-from mailward_localstack.node import node_cgroups
-from mailward_localstack.pki import IssuedCert
-from mailward_localstack.stack import RELEASE_NAMESPACE, Stack, StackLayout, down, up
+from mailward_localstack.stack import RELEASE_NAMESPACE, Stack, StackLayout
+from tests.bench._cluster import (
+    API,
+    MIB,
+    OPERATOR_PODS,
+    Reading,
+    apply,
+    fresh_stack,
+    jsonpath,
+    manifest,
+    operator_log,
+    pod_memory,
+    pods,
+    say,
+    secret,
+    start_budget,
+)
 
 STATE = Path(__file__).resolve().parents[2] / ".local" / "bench-fleet"
 LAYOUT = StackLayout(net="127.93.0")
@@ -68,7 +76,6 @@ DOMAIN_NS = tuple(f"fleet-bench-{i:02d}" for i in range(20))
 HOSTS = ("mx1.fleet.example.test", "mx2.fleet.example.test")
 HOST_NUMBERS = (35, 36)  # .31 is the demo MailServer's (StackLayout.fleet_mx)
 SENDER = "probe@sender.test"
-API = "mailward.io/v1alpha1"
 SERVER = ("fleet", "-n", SERVER_NS)
 OPERATOR_VALUES = {
     "reconcile": {"resyncSeconds": 300, "tlsrptRetrySeconds": 3600},
@@ -77,9 +84,7 @@ OPERATOR_VALUES = {
     "extraEnv": [{"name": "MAILWARD_POLICY_ENDPOINT_URL", "value": ""}],
 }
 OPERATOR_MEMORY = "1Gi"  # the chart's 256Mi: OOMKilled, over and over, with 1,000 MailDomains
-OPERATOR_PODS = "app.kubernetes.io/name=mailward,app.kubernetes.io/instance=mailward"
 SETTLE_SECONDS = 15.0  # between the last SMTP session and a memory reading
-MIB = 1024 * 1024
 
 
 def domain(i: int) -> str:
@@ -127,30 +132,6 @@ def render_rows(repeat: int = 9) -> None:
 # -- the cluster ---------------------------------------------------------------------------------
 
 
-def say(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def apply(stack: Stack, items: list[dict[str, Any]], *flags: str) -> None:
-    listing = json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
-    kubectl(stack.kubeconfig, "apply", *flags, "-f", "-", input=listing)
-
-
-def jsonpath(stack: Stack, *args: str, path: str) -> str:
-    return kubectl(stack.kubeconfig, "get", *args, "-o", f"jsonpath={path}")
-
-
-def manifest(api: str, kind: str, meta: dict[str, Any], **fields: Any) -> dict[str, Any]:
-    return {"apiVersion": api, "kind": kind, "metadata": meta, **fields}
-
-
-def secret(namespace: str, name: str, cert: IssuedCert) -> dict[str, Any]:
-    files = {"tls.crt": cert.chain_file, "tls.key": cert.key_file}
-    data = {key: base64.b64encode(path.read_bytes()).decode() for key, path in files.items()}
-    meta = {"name": name, "namespace": namespace}
-    return manifest("v1", "Secret", meta, type="kubernetes.io/tls", data=data)
-
-
 def maildomain(i: int) -> dict[str, Any]:
     meta = {"name": f"d{i:04d}", "namespace": DOMAIN_NS[i % len(DOMAIN_NS)]}
     spec = {"domain": domain(i), "mailServerRef": {"name": "fleet", "namespace": SERVER_NS}}
@@ -192,32 +173,6 @@ def until_both(what: str, check: Callable[[int], bool], start: float, timeout: f
     return max(done.values())
 
 
-def pods(stack: Stack, namespace: str, selector: str) -> dict[str, str]:
-    path = "{range .items[*]}{.metadata.name}={.metadata.uid} {end}"
-    listing = jsonpath(stack, "pods", "-n", namespace, "-l", selector, path=path)
-    return dict(pair.split("=") for pair in listing.split())
-
-
-Reading = tuple[int, int, int, int]  # memory.current, anon, file, peak
-
-
-def pod_memory(stack: Stack, uid: str) -> Reading:
-    """The pod-level cgroup's memory, by cgroup v2 names or their v1 counterparts."""
-    names = {f"pod{uid}", f"pod{uid.replace('-', '_')}"}
-    for top in node_cgroups(stack.state_dir / "node"):
-        for directory, _, files in os.walk(top):
-            if Path(directory).name not in names or "memory.stat" not in files:
-                continue
-            here = Path(directory)
-            current = "memory.current" if "memory.current" in files else "memory.usage_in_bytes"
-            peak = "memory.peak" if "memory.peak" in files else "memory.max_usage_in_bytes"
-            stat = dict(line.split() for line in (here / "memory.stat").open())
-            anon = int(stat.get("anon", stat.get("total_rss", "0")))
-            file = int(stat.get("file", stat.get("total_cache", "0")))
-            return int((here / current).read_text()), anon, file, int((here / peak).read_text())
-    raise LookupError(f"no memory cgroup for pod {uid}")
-
-
 def show(label: str, readings: dict[str, Reading]) -> None:
     for pod, (current, anon, file, peak) in sorted(readings.items()):
         row = f"{label}, {pod}"
@@ -240,8 +195,7 @@ def ready_domains(stack: Stack) -> int:
 def diagnose(stack: Stack) -> None:
     """What the MailServer says and the operator's last words, on stderr (the log)."""
     say(jsonpath(stack, "mailserver", *SERVER, path="{.status}"))
-    logs = ("logs", "-n", RELEASE_NAMESPACE, "deploy/mailward", "--tail=60")
-    say(kubectl(stack.kubeconfig, *logs, check=False))
+    operator_log(stack)
 
 
 def prepare(stack: Stack) -> dict[str, Any]:
@@ -310,34 +264,14 @@ def measure(stack: Stack, count: int, runs: int, rolls: int) -> None:
 
 
 def cluster_rows(count: int, runs: int, rolls: int) -> None:
-    if STATE.exists():  # a fresh etcd: no MailDomain of an earlier run
-        down(STATE)
-        shutil.rmtree(STATE, ignore_errors=True)
-    STATE.mkdir(parents=True)
-    added: list[str] = []
-    try:
-        began = time.monotonic()
-        stack = up(STATE, None, LAYOUT, values=OPERATOR_VALUES)
-        say(f"stack up in {time.monotonic() - began:.0f}s")
-        added = [a for a in map(LAYOUT.address, HOST_NUMBERS) if ensure_loopback_address(a)]
-        measure(stack, count, runs, rolls)
-    except BaseException:
-        with contextlib.suppress(Exception):  # `stack` is unbound when `up` failed
-            diagnose(stack)
-        raise
-    finally:
-        signal.alarm(0)
-        for address in added:
-            remove_loopback_address(address)
-        down(STATE)
-
-
-class Stopped(BaseException):
-    """Not an Exception: no probe's `except Exception` may swallow the end of the budget."""
-
-
-def _stop(signum: int, _: FrameType | None) -> None:
-    raise Stopped(f"stopped by signal {signum} (budget spent, or terminated)")
+    addresses = [LAYOUT.address(n) for n in HOST_NUMBERS]
+    with fresh_stack(STATE, LAYOUT, OPERATOR_VALUES, addresses) as stack:
+        try:
+            measure(stack, count, runs, rolls)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                say(jsonpath(stack, "mailserver", *SERVER, path="{.status}"))
+            raise
 
 
 def main() -> int:
@@ -351,9 +285,7 @@ def main() -> int:
     render_rows()
     if args.render_only:
         return 0
-    signal.signal(signal.SIGALRM, _stop)
-    signal.signal(signal.SIGTERM, _stop)
-    signal.alarm(args.budget)
+    start_budget(args.budget)
     cluster_rows(args.domains, args.runs, args.rolls)
     return 0
 
