@@ -127,6 +127,7 @@ class _ZoneCopy:
         self.origin_text = origin.canonicalize().to_text()
         self.names: dict[str, dict[str, _Data]] = {}
         self.serial: int | None = None
+        self.read_at = 0.0  # time.monotonic() when the last transfer that completed was asked
         self.lock = threading.Lock()
         self.fetched_at = 0.0
         self.complete = False
@@ -506,6 +507,7 @@ class RFC2136Provider:
         desired: Sequence[RRset],
         keep_if_owned: frozenset[Key] = frozenset(),
     ) -> PublishResult:
+        began = time.monotonic()
         zone, serial = self._zone_and_serial(domain)
         inside = [r for r in desired if dns.name.from_text(r.name).is_subdomain(zone)]
         unpublished = [
@@ -514,7 +516,7 @@ class RFC2136Provider:
             if r not in inside
         ]
         for attempt in range(1, _ATTEMPTS + 1):
-            copy = self._read_zone(zone, serial if attempt == 1 else None)
+            copy = self._read_zone(zone, serial, began) if attempt == 1 else self._read_zone(zone)
             with copy.lock:
                 current = self._current(copy, domain, inside)
             plan = calculate(
@@ -590,15 +592,23 @@ class RFC2136Provider:
         with _copies_lock:
             _copies.pop(self._copy_key(zone), None)
 
-    def _read_zone(self, zone: dns.name.Name, serial: int | None = None) -> _ZoneCopy:
-        """The kept copy of the zone, brought up to date; `serial`, the SOA serial the server
-        just answered with, spares the transfer when the copy already has it."""
+    def _read_zone(
+        self, zone: dns.name.Name, serial: int | None = None, began: float | None = None
+    ) -> _ZoneCopy:
+        """The kept copy of the zone, brought up to date. `serial`, the SOA serial the server
+        answered with after `began` (time.monotonic()), spares the transfer when the copy has
+        it, or when a concurrent publish transferred the zone after `began` anyway."""
         with _copies_lock:
             copy = _copies.setdefault(self._copy_key(zone), _ZoneCopy(zone))
         with copy.lock:
             fresh = time.monotonic() - copy.fetched_at < _ZONE_COPY_MAX_AGE
             try:
-                if copy.complete and fresh and serial is not None and serial == copy.serial:
+                if (
+                    copy.complete
+                    and fresh
+                    and serial is not None
+                    and (serial == copy.serial or (began is not None and copy.read_at >= began))
+                ):
                     return copy
                 if copy.complete and fresh:
                     try:
@@ -633,7 +643,8 @@ class RFC2136Provider:
         query.use_tsig(self._key)
         wire = query.to_wire()
         inbound = _Inbound(copy.origin_text, serial)
-        deadline = time.monotonic() + self.config.timeout * 6
+        asked = time.monotonic()
+        deadline = asked + self.config.timeout * 6
         family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
         try:
             with socket.socket(family, socket.SOCK_STREAM) as sock:
@@ -677,6 +688,7 @@ class RFC2136Provider:
                 f"{error or type(error).__name__}"
             ) from None
         inbound.commit(copy)
+        copy.read_at = asked
 
     @staticmethod
     def _current(copy: _ZoneCopy, domain: str, desired: Sequence[RRset]) -> dict[Key, RRset]:
