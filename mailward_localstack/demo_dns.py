@@ -23,8 +23,9 @@ import dns.rcode
 import dns.rdatatype
 
 from mailward.api.v1alpha1 import MXHost
-from mailward.parts.certificate import TLSA_DIGESTS, TLSA_ISSUER_DIGESTS, issuer_digests
-from mailward.parts.dns import SERVED_POLICY_ID, desired_for
+from mailward.parts import Findings, ServedPolicy
+from mailward.parts.certificate import issuer_digests
+from mailward.parts.dns import desired_for
 from mailward.reconcile import parse_spec
 from mailward.render.certificates import serving_secret_name
 from mailward_localstack.controlplane import kubectl, wait_established
@@ -117,13 +118,13 @@ def check(kubeconfig: Path, dns_state_dir: Path, namespace: str, name: str, time
     if spec.attached:
         hosts = (body.get("status", {}).get("mailServer") or {}).get("hosts") or []
         spec = spec.model_copy(update={"mx": [MXHost(host=h) for h in hosts]})
-    facts: dict[str, object] = {}
+    found = Findings()
     if spec.tls is not None and not spec.attached:
         # The keys the rollover publishes (current, next, previous), and with issuerRecord the
         # CAs of the chains mailward holds, read where the operator keeps them.
         keys = (body.get("status", {}).get("certificate") or {}).get("keys") or []
         digests = sorted(k["spkiSha256"] for k in keys)
-        facts[TLSA_DIGESTS] = {mx.host: digests for mx in spec.mx}
+        found.tlsa_digests = {mx.host: digests for mx in spec.mx}
         if spec.dane.issuer_record:
             secret = json.loads(
                 kubectl(
@@ -140,12 +141,13 @@ def check(kubeconfig: Path, dns_state_dir: Path, namespace: str, name: str, time
             data = secret.get("data") or {}
             chains = [base64.b64decode(data[i]) for i in ("tls.crt", "next.crt", "previous.crt")
                       if data.get(i)]  # fmt: skip
-            facts[TLSA_ISSUER_DIGESTS] = {mx.host: issuer_digests(chains) for mx in spec.mx}
+            found.tlsa_issuer_digests = {mx.host: issuer_digests(chains) for mx in spec.mx}
     served = _served_policy_id(stack, spec.domain)
     if served:
-        facts[SERVED_POLICY_ID] = served  # whatever the policy endpoint serves, as the operator
+        # whatever the policy endpoint serves, as the operator
+        found.served_policy = ServedPolicy(served)
     failures = 0
-    for rrset in desired_for(spec, facts):
+    for rrset in desired_for(spec, found):
         deadline = time.monotonic() + timeout
         while True:
             response = stack.resolver.query(rrset.name, rrset.type)

@@ -6,6 +6,7 @@ pod, so a test sees only what any client of the API server would see.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -120,6 +121,22 @@ def operator(
     kube: Kube, control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
     log_file = tmp_path_factory.mktemp("operator") / "operator.log"
+    with run_operator(kube, control_plane, tmp_path_factory, log_file) as process:
+        yield process
+
+
+@contextlib.contextmanager
+def run_operator(
+    kube: Kube,
+    control_plane: ControlPlane,
+    tmp_path_factory: pytest.TempPathFactory,
+    log_file: Path,
+    *,
+    module: str = "mailward",
+    args: tuple[str, ...] = (),
+) -> Iterator[OperatorProcess]:
+    """`python -m <module> <args> run --all-namespaces` with the test settings below and the
+    chart's RBAC, until the block ends."""
     env = {
         **os.environ,
         "KUBECONFIG": str(kube.kubeconfig),
@@ -149,11 +166,12 @@ def operator(
     env["KUBECONFIG"] = str(control_plane.kubeconfig_for(OPERATOR_USER, OPERATOR_GROUPS))
     liveness = f"http://127.0.0.1:{free_port('127.0.0.1')}/healthz"
     with mailward_process(
-        ["run", "--all-namespaces", "--liveness", liveness],
+        [*args, "run", "--all-namespaces", "--liveness", liveness],
         env=env,
         log_file=log_file,
         ready_url=liveness,
         what="the operator",
+        module=module,
     ) as process:
         yield OperatorProcess(process, log_file)
 

@@ -22,15 +22,16 @@ def mailward_process(
     ready_url: str,
     what: str,
     timeout: float = 60,
+    module: str = "mailward",
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run `python -m mailward ARGS` until the block ends; ready once `ready_url` answers 200.
+    """Run `python -m MODULE ARGS` until the block ends; ready once `ready_url` answers 200.
 
     The process is stopped whatever happens in the block, and an exit during start-up fails
     with its log.
     """
     with log_file.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "mailward", *args],
+            [sys.executable, "-m", module, *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=dict(env),

@@ -12,49 +12,23 @@ what lives outside the indexes: objects edited by hand, DNS, accounts Secrets).
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import kopf
 from pydantic import ValidationError
 
-from mailward.adapters.apply import KubeObjectApplier
-from mailward.adapters.dns_kube import KubeProviderResolver
-from mailward.adapters.kube import KubeSecretObserver, load_client_config
-from mailward.adapters.mailservers import KubeFleetPods, KubeMailServerDirectory
-from mailward.adapters.status_writer import KubeStatusWriter
-from mailward.adapters.workloads import KubeWorkloadClient
-from mailward.api.mailserver import MAILSERVER_KIND, MAILSERVER_PLURAL
-from mailward.api.mta import DEFAULT_MTA_IMAGE
+from mailward.api.mailserver import MAILSERVER_PLURAL
 from mailward.api.v1alpha1 import API_GROUP, API_VERSION, PLURAL, MailDomainSpec
 from mailward.fleet import AttachingDomain, FleetController, MailServerObject
-from mailward.render.resolver import ResolverSettings
 
 # How often the daemon looks at the index (memory only).
 POLL_SECONDS = 1.0
-RESYNC_SECONDS = float(os.environ.get("MAILWARD_RESYNC_SECONDS", "300"))
-
-_controller: FleetController | None = None
 
 
-def controller() -> FleetController:
-    global _controller
-    if _controller is None:
-        load_client_config()
-        _controller = FleetController(
-            applier=KubeObjectApplier(refresh_seconds=min(60.0, RESYNC_SECONDS / 2)),
-            workloads=KubeWorkloadClient(),
-            directory=KubeMailServerDirectory(),
-            pods=KubeFleetPods(),
-            providers=KubeProviderResolver(),
-            secrets=KubeSecretObserver(),
-            status_writer=KubeStatusWriter(kind=MAILSERVER_KIND, plural=MAILSERVER_PLURAL),
-            resolver=ResolverSettings.from_environment(),
-            default_image=os.environ.get("MAILWARD_MTA_IMAGE") or DEFAULT_MTA_IMAGE,
-        )
-    return _controller
+def controller(memo: Any) -> FleetController:
+    return cast(FleetController, memo.runtime.fleets)
 
 
 @kopf.index(API_GROUP, API_VERSION, PLURAL)
@@ -116,6 +90,7 @@ async def fleet(
     body: kopf.Body,
     stopped: kopf.DaemonStopped,
     logger: logging.Logger | logging.LoggerAdapter[Any],
+    memo: kopf.Memo,
     **kwargs: Any,
 ) -> None:
     # kopf passes indexes by their function's name.
@@ -131,18 +106,19 @@ async def fleet(
         state = (server.generation, candidates, seen)
         if state != last or time.monotonic() >= next_pass:
             try:
-                outcome = await controller().reconcile(server, candidates, labels)
+                outcome = await controller(memo).reconcile(server, candidates, labels)
             except Exception:  # a failed status write: the next second tries again
                 logger.exception("MailServer pass failed")
                 await stopped.wait(POLL_SECONDS)
                 continue
             last = state
-            delay = outcome.retry_after if outcome.retry_after is not None else RESYNC_SECONDS
+            resync = memo.runtime.settings.reconcile.resync_seconds
+            delay = outcome.retry_after if outcome.retry_after is not None else resync
             next_pass = time.monotonic() + delay
         await stopped.wait(POLL_SECONDS)
 
 
 @kopf.on.delete(API_GROUP, API_VERSION, MAILSERVER_PLURAL)
-async def release_fleet(body: kopf.Body, **_: Any) -> None:
+async def release_fleet(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """The hosts' DNS records go; the objects follow their owner reference."""
-    await controller().release(_server(body))
+    await controller(memo).release(_server(body))

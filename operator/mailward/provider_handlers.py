@@ -2,23 +2,24 @@
 
 A provider is Ready when its server answers a query signed with its TSIG key (adapters
 `verify`). A key the server rejects needs a person (Stalled); a server that does not answer or a
-Secret not there yet is in progress (Reconciling). Either is verified again every
-`RETRY_SECONDS`, a Ready provider at every resync. Without this a provider has no status, and a
-GitOps tool would call a provider with a wrong key healthy until the first MailDomain fails.
+Secret not there yet is in progress (Reconciling). Either is verified again after
+`RETRY_FACTOR` times the DNS retry delay, a Ready provider at every resync, both on the operator's
+scheduler. Without this a provider has no status, and a GitOps tool would call a provider with
+a wrong key healthy until the first MailDomain fails.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
-from typing import Any, Literal
+import time
+from collections.abc import Mapping
+from typing import Any, Literal, cast
 
 import kopf
 
-from mailward.adapters.dns_kube import KubeProviderResolver, ProviderNotFound, ProviderResolver
+from mailward.adapters.dns_kube import ProviderNotFound, ProviderResolver
 from mailward.adapters.dns_provider import ProviderUnreachable, UpdateRefused
-from mailward.adapters.kube import load_client_config
-from mailward.adapters.status_writer import RECONCILER, KubeStatusWriter, StatusWriter
+from mailward.adapters.kube import KubeCustomObjects
+from mailward.adapters.status_writer import RECONCILER, KubeStatusWriter
 from mailward.api.dnsprovider import (
     CLUSTER_DNS_PROVIDER_KIND,
     CLUSTER_DNS_PROVIDER_PLURAL,
@@ -28,11 +29,12 @@ from mailward.api.dnsprovider import (
 )
 from mailward.api.v1alpha1 import API_GROUP, API_VERSION, ProviderReference
 from mailward.conditions import READY, Verdict, apply_verdicts, progress_verdicts, utcnow
+from mailward.scheduler import JobKey, JobKind, ObjectKey, Scheduler
 
-RESYNC_SECONDS = float(os.environ.get("MAILWARD_RESYNC_SECONDS", "300"))
 # A provider that is not usable (no answer, its Secret missing, its key rejected) is looked at
-# again this often.
-RETRY_SECONDS = float(os.environ.get("MAILWARD_DNS_RETRY_SECONDS", "5")) * 6
+# again after this many DNS retry delays.
+RETRY_FACTOR = 6
+PROVIDER_RESYNC = JobKind("provider-resync", concurrency=2)
 
 
 async def verify(resolver: ProviderResolver, ref: ProviderReference, namespace: str) -> Verdict:
@@ -55,65 +57,72 @@ def status_after(current: ProviderStatus, ready: Verdict, generation: int) -> Pr
     return ProviderStatus(observed_generation=generation, conditions=conditions)
 
 
-@dataclass
-class _Kind:
-    name: Literal["DNSProvider", "ClusterDNSProvider"]
-    plural: str
-    writer: StatusWriter | None = None
-
-
-_KINDS = {
-    DNS_PROVIDER_PLURAL: _Kind(DNS_PROVIDER_KIND, DNS_PROVIDER_PLURAL),
-    CLUSTER_DNS_PROVIDER_PLURAL: _Kind(CLUSTER_DNS_PROVIDER_KIND, CLUSTER_DNS_PROVIDER_PLURAL),
+_KINDS: dict[str, Literal["DNSProvider", "ClusterDNSProvider"]] = {
+    DNS_PROVIDER_PLURAL: DNS_PROVIDER_KIND,
+    CLUSTER_DNS_PROVIDER_PLURAL: CLUSTER_DNS_PROVIDER_KIND,
 }
-_resolver: ProviderResolver | None = None
 
 
-def _setup(plural: str) -> tuple[ProviderResolver, StatusWriter]:
-    global _resolver
-    kind = _KINDS[plural]
-    if _resolver is None:
-        load_client_config()
-        _resolver = KubeProviderResolver()
-    if kind.writer is None:
-        kind.writer = KubeStatusWriter(kind=kind.name, plural=kind.plural)
-    return _resolver, kind.writer
+class ProviderReconciler:
+    """Verifies providers when they change and on the scheduler."""
 
+    def __init__(
+        self,
+        resolver: ProviderResolver,
+        objects: KubeCustomObjects,
+        scheduler: Scheduler,
+        *,
+        resync_seconds: float,
+        retry_seconds: float,
+    ) -> None:
+        self._resolver = resolver
+        self._objects = objects
+        self._scheduler = scheduler
+        self._resync_seconds = resync_seconds
+        self._retry_seconds = retry_seconds
+        self._writers = {
+            plural: KubeStatusWriter(kind=kind, plural=plural) for plural, kind in _KINDS.items()
+        }
 
-async def _reconcile(
-    plural: str, meta: kopf.Meta, status: kopf.Status, namespace: str | None, *, retry: bool
-) -> None:
-    resolver, writer = _setup(plural)
-    kind = _KINDS[plural].name
-    ref = ProviderReference(kind=kind, name=str(meta.get("name")))
-    ready = await verify(resolver, ref, namespace or "")
-    generation = int(meta.get("generation") or 0)
-    current = ProviderStatus.model_validate(dict(status or {}))
-    desired = status_after(current, ready, generation)
-    document = desired.model_dump(mode="json", by_alias=True, exclude_none=True)
-    if document != current.model_dump(mode="json", by_alias=True, exclude_none=True):
-        await writer.apply_status(
-            namespace or "", str(meta.get("name")), document, field_manager=RECONCILER
+    async def reconcile(self, plural: str, body: Mapping[str, Any]) -> None:
+        meta = body.get("metadata", {})
+        namespace, name = str(meta.get("namespace") or ""), str(meta.get("name"))
+        # The plural is part of the name: a DNSProvider and a ClusterDNSProvider of one name
+        # are two jobs.
+        key = JobKey(
+            PROVIDER_RESYNC, ObjectKey(namespace, f"{plural}/{name}", str(meta.get("uid")))
         )
-    # A rejected key is retried too: the fix is usually a new Secret, which is not watched, so
-    # without a retry it would be seen only at the next resync.
-    if retry and ready.status != "True":
-        raise kopf.TemporaryError(ready.message, delay=RETRY_SECONDS)
+        self._scheduler.every(key, self._resync_seconds, self._resync)
+        ref = ProviderReference(kind=_KINDS[plural], name=name)
+        ready = await verify(self._resolver, ref, namespace)
+        generation = int(meta.get("generation") or 0)
+        current = ProviderStatus.model_validate(dict(body.get("status") or {}))
+        desired = status_after(current, ready, generation)
+        document = desired.model_dump(mode="json", by_alias=True, exclude_none=True)
+        if document != current.model_dump(mode="json", by_alias=True, exclude_none=True):
+            await self._writers[plural].apply_status(
+                namespace, name, document, field_manager=RECONCILER
+            )
+        # A rejected key is retried too: the fix is usually a new Secret, which is not
+        # watched, so without a retry it would be seen only at the next resync.
+        if ready.status != "True":
+            self._scheduler.schedule(key, time.monotonic() + self._retry_seconds)
+
+    async def _resync(self, key: JobKey) -> None:
+        plural, _, name = key.obj.name.partition("/")
+        body = await self._objects.get(plural, key.obj.namespace, name)
+        if body is None or str(body.get("metadata", {}).get("uid")) != key.obj.uid:
+            self._scheduler.forget(key)
+            return
+        await self.reconcile(plural, body)
 
 
 def _register(plural: str) -> None:
     @kopf.on.resume(API_GROUP, API_VERSION, plural)
     @kopf.on.create(API_GROUP, API_VERSION, plural)
     @kopf.on.update(API_GROUP, API_VERSION, plural)
-    async def changed(
-        meta: kopf.Meta, status: kopf.Status, namespace: str | None, **_: Any
-    ) -> None:
-        await _reconcile(plural, meta, status, namespace, retry=True)
-
-    @kopf.timer(API_GROUP, API_VERSION, plural, interval=RESYNC_SECONDS)
-    async def resync(meta: kopf.Meta, status: kopf.Status, namespace: str | None, **_: Any) -> None:
-        """A key changed on the server, or its Secret: seen at the next resync."""
-        await _reconcile(plural, meta, status, namespace, retry=False)
+    async def changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        await cast(ProviderReconciler, memo.runtime.provider_status).reconcile(plural, body)
 
 
 for _plural in _KINDS:

@@ -16,6 +16,8 @@ from mailward.api.v1alpha1 import MailDomainSpec
 from mailward.conditions import READY, Verdict, progress_verdicts, ready_from
 
 CERTIFICATE_READY = "CertificateReady"
+# The reason of a part's condition when the part raised (domains.run_parts).
+PART_FAILED = "PartFailed"
 # Conditions about the outside world or the future, not about whether mailward's work is done:
 # they never make a resource un-Ready (a rollover that may not switch yet still serves).
 OBSERVATIONS = frozenset({"Compliant", "TLSReportsHealthy", "RotationSafe"})
@@ -90,9 +92,10 @@ def ready_verdict(spec: MailDomainSpec, parts: list[Verdict]) -> Verdict:
     Observations of the outside world (`OBSERVATIONS`) have their own conditions and columns and
     do not make the resource un-Ready: a sender's failure reports or a failed probe say nothing
     about whether mailward finished its work, and kstatus would otherwise keep a GitOps sync
-    waiting on the internet.
+    waiting on the internet. A part that failed (`PART_FAILED`) did not finish mailward's work,
+    whatever its condition: that one counts.
     """
-    reconciled = [v for v in parts if v.type not in OBSERVATIONS]
+    reconciled = _counted(parts)
     hosts = ", ".join(mx.host for mx in spec.mx)
     checked = ", ".join(v.type for v in reconciled)
     done = Verdict(READY, "True", "Reconciled", f"{spec.domain} (MX {hosts}): {checked} True")
@@ -102,5 +105,8 @@ def ready_verdict(spec: MailDomainSpec, parts: list[Verdict]) -> Verdict:
 def settled_verdicts(spec: MailDomainSpec, parts: list[Verdict]) -> list[Verdict]:
     """Ready, Reconciling and Stalled, then the parts' own conditions."""
     ready = ready_verdict(spec, parts)
-    observed = [v for v in parts if v.type not in OBSERVATIONS]
-    return [ready, *progress_verdicts(ready, observed), *parts]
+    return [ready, *progress_verdicts(ready, _counted(parts)), *parts]
+
+
+def _counted(parts: list[Verdict]) -> list[Verdict]:
+    return [v for v in parts if v.type not in OBSERVATIONS or v.reason == PART_FAILED]

@@ -21,7 +21,8 @@ import pytest
 import yaml
 
 from mailward.api.v1alpha1 import MailDomainSpec
-from mailward.parts.certificate import CERTIFICATE_CHAIN, parse_chain
+from mailward.parts import Findings
+from mailward.parts.certificate import parse_chain
 from mailward.parts.dns import desired_for
 from mailward.plan.records import decode_registry, registry_name
 from mailward.render.dns_records import RRset, spki_sha256
@@ -68,7 +69,7 @@ def _wait_dns(
 def _expected(setup: PublishSetup) -> list[RRset]:
     spec = MailDomainSpec.model_validate(setup.manifest["spec"])
     chain = parse_chain(setup.cert.chain_file.read_bytes())
-    return desired_for(spec, {CERTIFICATE_CHAIN: chain})
+    return desired_for(spec, Findings(certificate_chain=tuple(chain)))
 
 
 def _resolves_with_ad(stack: DNSStack, rrset: RRset) -> bool:

@@ -18,8 +18,9 @@ from typing import Any
 import dns.rdatatype
 import pytest
 
-from mailward.parts.certificate import CERTIFICATE_CHAIN, parse_chain
-from mailward.parts.dns import SERVED_POLICY_ID, desired_for
+from mailward.parts import Findings, ServedPolicy
+from mailward.parts.certificate import parse_chain
+from mailward.parts.dns import desired_for
 from mailward.plan.records import REGISTRY_LABEL
 from mailward.reconcile import parse_spec
 from mailward.render.policy_objects import ingress_name, policy_hosts, tls_secret_name
@@ -141,7 +142,8 @@ def test_a_killed_operator_pod_converges_20_domains_without_duplicates(cluster: 
     for body in get_json(cluster, "maildomains", "-n", NAMESPACE)["items"]:
         spec = parse_spec(body["spec"])
         served = _served_policy_id(zone, spec.domain)
-        desired = desired_for(spec, {CERTIFICATE_CHAIN: chain, SERVED_POLICY_ID: served})
+        found = Findings(certificate_chain=tuple(chain), served_policy=ServedPolicy(served))
+        desired = desired_for(spec, found)
         found = _rrsets_below(zone, spec.domain)
         wanted = {(r.name, r.type): tuple(sorted(r.rdata)) for r in desired}
         registry = f"{REGISTRY_LABEL}.{spec.domain}."

@@ -15,7 +15,8 @@ from mailward.compliance.catalog import CATALOG, PROFILES
 from mailward.compliance.checks import certificate, dane, email_auth, tls
 from mailward.compliance.model import CheckResult, Level, Report, Result
 from mailward.compliance.report import render_json, render_table
-from mailward.parts.compliance import ComplianceSettings, decide
+from mailward.parts.compliance import decide
+from mailward.settings import ComplianceSettings, from_environment
 from mailward_localstack.pki import LocalCA
 
 SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "compliance-report.schema.json"
@@ -193,13 +194,13 @@ def test_the_daemon_writes_only_its_own_condition() -> None:
 
 
 def test_settings_from_environment() -> None:
-    s = ComplianceSettings.from_environment(
+    s = from_environment(
         {
             "MAILWARD_COMPLIANCE_RESOLVER": "127.0.0.54:5353",
             "MAILWARD_CA_FILE": "/ca.pem",
             "MAILWARD_COMPLIANCE_LABEL_SELECTOR": "team=mail",
         }
-    )
+    ).compliance
     assert (s.resolver, s.resolver_port, s.cafile) == ("127.0.0.54", 5353, "/ca.pem")
     assert s.selects({"team": "mail"})
     assert not s.selects({})
@@ -223,31 +224,35 @@ def test_metrics_per_domain_and_check() -> None:
     assert REGISTRY.get_sample_value("mailward_compliance_compliant", labels) is None
 
 
-def test_part_wakes_the_loop_on_spec_change_or_published_records() -> None:
+def test_part_asks_for_a_check_on_spec_change_or_published_records() -> None:
     import asyncio
 
-    from mailward.parts import RECORDS_CHANGED, ReconcileContext
+    from mailward.api.v1alpha1 import Condition
+    from mailward.parts import Findings, ReconcileContext
     from mailward.parts.compliance import CompliancePart, ComplianceRunner
     from mailward.reconcile import parse_spec
 
-    runner = ComplianceRunner(ComplianceSettings("127.0.0.1"), writer=None, post_event=None)
-    part = CompliancePart(runner)
+    runner = ComplianceRunner(ComplianceSettings("127.0.0.1"), writer=None, events=None)
+    asked: list[tuple[int, bool]] = []
+    part = CompliancePart(runner, lambda ctx, now: asked.append((ctx.generation, now)))
     spec = parse_spec({"domain": "example.test", "mx": [{"host": "mx.example.test"}],
                        "tls": {"secretName": "tls"}})  # fmt: skip
+    checked = Condition.model_validate(
+        {"type": "Compliant", "status": "True", "reason": "Compliant", "message": "ok",
+         "observedGeneration": 3, "lastTransitionTime": "2026-01-01T00:00:00Z"}
+    )  # fmt: skip
+    status = MailDomainStatus(conditions=[checked])
 
     def ctx(generation: int, changed: bool = False) -> ReconcileContext:
-        facts = {RECORDS_CHANGED: True} if changed else {}
-        return ReconcileContext("d", "ns", "uid-1", generation, spec, MailDomainStatus(), facts)
+        found = Findings(records_changed=changed)
+        return ReconcileContext("d", "ns", "uid-1", generation, spec, status, found)
 
-    runner._generations["uid-1"] = 3
     result = asyncio.run(part.reconcile(ctx(3)))
-    assert result.verdicts == []  # Compliant is written by the loop, and never feeds Ready
-    assert not runner._wakeups.get("uid-1", asyncio.Event()).is_set()
+    assert result.verdicts == []  # Compliant is written by the checks, and never feeds Ready
     asyncio.run(part.reconcile(ctx(4)))
-    assert runner._wakeups["uid-1"].is_set()
-    runner._wakeups["uid-1"].clear()
     asyncio.run(part.reconcile(ctx(3, changed=True)))
-    assert runner._wakeups["uid-1"].is_set()
+    # Always kept on the schedule; at once only for a new generation or changed records.
+    assert asked == [(3, False), (4, True), (3, True)]
 
 
 @pytest.mark.parametrize(

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-from mailward.handlers import _OnePassAtATime
+from mailward.domains import OnePassAtATime
 
 
 def test_passes_over_one_object_run_one_after_the_other_and_leave_nothing_behind() -> None:
-    passes = _OnePassAtATime()
+    passes = OnePassAtATime()
     log: list[str] = []
 
     async def one(uid: str, label: str) -> None:

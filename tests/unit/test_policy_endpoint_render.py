@@ -33,6 +33,7 @@ from mailward.render.policy_objects import (
     render_shared_objects,
     tls_secret_name,
 )
+from mailward.settings import SettingsError, from_environment
 from tests.manifests import valid_maildomain
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
@@ -197,9 +198,9 @@ def test_ingress_names_every_host_and_no_wildcard() -> None:
 
 
 def test_settings_from_the_environment() -> None:
-    settings = EndpointSettings.from_environment(
+    settings = from_environment(
         {"MAILWARD_POLICY_NAMESPACE": "mail", "MAILWARD_POLICY_INGRESS_CLASS": "traefik"}
-    )
+    ).policy.endpoint
     assert (settings.namespace, settings.ingress_class, settings.replicas) == ("mail", "traefik", 2)
 
 
@@ -262,7 +263,7 @@ def test_handler_answers(method: str, path: str, headers: dict[str, str], status
 
 
 def test_on_the_host_network_the_endpoint_binds_443_on_its_addresses() -> None:
-    settings = EndpointSettings.from_environment(
+    settings = _endpoint(
         {"MAILWARD_POLICY_HOST_NETWORK_ADDRESSES": "127.77.0.44, 2001:db8::44"}
     )
     assert settings.host_addresses == ("127.77.0.44", "2001:db8::44")
@@ -327,5 +328,9 @@ def test_in_its_own_network_the_endpoint_stays_unprivileged() -> None:
     assert container["securityContext"]["runAsUser"] == 65532
     assert "host" not in container["readinessProbe"]["httpGet"]
     assert pod["securityContext"]["fsGroup"] == 65532
-    with pytest.raises(ValueError, match="MAILWARD_POLICY_HOST_NETWORK_ADDRESSES"):
-        EndpointSettings.from_environment({"MAILWARD_POLICY_HOST_NETWORK_ADDRESSES": "mta-sts"})
+    with pytest.raises(SettingsError, match="MAILWARD_POLICY_HOST_NETWORK_ADDRESSES"):
+        from_environment({"MAILWARD_POLICY_HOST_NETWORK_ADDRESSES": "mta-sts"})
+
+
+def _endpoint(env: dict[str, str]) -> EndpointSettings:
+    return from_environment(env).policy.endpoint

@@ -16,6 +16,7 @@ from mailward.render.resolver import (
     parse_trust_anchors,
     render_unbound_conf,
 )
+from mailward.settings import from_environment
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 # What the local cluster gives: its signed test parent as the anchor, its servers upstream.
@@ -35,7 +36,7 @@ def _lines(text: str) -> list[str]:
 
 def test_local_cluster_configuration_matches_the_golden_file() -> None:
     text = render_unbound_conf(
-        ResolverSettings.from_environment(LOCAL),
+        from_environment(LOCAL).mta_resolver,
         "127.77.0.25",
         "/etc/mailward/resolver",
         host_network=True,
@@ -47,7 +48,7 @@ def test_local_cluster_configuration_matches_the_golden_file() -> None:
 
 
 def test_anchor_at_a_special_use_zone_lifts_unbounds_default_for_it() -> None:
-    lines = _lines(render_unbound_conf(ResolverSettings.from_environment(LOCAL), "::1", "/x"))
+    lines = _lines(render_unbound_conf(from_environment(LOCAL).mta_resolver, "::1", "/x"))
     assert 'trust-anchor: "test. IN DS 2371 13 2 ' in "\n".join(lines)
     assert 'local-zone: "test." nodefault' in lines
     assert "trust-anchor-file:" not in "\n".join(lines)
@@ -129,7 +130,7 @@ def test_forwarders_are_addresses_with_an_optional_port() -> None:
 @pytest.mark.skipif(shutil.which("unbound-checkconf") is None, reason="no unbound-checkconf")
 def test_unbound_accepts_the_rendered_configuration(tmp_path: Path) -> None:
     """Debian's own parser (the MTA image's Unbound), where this machine has it."""
-    for settings in (ResolverSettings(), ResolverSettings.from_environment(LOCAL)):
+    for settings in (ResolverSettings(), from_environment(LOCAL).mta_resolver):
         conf = tmp_path / "unbound.conf"
         conf.write_text(render_unbound_conf(settings, "127.0.0.1", str(tmp_path)))
         if not settings.trust_anchors and not Path("/usr/share/dns/root.ds").exists():

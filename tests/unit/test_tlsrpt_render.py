@@ -28,6 +28,7 @@ from mailward.render.tlsrpt_objects import (
     public_target,
     render_collector,
 )
+from mailward.settings import SettingsError, from_environment
 from mailward.tlsrpt.config import CollectorConfig
 from mailward.tlsrpt.rua import effective_rua
 from tests.manifests import minimal_maildomain, valid_maildomain
@@ -127,7 +128,7 @@ def test_served_domains_leave_out_the_deleting_and_the_invalid() -> None:
 
 
 def test_settings_from_the_environment() -> None:
-    settings = CollectorSettings.from_environment(
+    settings = _collector(
         {
             "MAILWARD_TLSRPT_IMAGE": "registry.example/mailward:1",
             "MAILWARD_TLSRPT_RETENTION_DAYS": "30",
@@ -138,12 +139,12 @@ def test_settings_from_the_environment() -> None:
     public = render_collector(NAMESPACE, _served(), settings)[2]
     assert public["spec"]["type"] == "LoadBalancer"
     assert public["spec"]["externalTrafficPolicy"] == "Local"
-    with pytest.raises(ValueError, match="MAILWARD_TLSRPT_SERVICE_TYPE"):
-        CollectorSettings.from_environment({"MAILWARD_TLSRPT_SERVICE_TYPE": "Ingress"})
+    with pytest.raises(SettingsError, match="MAILWARD_TLSRPT_SERVICE_TYPE"):
+        from_environment({"MAILWARD_TLSRPT_SERVICE_TYPE": "Ingress"})
 
 
 def test_only_the_operators_namespace_reaches_the_api_port() -> None:
-    settings = CollectorSettings.from_environment(
+    settings = _collector(
         {"MAILWARD_TLSRPT_OPERATOR_NAMESPACE": "mailward-system"}
     )
     policy = render_collector(NAMESPACE, _served(), settings)[-1]
@@ -223,7 +224,7 @@ def test_in_its_own_network_the_collector_needs_no_token_and_no_capability() -> 
     assert "hostNetwork" not in pod
     assert pod["securityContext"]["fsGroup"] == 65532
     assert pod["containers"][0]["securityContext"]["runAsUser"] == 65532
-    assert CollectorSettings.from_environment({"MAILWARD_TLSRPT_HOST_NETWORK": "true"}).host_network
+    assert _collector({"MAILWARD_TLSRPT_HOST_NETWORK": "true"}).host_network
 
 
 def test_a_collector_with_nothing_to_bind_is_not_deployed_and_the_condition_says_why() -> None:
@@ -271,3 +272,30 @@ def test_a_collector_with_nothing_to_bind_is_not_deployed_and_the_condition_says
         part.reconcile(replace(ctx, status=MailDomainStatus(conditions=[condition])))
     )
     assert again.events == []
+
+
+def _collector(env: dict[str, str]) -> CollectorSettings:
+    return from_environment(env).tlsrpt.collector
+
+
+def test_the_directory_follows_the_watch_events() -> None:
+    from mailward.adapters.maildomains import MailDomainDirectory
+
+    directory = MailDomainDirectory()
+
+    def body(name: str, **meta: str) -> dict[str, Any]:
+        spec = {"domain": f"{name}.test", "mx": [{"host": f"mx.{name}.test"}]}
+        return {"metadata": {"name": name, "namespace": "ns", "uid": f"u-{name}", **meta},
+                "spec": spec, "status": {"big": "x" * 100}}  # fmt: skip
+
+    directory.observe(None, body("a"))  # kopf's initial listing has no type
+    directory.observe("ADDED", body("b"))
+    directory.observe("MODIFIED", body("b", deletionTimestamp="2026-01-01T00:00:00Z"))
+    items = asyncio.run(directory.list("ns"))
+    assert [i["metadata"]["name"] for i in items] == ["a", "b"]
+    assert "status" not in items[0]
+    assert [d.name for d in served_domains(items)] == []  # a has no tls, b is deleting
+    directory.observe("DELETED", body("a"))
+    directory.observe("DELETED", body("b"))
+    assert asyncio.run(directory.list("ns")) == []
+    assert asyncio.run(directory.list("other")) == []

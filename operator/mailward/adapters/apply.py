@@ -9,10 +9,6 @@ object is the desired state.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
-import time
-from collections.abc import Callable
 from typing import Any, Protocol
 
 from kubernetes import client, dynamic
@@ -68,41 +64,3 @@ class ObjectApplier(Protocol):
     async def apply(self, obj: dict[str, Any]) -> None: ...
 
     async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None: ...
-
-
-class KubeObjectApplier:
-    """Server-side apply that sends an object already applied in the same form by this process
-    at most once per `refresh_seconds`.
-
-    The policy endpoint's and the collector's objects are rendered by every MailDomain's
-    reconcile, so without the memo each reconcile would cost their requests. The memo expires,
-    though: an object deleted or edited by hand is re-applied by the first reconcile after that,
-    so the resync repairs drift as for every other object (level-based, not edge-based).
-    """
-
-    def __init__(
-        self,
-        api: client.ApiClient | None = None,
-        *,
-        refresh_seconds: float = 60.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._applier = ServerSideApplier(api)
-        self._refresh_seconds = refresh_seconds
-        self._clock = clock
-        self._applied: dict[tuple[str, str, str], tuple[str, float]] = {}
-
-    async def apply(self, obj: dict[str, Any]) -> None:
-        meta = obj["metadata"]
-        key = (obj["kind"], meta.get("namespace", ""), meta["name"])
-        digest = hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
-        now = self._clock()
-        memo = self._applied.get(key)
-        if memo is not None and memo[0] == digest and now - memo[1] < self._refresh_seconds:
-            return
-        await self._applier.apply(obj)
-        self._applied[key] = (digest, now)
-
-    async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
-        self._applied.pop((kind, namespace, name), None)
-        await self._applier.delete(api_version, kind, namespace, name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from typing import Protocol
+from typing import Any, Protocol, cast
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -54,3 +54,32 @@ class KubeSecretObserver:
         return TLSSecretObservation(
             name=name, found=True, type=secret.type, keys=keys, certificate_pem=chain
         )
+
+
+class KubeCustomObjects:
+    """Reads one custom object of mailward's API group as the API server holds it now."""
+
+    def __init__(self, api: client.ApiClient | None = None) -> None:
+        self._api = client.CustomObjectsApi(api or client.ApiClient())
+
+    async def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object, or None once it is gone; `namespace` empty for a cluster-scoped one."""
+        from mailward.api.v1alpha1 import API_GROUP, API_VERSION
+
+        def read() -> dict[str, Any] | None:
+            try:
+                if namespace:
+                    found = self._api.get_namespaced_custom_object(
+                        API_GROUP, API_VERSION, namespace, plural, name
+                    )
+                else:
+                    found = self._api.get_cluster_custom_object(
+                        API_GROUP, API_VERSION, plural, name
+                    )
+            except ApiException as error:
+                if error.status == 404:
+                    return None
+                raise
+            return cast(dict[str, Any], found)
+
+        return await asyncio.to_thread(read)

@@ -124,40 +124,65 @@ class Reflector:
         self.synced = asyncio.Event()
 
     async def run(self) -> None:
-        backoff = 0.5
-        while True:
-            try:
-                await self._list_and_watch()
-                backoff = 0.5
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:  # reconnect whatever broke: network, 410 Gone, JSON
-                log.warning("%s: %s; relisting in %.1fs", self.name, error, backoff)
-                if self._on_error is not None:
-                    self._on_error()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
+        await list_and_watch(
+            self._stream,
+            self._path,
+            self._params,
+            on_list=self._listed,
+            on_event=self._changed,
+            name=self.name,
+            on_error=self._on_error,
+        )
 
-    async def _list_and_watch(self) -> None:
-        listing = await self._stream.list(self._path, self._params)
-        self.objects = {_key(item): item for item in listing.get("items") or []}
+    def _listed(self, items: list[Object]) -> None:
+        self.objects = {_key(item): item for item in items}
         self._on_change(list(self.objects.values()))
         self.synced.set()
-        version = str((listing.get("metadata") or {}).get("resourceVersion") or "")
-        while True:
-            params = {**self._params, "resourceVersion": version}
-            async for event in self._stream.watch(self._path, params):
-                kind, obj = event.get("type"), event.get("object") or {}
-                if kind == "ERROR":
-                    raise RuntimeError(f"watch error: {obj.get('message') or obj}")
-                version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
-                if kind == "BOOKMARK":
-                    continue
-                if kind == "DELETED":
-                    self.objects.pop(_key(obj), None)
-                else:
-                    self.objects[_key(obj)] = obj
-                self._on_change(list(self.objects.values()))
+
+    def _changed(self, kind: str, obj: Object) -> None:
+        if kind == "DELETED":
+            self.objects.pop(_key(obj), None)
+        else:
+            self.objects[_key(obj)] = obj
+        self._on_change(list(self.objects.values()))
+
+
+async def list_and_watch(
+    stream: ObjectStream,
+    path: str,
+    params: Mapping[str, str],
+    *,
+    on_list: Callable[[list[Object]], None],
+    on_event: Callable[[str, Object], None],
+    name: str,
+    on_error: Callable[[], None] | None = None,
+) -> None:
+    """List `path`, hand the items to `on_list`, then every ADDED, MODIFIED and DELETED event
+    to `on_event`; on any failure (network, 410 Gone, a watch ERROR) list again, with backoff.
+    Runs until cancelled."""
+    backoff = 0.5
+    while True:
+        try:
+            listing = await stream.list(path, params)
+            on_list(list(listing.get("items") or []))
+            backoff = 0.5
+            version = str((listing.get("metadata") or {}).get("resourceVersion") or "")
+            while True:
+                async for event in stream.watch(path, {**params, "resourceVersion": version}):
+                    kind, obj = str(event.get("type")), event.get("object") or {}
+                    if kind == "ERROR":
+                        raise RuntimeError(f"watch error: {obj.get('message') or obj}")
+                    version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
+                    if kind != "BOOKMARK":
+                        on_event(kind, obj)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # reconnect whatever broke: network, 410 Gone, JSON
+            log.warning("%s: %s; relisting in %.1fs", name, error, backoff)
+            if on_error is not None:
+                on_error()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
 
 
 def _key(obj: Object) -> str:

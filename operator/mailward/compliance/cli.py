@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from mailward.compliance.catalog import DEFAULT_PROFILE, PROFILES
+from mailward.settings import check_defaults, system_resolver
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -26,7 +27,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     check.add_argument("--profile", choices=PROFILES, default=DEFAULT_PROFILE)
     check.add_argument(
         "--resolver",
-        default=os.environ.get("MAILWARD_RESOLVER"),
+        default=check_defaults().resolver,
         metavar="ADDR[:PORT]",
         help="a DNSSEC-validating resolver (default $MAILWARD_RESOLVER, else the first "
         "nameserver of /etc/resolv.conf)",
@@ -34,7 +35,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     check.add_argument(
         "--ca-file",
         type=Path,
-        default=os.environ.get("MAILWARD_CA_FILE") or None,
+        default=check_defaults().ca_file,
         help="trust anchors for certificate checks (default $MAILWARD_CA_FILE, else the system)",
     )
     check.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -50,24 +51,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
 
 
-def _system_resolver() -> str | None:
-    try:
-        for line in Path("/etc/resolv.conf").read_text().splitlines():
-            parts = line.split()
-            if len(parts) >= 2 and parts[0] == "nameserver":
-                return parts[1]
-    except OSError:
-        return None
-    return None
-
-
 def run(args: argparse.Namespace) -> int:
     from mailward.compliance import record
     from mailward.compliance.engine import check_domain
     from mailward.compliance.observations import DomainObservations
     from mailward.compliance.report import render_json, render_table
 
-    resolver = args.resolver or _system_resolver()
+    resolver = args.resolver or system_resolver()
     if not resolver:
         print("mailward check: no resolver given and none in /etc/resolv.conf", file=sys.stderr)
         return 2

@@ -7,8 +7,6 @@ answers "which checks fail where" without decoding numbers.
 
 from __future__ import annotations
 
-import os
-
 from prometheus_client import Gauge, start_http_server
 
 from mailward.compliance.model import Report
@@ -59,12 +57,11 @@ def forget(namespace: str, name: str) -> None:
         gauge.remove(*base)
 
 
-def serve_from_environment() -> None:
-    """Serve /metrics on MAILWARD_METRICS_ADDRESS (host:port) once, if it is set."""
+def serve(where: str) -> None:
+    """Serve /metrics on `where` (host:port) once per process."""
     global _server_started
-    where = os.environ.get("MAILWARD_METRICS_ADDRESS")
-    if _server_started or not where:
+    if _server_started:
         return
     host, _, port = where.rpartition(":")
-    start_http_server(int(port), addr=host or "0.0.0.0")
+    start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0")
     _server_started = True

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from mailward.api.v1alpha1 import API_GROUP, API_VERSION, PLURAL
 from mailward.endpoint.catalog import SiteCache, build_catalog
 from mailward.endpoint.certificates import CertificateIndex, ServerCertificate, pair_from_secret
 from mailward.endpoint.server import Address, Limits, PolicyServer
+from mailward.settings import pod_namespace
 
 log = logging.getLogger("mailward.endpoint")
 
@@ -30,8 +30,8 @@ DEFAULT_NAMESPACE = "mailward-system"
 
 def own_namespace() -> str:
     """The namespace the endpoint runs in: $POD_NAMESPACE, the service account's, or a default."""
-    if os.environ.get("POD_NAMESPACE"):
-        return os.environ["POD_NAMESPACE"]
+    if namespace := pod_namespace():
+        return namespace
     with contextlib.suppress(OSError):
         return SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
     return DEFAULT_NAMESPACE

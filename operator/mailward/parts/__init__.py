@@ -2,10 +2,15 @@
 
 As in cert-manager, where one small controller per concern writes one condition, every part
 (certificate, DNS records, MTA, policy endpoint, ...) is an object with `reconcile` and `release`.
-The handler runs them in order, shares what one part learnt with the next through the context
-(the certificate read by the first is what the DNS part pins in TLSA records), and derives
-`Ready` from their verdicts. A part never writes to the API server's status itself: it returns
-the status fields it owns, and the handler writes everything at once, only if something changed.
+The handler runs them in order, shares what one part learnt with the next through
+`ctx.findings` (typed: the certificate read by the first is what the DNS part pins in TLSA
+records), and derives `Ready` from their verdicts. A part never writes to the API server's
+status itself: it returns the status fields it owns, and the handler writes everything at once,
+only if something changed.
+
+A part reports trouble in one way: a verdict on its own condition and `retry_after`. An
+exception that escapes a part is contained by the handler (`run_parts`): it becomes that
+part's condition, with the exception as its message, and a retry; the later parts still run.
 """
 
 from __future__ import annotations
@@ -14,16 +19,39 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from mailward.api.v1alpha1 import MailDomainSpec, MailDomainStatus, MXHost
+from cryptography import x509
+
+from mailward.api.v1alpha1 import HostTarget, MailDomainSpec, MailDomainStatus, MXHost
 from mailward.conditions import Verdict
 
-# Fact (bool) a part sets when it changed what the world sees of the domain in this pass (the DNS
-# part after an UPDATE): the compliance part then probes at once, not at the next interval.
-RECORDS_CHANGED = "compliance.records_changed"
-# Fact (api.v1alpha1.HostTarget) the tlsrpt part sets when the namespace's collector has a
-# public address of its own (a LoadBalancer's): where the DNS part points `tlsrpt.<domain>`
-# unless `spec.dns.tlsRptCollector` says otherwise.
-TLSRPT_COLLECTOR_TARGET = "tlsrpt.collector_target"
+
+@dataclass(frozen=True)
+class ServedPolicy:
+    """The MTA-STS policy the endpoint serves for the domain, as the policy part fetched it
+    (or last saw it served); `id` None: nothing is served."""
+
+    id: str | None
+
+
+@dataclass
+class Findings:
+    """What one part found in a pass that a later part needs. Each field has one writer."""
+
+    # Certificate part: the served chain (leaf first).
+    certificate_chain: tuple[x509.Certificate, ...] = ()
+    # Certificate part: MX host → SPKI SHA-256 digests to pin as `3 1 1` (the rollover's
+    # current, next and previous key). None: the keys are not known in this pass.
+    tlsa_digests: dict[str, list[str]] | None = None
+    # Certificate part, with `spec.dane.issuerRecord`: MX host → the issuing CAs' digests.
+    tlsa_issuer_digests: dict[str, list[str]] | None = None
+    # Policy part. None: no policy part ran, the DNS part announces the spec's policy id.
+    served_policy: ServedPolicy | None = None
+    # TLSRPT part: the namespace collector's own public address (a LoadBalancer's), where the
+    # DNS part points `tlsrpt.<domain>` unless `spec.dns.tlsRptCollector` says otherwise.
+    tlsrpt_collector_target: HostTarget | None = None
+    # DNS and MTA parts: what the world sees of the domain changed in this pass, so the
+    # compliance checks probe at once rather than at the next interval.
+    records_changed: bool = False
 
 
 @dataclass(frozen=True)
@@ -62,8 +90,7 @@ class ReconcileContext:
     # those records are the fleet's), so the later parts publish and serve them as the MX.
     spec: MailDomainSpec
     status: MailDomainStatus
-    # Facts one part found and a later part needs, e.g. the served certificate chain.
-    facts: dict[str, Any] = field(default_factory=dict)
+    findings: Findings = field(default_factory=Findings)
     # Set by the MTA part when a MailServer serves the domain.
     fleet: FleetAttachment | None = None
     # While the MailDomain is being deleted: since when (its deletionTimestamp).
@@ -86,6 +113,8 @@ class PartResult:
 
 class Part(Protocol):
     name: str
+    # The condition this part decides: where a failure that escapes it is reported.
+    condition: str
 
     async def reconcile(self, ctx: ReconcileContext) -> PartResult: ...
 

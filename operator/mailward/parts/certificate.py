@@ -8,11 +8,7 @@ Every pass:
 2. asks every authoritative server what TLSA records it serves (adapters/nameservers.py), and
    after a switch which key every MTA endpoint presents (adapters/endpoint_keys.py);
 3. lets the machine decide, writes the serving Secret if anything changed, and tells the DNS
-   part which digests to publish (`dane.tlsa_spki_sha256`) and which chain is served
-   (`certificate.chain`).
-
-Facts it leaves for later parts (`ctx.facts`): `certificate.chain`, the served chain (leaf first,
-`x509.Certificate`s); `dane.tlsa_spki_sha256`, MX host → digests to pin.
+   part which digests to publish and which chain is served (`ctx.findings`).
 """
 
 from __future__ import annotations
@@ -57,10 +53,6 @@ from mailward.rollover.machine import (
     step,
 )
 
-# ctx.facts keys, read by the DNS part.
-CERTIFICATE_CHAIN = "certificate.chain"
-TLSA_DIGESTS = "dane.tlsa_spki_sha256"
-TLSA_ISSUER_DIGESTS = "dane.tlsa_issuer_sha256"
 ROTATION_SAFE = "RotationSafe"
 # While the world is expected to change soon (propagation, a switch being verified, a
 # certificate being issued), the part looks again this often.
@@ -104,6 +96,7 @@ class _Failure:
 
 class CertificatePart:
     name = "certificate"
+    condition = CERTIFICATE_READY
 
     def __init__(
         self,
@@ -302,12 +295,12 @@ class CertificatePart:
     ) -> PartResult:
         assert state.served is not None
         chain = parse_chain(state.served.chain_pem)
-        ctx.facts[CERTIFICATE_CHAIN] = chain
-        ctx.facts[TLSA_DIGESTS] = {mx.host: list(decision.publish) for mx in ctx.spec.mx}
+        ctx.findings.certificate_chain = tuple(chain)
+        ctx.findings.tlsa_digests = {mx.host: list(decision.publish) for mx in ctx.spec.mx}
         if ctx.spec.dane.issuer_record and decision.publish:
             held = (state.served, state.next, state.previous)
             issuers = issuer_digests(m.chain_pem for m in held if m is not None and m.chain_pem)
-            ctx.facts[TLSA_ISSUER_DIGESTS] = {mx.host: issuers for mx in ctx.spec.mx}
+            ctx.findings.tlsa_issuer_digests = {mx.host: issuers for mx in ctx.spec.mx}
         not_after = chain[0].not_valid_after_utc
         served = (
             f"serving key {decision.record.current.spki_sha256[:16]}… until "  # type: ignore[union-attr]

@@ -1,18 +1,15 @@
 """The DNS part: publish the domain's records through its DNS provider, owning only its own.
 
-Facts read (`ctx.facts`):
-- `certificate.chain` (certificate part): the served chain; its leaf's key is pinned as `3 1 1`.
-- `dane.tlsa_spki_sha256` (certificate part): MX host → SPKI SHA-256 digests to pin, the
-  rollover's current, next and previous key; overrides the leaf.
-- `dane.tlsa_issuer_sha256` (certificate part, with `spec.dane.issuerRecord`): MX host → the
-  issuing CAs' SPKI digests, published as `2 1 1`.
-- `mta_sts.served_policy_id` (policy endpoint part): the id of the policy being served. The TXT
-  announces what senders can actually fetch (update the policy first, then the id: RFC 8461 §3.1).
-  None means nothing served is known: an `_mta-sts` TXT already published stays as it is; a
-  first one announces the spec's id (a sender that finds no policy yet caches nothing). Without
-  the key (no policy part), the spec's id is published.
-- `tlsrpt.collector_target` (tlsrpt part): the collector's load-balancer address, where
-  `tlsrpt.<domain>` points unless `spec.dns.tlsRptCollector` says otherwise.
+What it reads of the earlier parts' findings (`ctx.findings`, parts/__init__.py):
+- the served chain and the TLSA digests (certificate part): the rollover's current, next and
+  previous key are pinned as `3 1 1` (the leaf's key when no digests are known), the issuing
+  CAs as `2 1 1` with `spec.dane.issuerRecord`;
+- the served policy (policy endpoint part): the TXT announces what senders can actually fetch
+  (update the policy first, then the id: RFC 8461 §3.1). When nothing is known to be served,
+  an `_mta-sts` TXT already published stays as it is; a first one announces the spec's id (a
+  sender that finds no policy yet caches nothing). Without a policy part, the spec's id;
+- the collector's load-balancer address (tlsrpt part), where `tlsrpt.<domain>` points unless
+  `spec.dns.tlsRptCollector` says otherwise.
 
 Failures are retried with exponential backoff (the handler turns `retry_after` into a kopf
 retry); a periodic resync of the handler finds drift and fixed conflicts without a spec change,
@@ -22,10 +19,7 @@ and costs one zone read and no UPDATE when nothing changed.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from typing import Any
-
-from cryptography import x509
+from collections.abc import Sequence
 
 from mailward.adapters.dns_kube import ProviderNotFound, ProviderResolver
 from mailward.adapters.dns_provider import (
@@ -38,58 +32,55 @@ from mailward.api.base import parse_duration
 from mailward.api.v1alpha1 import ConditionStatus, DNSStatus, MailDomainSpec
 from mailward.conditions import Verdict, find, utcnow
 from mailward.parts import (
-    RECORDS_CHANGED,
-    TLSRPT_COLLECTOR_TARGET,
     Event,
+    Findings,
     PartResult,
     ReconcileContext,
     ReleasePending,
 )
 from mailward.parts.backoff import Backoff
-from mailward.parts.certificate import CERTIFICATE_CHAIN, TLSA_DIGESTS, TLSA_ISSUER_DIGESTS
 from mailward.plan.records import Key, Owner
 from mailward.render import mta_sts
 from mailward.render.dns_records import RRset, absolute, desired_rrsets, spki_sha256
 
 DNS_READY = "DNSReady"
-SERVED_POLICY_ID = "mta_sts.served_policy_id"
 _STATUS_LIST_MAX = 32
 
 log = logging.getLogger("mailward.dns")
 
 
-def tlsa_digests(spec: MailDomainSpec, facts: Mapping[str, Any]) -> dict[str, list[str]]:
+def tlsa_digests(spec: MailDomainSpec, found: Findings) -> dict[str, list[str]]:
     if spec.mail_server_ref is not None:
         return {}  # the fleet publishes its hosts' TLSA records, once for every domain
-    override = facts.get(TLSA_DIGESTS)
-    if override is not None:
-        return {host: list(digests) for host, digests in override.items()}
-    chain: Sequence[x509.Certificate] = facts.get(CERTIFICATE_CHAIN) or ()
-    if not chain:
+    if found.tlsa_digests is not None:
+        return {host: list(digests) for host, digests in found.tlsa_digests.items()}
+    if not found.certificate_chain:
         return {}
-    leaf = spki_sha256(chain[0])
+    leaf = spki_sha256(found.certificate_chain[0])
     return {mx.host: [leaf] for mx in spec.mx}
 
 
-def keep_if_owned_for(spec: MailDomainSpec, facts: Mapping[str, Any]) -> frozenset[Key]:
-    if SERVED_POLICY_ID in facts and not facts[SERVED_POLICY_ID]:
+def keep_if_owned_for(spec: MailDomainSpec, found: Findings) -> frozenset[Key]:
+    if found.served_policy is not None and not found.served_policy.id:
         return frozenset({(absolute(f"_mta-sts.{spec.domain}"), "TXT")})
     return frozenset()
 
 
-def desired_for(spec: MailDomainSpec, facts: Mapping[str, Any]) -> list[RRset]:
-    policy_id = facts.get(SERVED_POLICY_ID) or mta_sts.policy_id(mta_sts.policy_for(spec))
+def desired_for(spec: MailDomainSpec, found: Findings) -> list[RRset]:
+    served = found.served_policy.id if found.served_policy is not None else None
+    policy_id = served or mta_sts.policy_id(mta_sts.policy_for(spec))
     return desired_rrsets(
         spec,
-        tlsa_spki_sha256=tlsa_digests(spec, facts),
-        sts_policy_id=str(policy_id),
-        tlsrpt_collector=facts.get(TLSRPT_COLLECTOR_TARGET),
-        tlsa_issuer_sha256=facts.get(TLSA_ISSUER_DIGESTS) if spec.mail_server_ref is None else None,
+        tlsa_spki_sha256=tlsa_digests(spec, found),
+        sts_policy_id=policy_id,
+        tlsrpt_collector=found.tlsrpt_collector_target,
+        tlsa_issuer_sha256=found.tlsa_issuer_digests if spec.mail_server_ref is None else None,
     )
 
 
 class DNSPart:
     name = "dns"
+    condition = DNS_READY
 
     def __init__(
         self, providers: ProviderResolver, retry_seconds: float, retry_max_seconds: float
@@ -107,7 +98,17 @@ class DNSPart:
                 "spec.dns is not set: the domain's records are published by hand",
             )
             return PartResult([verdict], status={"dns": None})
-        if ctx.spec.dane.enabled and not ctx.spec.attached and TLSA_DIGESTS not in ctx.facts:
+        if ctx.spec.attached and ctx.fleet is None:
+            # The MTA part did not say which fleet serves the domain (it failed in this pass):
+            # publishing now would withdraw the MX records.
+            verdict = Verdict(
+                DNS_READY,
+                "Unknown",
+                "WaitingForMailServer",
+                "the serving MailServer is not known yet",
+            )
+            return PartResult([verdict], retry_after=self._backoff.next(ctx.uid))
+        if ctx.spec.dane.enabled and not ctx.spec.attached and ctx.findings.tlsa_digests is None:
             # Publishing without knowing the keys would withdraw the TLSA records: DANE off
             # for every sender until the next pass. Nothing is sent; the next pass publishes.
             verdict = Verdict(
@@ -116,10 +117,10 @@ class DNSPart:
             return PartResult([verdict], retry_after=self._backoff.next(ctx.uid))
         ref = dns_spec.provider_ref
         owner = Owner(ctx.namespace, ctx.name, ctx.uid)
-        desired = desired_for(ctx.spec, ctx.facts)
+        desired = desired_for(ctx.spec, ctx.findings)
         try:
             provider = await self._providers.resolve(ref, ctx.namespace)
-            keep = keep_if_owned_for(ctx.spec, ctx.facts)
+            keep = keep_if_owned_for(ctx.spec, ctx.findings)
             result = await provider.publish(owner, ctx.spec.domain, desired, keep)
         except ProviderNotFound as error:
             return self._failed(ctx, "False", "ProviderNotFound", str(error))
@@ -171,7 +172,7 @@ class DNSPart:
         last_change = previous.last_change_time if previous else None
         if result.writes:
             last_change = utcnow()
-            ctx.facts[RECORDS_CHANGED] = True
+            ctx.findings.records_changed = True
             events.append(
                 Event(
                     "Normal",
@@ -288,16 +289,3 @@ class DNSPart:
         self._backoff.reset(ctx.uid)
         log.warning("%s/%s: %s", ctx.namespace, ctx.name, message)
         ctx.release_events.append(Event("Warning", "RecordsLeft", message))
-
-
-def dns_part_from_env() -> DNSPart:
-    """The part as the operator runs it; retry delays from the environment (tests shorten them)."""
-    import os
-
-    from mailward.adapters.dns_kube import KubeProviderResolver
-
-    return DNSPart(
-        KubeProviderResolver(),
-        retry_seconds=float(os.environ.get("MAILWARD_DNS_RETRY_SECONDS", "5")),
-        retry_max_seconds=float(os.environ.get("MAILWARD_DNS_RETRY_MAX_SECONDS", "300")),
-    )

@@ -10,13 +10,8 @@ whether it may attach (attachment.py) and stops the pass with the reason if not,
 published for a domain no fleet accepts; if it may, the later parts see the fleet's hosts as
 the domain's MX (`ctx.fleet`, `ctx.spec.mx`).
 
-Facts it leaves for later parts (`ctx.facts`):
-- `mta.service`: `<namespace>/<name>` of the Service that receives mail on 25/465/587;
-- `mta.config_hash`: the digest of the rendered configuration (Postfix's and the sidecars').
-
-Configuration (operator environment): `MAILWARD_MTA_RESOLVER_TRUST_ANCHORS` and
-`MAILWARD_MTA_RESOLVER_FORWARDERS`, the pods' validating resolver (render/resolver.py), and
-`MAILWARD_MTA_IMAGE`, the image of MailDomains that name none (`spec.mta.image`).
+Configuration (settings.py): the pods' validating resolver (render/resolver.py) and the image
+of MailDomains that name none (`spec.mta.image`).
 """
 
 from __future__ import annotations
@@ -30,9 +25,9 @@ from mailward.api.mta import DEFAULT_MTA_IMAGE
 from mailward.api.v1alpha1 import KIND, MXHost
 from mailward.attachment import MAILSERVER_NOT_FOUND, ServerKey, decide
 from mailward.conditions import Verdict
-from mailward.parts import RECORDS_CHANGED, Event, FleetAttachment, PartResult, ReconcileContext
+from mailward.parts import Event, FleetAttachment, PartResult, ReconcileContext
 from mailward.parts.backoff import Backoff
-from mailward.render.mta_objects import CONFIG_HASH_ANNOTATION, render_own_mta_objects
+from mailward.render.mta_objects import render_own_mta_objects
 from mailward.render.mta_server import ResourceOwner
 from mailward.render.resolver import ResolverSettings
 
@@ -69,6 +64,7 @@ def mta_verdict(observed: StatefulSetObservation, name: str) -> Verdict:
 
 class MTAPart:
     name = "mta"
+    condition = MTA_READY
 
     def __init__(
         self,
@@ -125,10 +121,6 @@ class MTAPart:
                 )
         statefulset = next(o for o in objects if o["kind"] == "StatefulSet")
         name = statefulset["metadata"]["name"]
-        ctx.facts["mta.service"] = f"{ctx.namespace}/{name}"
-        ctx.facts["mta.config_hash"] = statefulset["spec"]["template"]["metadata"]["annotations"][
-            CONFIG_HASH_ANNOTATION
-        ]
         observed = await self._workloads.observe_statefulset(ctx.namespace, name)
         verdict = mta_verdict(observed, name)
         events = []
@@ -136,7 +128,7 @@ class MTAPart:
         if verdict.status == "True" and (previous is None or previous.status != "True"):
             events.append(Event("Normal", verdict.reason, verdict.message))
             # The MTA answers now: what an outside probe sees changed, so check it at once.
-            ctx.facts[RECORDS_CHANGED] = True
+            ctx.findings.records_changed = True
         retry = None
         if verdict.status == "True":
             self._backoff.reset(ctx.uid)
@@ -205,7 +197,7 @@ class MTAPart:
         previous = next((c for c in ctx.status.conditions if c.type == MTA_READY), None)
         if previous is None or previous.status != "True":
             # The fleet answers for the domain now: probe it from outside at once.
-            ctx.facts[RECORDS_CHANGED] = True
+            ctx.findings.records_changed = True
         return PartResult([verdict], status=attachment_status)
 
     async def release(self, ctx: ReconcileContext) -> None:

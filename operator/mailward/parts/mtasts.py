@@ -6,39 +6,34 @@ a sender would fetch the old text and cache it under the new id, for max_age. So
 fetches the policy from the endpoint exactly as a sender would and hands the DNS part (which
 runs after it) the id of the bytes actually served, never the id of the desired text:
 
-- `ctx.facts["mta_sts.served_policy_id"]`: id of the policy the endpoint serves now, or the
-  last one seen served when the endpoint cannot be reached (the DNS part keeps that id), or
-  None when nothing is served for the domain (publish no new id);
-- `ctx.facts["mta_sts.desired_policy_id"]`: id of the policy the spec asks for.
+- `ctx.findings.served_policy`: the id of the policy the endpoint serves now, or the last one
+  seen served when the endpoint cannot be reached (the DNS part keeps that id), or None when
+  nothing is served for the domain (publish no new id).
 
 Condition `MTASTSReady`: True/`Serving` when the served bytes are the desired ones;
 Unknown/`Pending` while the endpoint still serves older text (or nothing: the endpoint picks
 MailDomains up through its watch within a second or two), retried shortly; False/
 `EndpointUnreachable` when no answer comes. `status.mtaSts.policyId` is the served id.
 
-Configuration (operator environment): `MAILWARD_POLICY_ENDPOINT_URL` (where to fetch, e.g.
-`https://mailward-policy.mailward-system.svc:443`), `MAILWARD_POLICY_CA_FILE` (trust for it),
-`MAILWARD_POLICY_NAMESPACE` (manage the endpoint's Deployment, Service, PDB, ServiceAccount
-and one Ingress per domain there; its RBAC comes with the installation, see
-render/policy_objects.py). Without the URL the part says nothing, as the tlsrpt part does
-without a collector.
+Configuration (settings.PolicySettings, chart `policyEndpoint.*`): where to fetch (e.g.
+`https://mailward-policy.mailward-system.svc:443`) and the trust for it, and whether the
+operator manages the endpoint's Deployment, Service, PDB, ServiceAccount and one Ingress per
+domain (its RBAC comes with the installation, see render/policy_objects.py). Without the URL
+the part says nothing, as the tlsrpt part does without a collector.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Mapping
 
-from mailward.adapters.apply import KubeObjectApplier, ObjectApplier
+from mailward.adapters.apply import ObjectApplier
 from mailward.adapters.policy_endpoint import (
-    EndpointFetcher,
     Fetched,
     PolicyFetcher,
 )
 from mailward.api.v1alpha1 import MTASTSStatus
 from mailward.conditions import Verdict
-from mailward.parts import Event, PartResult, ReconcileContext
+from mailward.parts import Event, PartResult, ReconcileContext, ServedPolicy
 from mailward.render.mta_sts import policy_for, policy_id
 from mailward.render.policy_objects import (
     NAME,
@@ -51,8 +46,6 @@ from mailward.render.policy_objects import (
 log = logging.getLogger(__name__)
 
 MTASTS_READY = "MTASTSReady"
-SERVED_POLICY_ID = "mta_sts.served_policy_id"
-DESIRED_POLICY_ID = "mta_sts.desired_policy_id"
 
 
 def served_verdict(domain: str, desired: str, fetched: Fetched) -> tuple[Verdict, str | None, bool]:
@@ -117,6 +110,7 @@ def served_verdict(domain: str, desired: str, fetched: Fetched) -> tuple[Verdict
 
 class MTASTSPart:
     name = "mtasts"
+    condition = MTASTS_READY
 
     def __init__(
         self,
@@ -133,26 +127,10 @@ class MTASTSPart:
         self._retry_seconds = retry_seconds
         self._unreachable_retry_seconds = unreachable_retry_seconds
 
-    @classmethod
-    def from_environment(
-        cls, env: Mapping[str, str] | None = None, *, apply_refresh_seconds: float = 60.0
-    ) -> MTASTSPart:
-        env = os.environ if env is None else env
-        url = env.get("MAILWARD_POLICY_ENDPOINT_URL")
-        fetcher = EndpointFetcher(url, env.get("MAILWARD_POLICY_CA_FILE")) if url else None
-        objects = (
-            KubeObjectApplier(refresh_seconds=apply_refresh_seconds)
-            if env.get("MAILWARD_POLICY_NAMESPACE")
-            else None
-        )
-        retry = float(env.get("MAILWARD_POLICY_RETRY_SECONDS", "2"))
-        return cls(fetcher, objects, EndpointSettings.from_environment(env), retry_seconds=retry)
-
     async def reconcile(self, ctx: ReconcileContext) -> PartResult:
         desired = policy_for(ctx.spec)
-        ctx.facts[DESIRED_POLICY_ID] = policy_id(desired)
         previous = ctx.status.mta_sts.policy_id if ctx.status.mta_sts else None
-        ctx.facts[SERVED_POLICY_ID] = previous
+        ctx.findings.served_policy = ServedPolicy(previous)
         if self._objects is not None:
             try:
                 for obj in render_shared_objects(self._settings, rbac=False):
@@ -166,7 +144,7 @@ class MTASTSPart:
         fetched = await self._fetcher.fetch(ctx.spec.domain)
         verdict, served_id, again = served_verdict(ctx.spec.domain, desired, fetched)
         if fetched.status is not None:
-            ctx.facts[SERVED_POLICY_ID] = served_id
+            ctx.findings.served_policy = ServedPolicy(served_id)
         shown = served_id if fetched.status is not None else previous
         events = []
         if verdict.reason == "Serving" and served_id != previous:
@@ -194,16 +172,9 @@ class MTASTSPart:
 
 
 __all__ = [
-    "DESIRED_POLICY_ID",
     "MTASTS_READY",
     "NAME",
-    "SERVED_POLICY_ID",
     "MTASTSPart",
-    "mtasts_part_from_env",
 ]
 
 
-def mtasts_part_from_env(apply_refresh_seconds: float = 60.0) -> MTASTSPart:
-    """The part as the operator configures it from its environment (see the module doc);
-    the shared objects are sent again at least every `apply_refresh_seconds`."""
-    return MTASTSPart.from_environment(apply_refresh_seconds=apply_refresh_seconds)

@@ -38,6 +38,7 @@ log = logging.getLogger("mailward.policy_certificate")
 
 class PolicyCertificatePart:
     name = "policy-certificate"
+    condition = POLICY_CERTIFICATE_READY
 
     def __init__(
         self,

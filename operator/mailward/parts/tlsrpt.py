@@ -14,7 +14,7 @@ part relies on the handler's periodic resync to pick new ones up; only when the 
 cannot be asked does it ask for an earlier retry.
 
 When the collector's Service is a LoadBalancer with an address, the part leaves it for the DNS
-part (`ctx.facts["tlsrpt.collector_target"]`), which runs after it and points
+part (`ctx.findings.tlsrpt_collector_target`), which runs after it and points
 `tlsrpt.<domain>` there unless the spec names an address.
 
 Without a configured collector the part says nothing (no condition, no status): a cluster that
@@ -22,9 +22,8 @@ collects its reports elsewhere is not penalised for it. A collector on the host 
 (`MAILWARD_TLSRPT_HOST_NETWORK`) with no address to bind is not deployed; the condition says so
 (`CollectorHasNoAddress`), with a Warning Event when that is new.
 
-Configuration (operator environment): `MAILWARD_TLSRPT_COLLECTOR_URL` (the collectors' API; may
-name the namespace as `{namespace}`), `MAILWARD_TLSRPT_DEPLOY` and the `MAILWARD_TLSRPT_*`
-settings of render/tlsrpt_objects.py, `MAILWARD_TLSRPT_RETRY_SECONDS`.
+Configuration (settings.TLSRptSettings, chart `tlsrpt.*`): the collectors' API (may name the
+namespace as `{namespace}`), whether to deploy them, and the settings of render/tlsrpt_objects.py.
 """
 
 from __future__ import annotations
@@ -42,7 +41,7 @@ from mailward.adapters.tlsrpt_collector import CollectorUnavailable, ReportSumma
 from mailward.api.tlsrpt_status import TLSRPTStatus
 from mailward.api.v1alpha1 import HostTarget
 from mailward.conditions import Verdict
-from mailward.parts import TLSRPT_COLLECTOR_TARGET, Event, PartResult, ReconcileContext
+from mailward.parts import Event, PartResult, ReconcileContext
 from mailward.reconcile import InvalidSpec, parse_spec
 from mailward.render.tlsrpt_objects import (
     NAME,
@@ -52,6 +51,7 @@ from mailward.render.tlsrpt_objects import (
     public_target,
     render_collector,
 )
+from mailward.settings import TLSRptSettings
 from mailward.tlsrpt.evaluate import DomainSummary
 
 log = logging.getLogger(__name__)
@@ -194,6 +194,7 @@ def new_failure_types(previous: TLSRPTStatus | None, current: TLSRPTStatus) -> l
 
 class TLSRptPart:
     name = "tlsrpt"
+    condition = TLS_REPORTS_HEALTHY
 
     def __init__(
         self,
@@ -204,6 +205,32 @@ class TLSRptPart:
         self._source = source
         self._retry_seconds = retry_seconds
         self._deployment = deployment
+
+    @classmethod
+    def build(
+        cls,
+        settings: TLSRptSettings,
+        retry_seconds: float,
+        *,
+        applier: ObjectApplier,
+        domains: MailDomainLister,
+    ) -> TLSRptPart:
+        """The part as the operator runs it."""
+        from mailward.adapters.services import KubeServiceIngressReader
+        from mailward.adapters.tlsrpt_collector import CollectorAPI
+
+        deployment = (
+            CollectorDeployment(
+                domains,
+                applier,
+                settings.collector,
+                KubeServiceIngressReader(),
+            )
+            if settings.deploy
+            else None
+        )
+        source = CollectorAPI(settings.collector_url) if settings.collector_url else None
+        return cls(source, retry_seconds=retry_seconds, deployment=deployment)
 
     async def reconcile(self, ctx: ReconcileContext) -> PartResult:
         domain = ctx.spec.domain
@@ -226,7 +253,7 @@ class TLSRptPart:
             # resync (Services are not watched); nothing is published for it meanwhile.
             target = await self._deployment.public_address(ctx.namespace)
             if target is not None:
-                ctx.facts[TLSRPT_COLLECTOR_TARGET] = target
+                ctx.findings.tlsrpt_collector_target = target
         if self._source is None:
             return PartResult([])
         try:
@@ -287,33 +314,3 @@ def _no_address(ctx: ReconcileContext, message: str) -> PartResult:
     return PartResult([verdict], events=events)
 
 
-def tlsrpt_part_from_env(
-    env: Mapping[str, str] | None = None, *, apply_refresh_seconds: float = 60.0
-) -> TLSRptPart:
-    """The part as the operator runs it, configured from its environment (see the module doc);
-    the collector's objects are sent again at least every `apply_refresh_seconds`."""
-    import os
-
-    from mailward.adapters.apply import KubeObjectApplier
-    from mailward.adapters.maildomains import KubeMailDomainLister
-    from mailward.adapters.services import KubeServiceIngressReader
-    from mailward.adapters.tlsrpt_collector import CollectorAPI
-
-    env = os.environ if env is None else env
-    url = env.get("MAILWARD_TLSRPT_COLLECTOR_URL", "").strip()
-    deploy = env.get("MAILWARD_TLSRPT_DEPLOY", "").strip().lower() in ("1", "true", "yes")
-    deployment = (
-        CollectorDeployment(
-            KubeMailDomainLister(),
-            KubeObjectApplier(refresh_seconds=apply_refresh_seconds),
-            CollectorSettings.from_environment(env),
-            KubeServiceIngressReader(),
-        )
-        if deploy
-        else None
-    )
-    return TLSRptPart(
-        CollectorAPI(url) if url else None,
-        retry_seconds=float(env.get("MAILWARD_TLSRPT_RETRY_SECONDS", "60")),
-        deployment=deployment,
-    )

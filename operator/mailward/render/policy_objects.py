@@ -18,8 +18,6 @@ old pod before it starts its replacement.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,22 +63,6 @@ class EndpointSettings:
     # Run on the nodes' network, bound to these addresses; empty: the pods' own network.
     host_addresses: tuple[str, ...] = ()
 
-    @classmethod
-    def from_environment(cls, env: Mapping[str, str] | None = None) -> EndpointSettings:
-        env = os.environ if env is None else env
-        defaults = cls()
-        return cls(
-            namespace=env.get("MAILWARD_POLICY_NAMESPACE", defaults.namespace),
-            image=env.get("MAILWARD_POLICY_IMAGE", defaults.image),
-            replicas=int(env.get("MAILWARD_POLICY_REPLICAS", defaults.replicas)),
-            ingress_class=env.get("MAILWARD_POLICY_INGRESS_CLASS") or None,
-            cluster_issuer=env.get("MAILWARD_POLICY_CLUSTER_ISSUER") or None,
-            host_addresses=_addresses(
-                "MAILWARD_POLICY_HOST_NETWORK_ADDRESSES",
-                env.get("MAILWARD_POLICY_HOST_NETWORK_ADDRESSES", ""),
-            ),
-        )
-
     @property
     def host_network(self) -> bool:
         return bool(self.host_addresses)
@@ -98,16 +80,6 @@ class EndpointSettings:
             Listener("http", HOST_HTTP_PORT, self.host_addresses),
             Listener("admin", ADMIN_PORT, self.host_addresses[:1]),
         ]
-
-
-def _addresses(variable: str, text: str) -> tuple[str, ...]:
-    addresses = tuple(a.strip() for a in text.split(",") if a.strip())
-    for address in addresses:
-        try:
-            ipaddress.ip_address(address)
-        except ValueError:
-            raise ValueError(f"{variable}: {address!r} is not an IP address") from None
-    return addresses
 
 
 def policy_server_args(

@@ -21,8 +21,7 @@ The local cluster anchors at its signed test parent zone and forwards to its own
 from __future__ import annotations
 
 import ipaddress
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import dns.exception
@@ -114,15 +113,6 @@ class ResolverSettings:
 
     trust_anchors: tuple[TrustAnchor, ...] = ()
     forwarders: tuple[Forwarder, ...] = ()
-
-    @classmethod
-    def from_environment(cls, env: Mapping[str, str] | None = None) -> ResolverSettings:
-        env = os.environ if env is None else env
-        return cls(
-            trust_anchors=parse_trust_anchors(env.get("MAILWARD_MTA_RESOLVER_TRUST_ANCHORS", "")),
-            forwarders=parse_forwarders(env.get("MAILWARD_MTA_RESOLVER_FORWARDERS", "")),
-        )
-
 
 def _special_use_zones(anchors: Sequence[TrustAnchor]) -> list[str]:
     """The default local zones that hold an anchored zone."""

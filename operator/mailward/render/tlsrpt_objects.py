@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -77,30 +76,6 @@ class CollectorSettings:
     operator_namespace: str | None = None
     # On the node's network, binding the addresses published for tlsrpt.<domain>.
     host_network: bool = False
-
-    @classmethod
-    def from_environment(cls, env: Mapping[str, str] | None = None) -> CollectorSettings:
-        env = os.environ if env is None else env
-        defaults = cls()
-        service_type = env.get("MAILWARD_TLSRPT_SERVICE_TYPE") or defaults.service_type
-        if service_type not in ("ClusterIP", "LoadBalancer", "NodePort"):
-            raise ValueError(
-                f"MAILWARD_TLSRPT_SERVICE_TYPE={service_type!r}: "
-                "expected ClusterIP, LoadBalancer or NodePort"
-            )
-        return cls(
-            image=env.get("MAILWARD_TLSRPT_IMAGE") or defaults.image,
-            storage=env.get("MAILWARD_TLSRPT_STORAGE") or defaults.storage,
-            database_secret=env.get("MAILWARD_TLSRPT_DATABASE_SECRET") or None,
-            retention_days=int(
-                env.get("MAILWARD_TLSRPT_RETENTION_DAYS") or defaults.retention_days
-            ),
-            service_type=service_type,  # type: ignore[arg-type]
-            operator_namespace=env.get("MAILWARD_TLSRPT_OPERATOR_NAMESPACE") or None,
-            host_network=env.get("MAILWARD_TLSRPT_HOST_NETWORK", "").strip().lower()
-            in ("1", "true", "yes"),
-        )
-
 
 @dataclass(frozen=True)
 class ServedDomain:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import ssl
 import time
@@ -27,6 +26,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from mailward.settings import collector_database_url
 from mailward.tlsrpt.certificates import ServedCertificates
 from mailward.tlsrpt.config import CollectorConfig, Listen
 from mailward.tlsrpt.evaluate import summary_for
@@ -466,7 +466,7 @@ def run(config_path: Path) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     config = CollectorConfig.load(config_path)
     # A PostgreSQL URL holds a password: it comes from a Secret through the environment.
-    database = os.environ.get("MAILWARD_TLSRPT_DATABASE")
+    database = collector_database_url()
     if database:
         config = config.model_copy(update={"database": database})
     with contextlib.suppress(KeyboardInterrupt):
