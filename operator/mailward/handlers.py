@@ -19,8 +19,10 @@ from typing import Any, cast
 import kopf
 
 from mailward import fleet_handlers as fleet_handlers  # registers the MailServer handlers
+from mailward import peering
 from mailward import provider_handlers as provider_handlers  # and the DNS providers'
 from mailward.adapters.kube_watch import KubeHTTP
+from mailward.adapters.peering_watch import follow
 from mailward.api.v1alpha1 import API_GROUP, API_VERSION, PLURAL
 from mailward.parts import ReleasePending
 from mailward.runtime import Runtime, build
@@ -50,7 +52,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # to list CRDs.
     settings.scanning.disabled = True
     # A wrong setting stops the operator here, naming the variable (settings.SettingsError).
-    runtime = build(load())
+    me = peering.CURRENT
+    # Under peering, the scheduler's jobs wait until this replica is the active one.
+    runtime = build(load(), standby=me is not None)
     memo.runtime = runtime
     # `kill -USR1 <pid>`: what every task of the operator awaits, in its log.
     asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, _log_tasks)
@@ -58,6 +62,16 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     stream = KubeHTTP.from_environment()
     memo.watches = asyncio.create_task(runtime.observed.run(stream), name="mailward watches")
     memo.stream = stream
+    if me is not None:
+        scheduler = runtime.scheduler
+
+        def standing(active: bool) -> None:
+            if active:
+                scheduler.resume()
+            else:
+                scheduler.pause()
+
+        memo.peering = asyncio.create_task(follow(stream, me, standing), name="mailward peering")
     metrics_address = runtime.settings.metrics_address
     if metrics_address:
         from mailward.compliance import metrics
@@ -76,9 +90,11 @@ def _log_tasks() -> None:
 
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
-    if "watches" in memo:
-        memo.watches.cancel()
-        await asyncio.gather(memo.watches, return_exceptions=True)
+    for task in ("peering", "watches"):
+        if task in memo:
+            memo[task].cancel()
+            await asyncio.gather(memo[task], return_exceptions=True)
+    if "stream" in memo:
         await memo.stream.close()
     if "runtime" in memo:
         await runtime_of(memo).scheduler.stop()

@@ -51,8 +51,8 @@ class Runtime:
     provider_status: ProviderReconciler
 
 
-def build(settings: OperatorSettings) -> Runtime:
-    """Everything the handlers use."""
+def build(settings: OperatorSettings, *, standby: bool = False) -> Runtime:
+    """Everything the handlers use; `standby`: the scheduler starts paused (peering)."""
     load_client_config()
     events = KubeEventPoster()
     reconcile = settings.reconcile
@@ -60,7 +60,7 @@ def build(settings: OperatorSettings) -> Runtime:
     directory = MailDomainDirectory()
     applier = LevelApplier(observed)
     providers = KubeProviderResolver()
-    scheduler = Scheduler()
+    scheduler = Scheduler(paused=standby)
     compliance = ComplianceRunner(settings.compliance, KubeStatusWriter(), events)
     domains: DomainReconciler | None = None
 
