@@ -162,6 +162,7 @@ def _run(
     # process takes one of its own (peering_priority). Its identity is POD_ID (the pod's name,
     # from the downward API), so a container that kubelet restarts replaces its own record.
     from mailward import peering as peering_state
+    from mailward.settings import pod_id
 
     settings.peering.lifetime = lifetime
     settings.peering.stealth = True  # no log line per keep-alive
@@ -170,7 +171,7 @@ def _run(
     me = peering_state.Peering(
         name=peering,
         namespaces=tuple(namespaces),
-        identity=os.environ.get("POD_ID") or f"{socket.gethostname()}/{os.getpid()}",
+        identity=pod_id() or f"{socket.gethostname()}/{os.getpid()}",
         priority=peering_priority() if priority is None else priority,
         lifetime=lifetime,
     )

@@ -298,6 +298,11 @@ def collector_database_url() -> str | None:
     return os.environ.get("MAILWARD_TLSRPT_DATABASE") or None
 
 
+def pod_id() -> str | None:
+    """The pod's name as the downward API passes it (`POD_ID`): the replica's peering identity."""
+    return os.environ.get("POD_ID") or None
+
+
 def pod_namespace() -> str | None:
     """The namespace the downward API names (`POD_NAMESPACE`), if it does."""
     return os.environ.get("POD_NAMESPACE") or None
