@@ -24,6 +24,7 @@ from mailward_localstack.controlplane import wait_established
 from mailward_localstack.dns import DNSStack
 from mailward_localstack.pki import IssuedCert, LocalCA
 from tests.fixtures_operator import Kube
+from tests.manifests import tls_secret_manifest as tls_secret_manifest
 from tests.net import addr
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,19 +92,6 @@ def dns_provider_manifest(
                 "tsigAlgorithm": stack.tsig.algorithm,
                 "tsigSecretRef": {"name": "local-bind-tsig", "key": "secret"},
             }
-        },
-    }
-
-
-def tls_secret_manifest(namespace: str, cert: IssuedCert, name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "kubernetes.io/tls",
-        "metadata": {"name": name, "namespace": namespace},
-        "data": {
-            "tls.crt": base64.b64encode(cert.chain_file.read_bytes()).decode(),
-            "tls.key": base64.b64encode(cert.key_file.read_bytes()).decode(),
         },
     }
 

@@ -6,10 +6,13 @@ same thing: a person reading the error knows which field to fix.
 
 from __future__ import annotations
 
+import base64
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from mailward_localstack.pki import IssuedCert
 
 Manifest = dict[str, Any]
 
@@ -215,3 +218,17 @@ INVALID_CASES: list[InvalidCase] = [
         tier="model",
     ),
 ]
+
+
+def tls_secret_manifest(namespace: str, cert: IssuedCert, name: str) -> Manifest:
+    """A `kubernetes.io/tls` Secret holding `cert`'s chain and key."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/tls",
+        "metadata": {"name": name, "namespace": namespace},
+        "data": {
+            "tls.crt": base64.b64encode(cert.chain_file.read_bytes()).decode(),
+            "tls.key": base64.b64encode(cert.key_file.read_bytes()).decode(),
+        },
+    }

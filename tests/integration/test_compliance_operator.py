@@ -25,6 +25,7 @@ from tests.fixtures_compliance import (
     ComplianceLab,
 )
 from tests.fixtures_operator import Kube, OperatorProcess
+from tests.manifests import tls_secret_manifest
 
 pytestmark = [pytest.mark.controlplane, pytest.mark.dnsstack]
 
@@ -82,17 +83,7 @@ def _release(kube: Kube, namespace: str) -> None:
 
 
 def _secret(namespace: str, lab: ComplianceLab) -> dict[str, Any]:
-    cert = lab.certs[OPERATED_ZONE]
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "kubernetes.io/tls",
-        "metadata": {"name": "mx-operated-tls", "namespace": namespace},
-        "data": {
-            "tls.crt": base64.b64encode(cert.chain_file.read_bytes()).decode(),
-            "tls.key": base64.b64encode(cert.key_file.read_bytes()).decode(),
-        },
-    }
+    return tls_secret_manifest(namespace, lab.certs[OPERATED_ZONE], "mx-operated-tls")
 
 
 def _compliant(body: dict[str, Any]) -> dict[str, Any] | None:

@@ -8,7 +8,6 @@ reconcile the same MailDomains.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import signal
@@ -35,6 +34,7 @@ from mailward_localstack.pki import LocalCA
 from tests.fixtures_mta import set_statefulset_ready
 from tests.fixtures_operator import REPO, Kube
 from tests.fixtures_policy import POLICY_NAMESPACE, PolicyEndpoint, running_policy_endpoint
+from tests.manifests import tls_secret_manifest
 from tests.net import addr
 from tests.processes import mailward_process
 
@@ -107,14 +107,7 @@ def _condition(body: dict[str, Any], type_: str) -> dict[str, Any] | None:
 
 def _mx_secret(namespace: str, ca: LocalCA, host: str) -> dict[str, Any]:
     cert = ca.issue_server_cert([host], out_dir=ca.dir / "mx")
-    data = {"tls.crt": cert.chain_file.read_bytes(), "tls.key": cert.key_file.read_bytes()}
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "kubernetes.io/tls",
-        "metadata": {"name": "mx-tls", "namespace": namespace},
-        "data": {k: base64.b64encode(v).decode() for k, v in data.items()},
-    }
+    return tls_secret_manifest(namespace, cert, "mx-tls")
 
 
 def _wait_reason(

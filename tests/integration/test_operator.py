@@ -3,7 +3,6 @@ when nothing changes."""
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 from typing import Any
@@ -18,7 +17,7 @@ from tests.fixtures_operator import (
     maildomain_without_dns,
     run_example_mta,
 )
-from tests.manifests import INVALID_CASES
+from tests.manifests import INVALID_CASES, tls_secret_manifest
 
 pytestmark = pytest.mark.controlplane
 
@@ -41,16 +40,7 @@ def _session_ca(local_ca: LocalCA) -> None:
 def _tls_secret(namespace: str, name: str = "mx-example-test-tls") -> dict[str, Any]:
     """A TLS Secret with a real chain from the session's CA: the operator parses tls.crt."""
     cert = _CA[0].issue_server_cert(["mx1.example.test", "mx2.example.test"])
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "kubernetes.io/tls",
-        "metadata": {"name": name, "namespace": namespace},
-        "data": {
-            "tls.crt": base64.b64encode(cert.chain_file.read_bytes()).decode(),
-            "tls.key": base64.b64encode(cert.key_file.read_bytes()).decode(),
-        },
-    }
+    return tls_secret_manifest(namespace, cert, name)
 
 
 def _wait_ready(kube: Kube, namespace: str, status: str, reason: str) -> dict[str, Any]:

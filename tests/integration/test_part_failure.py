@@ -8,7 +8,6 @@ the session's operator (which would reconcile the same objects) is not in the wa
 
 from __future__ import annotations
 
-import base64
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -28,6 +27,7 @@ from tests.fixtures_operator import (
     run_example_mta,
     run_operator,
 )
+from tests.manifests import tls_secret_manifest
 
 pytestmark = pytest.mark.controlplane
 
@@ -78,18 +78,7 @@ def test_a_raising_part_names_its_failure_and_the_others_are_written(
     namespace = f"t-{uuid.uuid4().hex[:10]}"
     kube.kubectl("create", "namespace", namespace)
     cert = local_ca.issue_server_cert(["mx1.example.test", "mx2.example.test"])
-    kube.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "type": "kubernetes.io/tls",
-            "metadata": {"name": "mx-example-test-tls", "namespace": namespace},
-            "data": {
-                "tls.crt": base64.b64encode(cert.chain_file.read_bytes()).decode(),
-                "tls.key": base64.b64encode(cert.key_file.read_bytes()).decode(),
-            },
-        }
-    )
+    kube.apply(tls_secret_manifest(namespace, cert, "mx-example-test-tls"))
     kube.apply(maildomain_without_dns(namespace))
     run_example_mta(kube, namespace)
 

@@ -3,7 +3,6 @@ Warning Event per new failure type, checked against counts computed from the rep
 
 from __future__ import annotations
 
-import base64
 import json
 import uuid
 from collections.abc import Callable
@@ -14,7 +13,7 @@ from typing import Any
 from mailward_localstack.pki import LocalCA
 from tests.fixtures_tlsrpt import DOMAIN, CollectorFactory, TLSRptCluster
 from tests.integration.test_tlsrpt_collector import send_samples
-from tests.manifests import valid_maildomain
+from tests.manifests import tls_secret_manifest, valid_maildomain
 from tests.net import addr
 from tests.tlsrpt_samples import corpus, expected_counts
 
@@ -38,18 +37,7 @@ def test_status_tlsrpt_matches_the_reports_received(
     namespace = f"t-{uuid.uuid4().hex[:10]}"
     kube.kubectl("create", "namespace", namespace)
     cert = local_ca.issue_server_cert(["mx1.example.test", "mx2.example.test"])
-    kube.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "type": "kubernetes.io/tls",
-            "metadata": {"name": "mx-example-test-tls", "namespace": namespace},
-            "data": {
-                "tls.crt": base64.b64encode(cert.chain_file.read_bytes()).decode(),
-                "tls.key": base64.b64encode(cert.key_file.read_bytes()).decode(),
-            },
-        }
-    )
+    kube.apply(tls_secret_manifest(namespace, cert, "mx-example-test-tls"))
     body = valid_maildomain(namespace=namespace)
     del body["spec"]["dns"]
     body["spec"]["tlsRpt"] = {
