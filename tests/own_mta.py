@@ -7,13 +7,14 @@ from typing import Any
 
 from mailward.api.mta import DEFAULT_MTA_IMAGE
 from mailward.api.v1alpha1 import KIND, MailDomainSpec
+from mailward.owner import Owner
 from mailward.render.mta_objects import own_mta_domain, render_own_mta_objects
 from mailward.render.mta_pod import MTAFiles, render_mta_config, render_mta_files
-from mailward.render.mta_server import ResourceOwner, own_mta_server
+from mailward.render.mta_server import own_mta_server
 from mailward.render.postfix import PostfixConfig
 from mailward.render.resolver import ResolverSettings
 
-OWNER = ResourceOwner(KIND, "example", "default", "0000-1111")
+OWNER = Owner("default", "example", "0000-1111", kind=KIND)
 
 
 def own_objects(

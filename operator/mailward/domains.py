@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from mailward.adapters.events import EventPoster
-from mailward.adapters.observed import ObjectRef, Owner
+from mailward.adapters.observed import ObjectRef
 from mailward.adapters.status_writer import RECONCILER, StatusWriter
 from mailward.api.v1alpha1 import KIND, MailDomainStatus, parse_duration
 from mailward.conditions import (
@@ -37,6 +37,7 @@ from mailward.conditions import (
     status_document,
     utcnow,
 )
+from mailward.owner import Owner
 from mailward.parts import Event, Part, PartResult, ReconcileContext
 from mailward.parts.backoff import Backoff
 from mailward.parts.compliance import ComplianceRunner
@@ -238,7 +239,7 @@ class DomainReconciler:
         """Someone deleted or edited an object a MailDomain's pass applies: that pass now."""
         for owner in owners:
             if owner.kind == KIND:
-                obj = ObjectKey(ref.namespace, owner.name, owner.uid)
+                obj = ObjectKey(owner.namespace, owner.name, owner.uid)
                 self._scheduler.run_now(JobKey(RESYNC, obj))
 
     # -- what the scheduler runs ----------------------------------------------------------------

@@ -40,9 +40,9 @@ from mailward.conditions import (
     started_verdicts,
     utcnow,
 )
+from mailward.owner import Owner
 from mailward.parts.certificate import parse_chain
 from mailward.parts.mta import MTA_READY, mta_verdict
-from mailward.plan.records import Owner
 from mailward.reconcile import (
     certificate_verdict,
     describe_validation_error,

@@ -14,9 +14,9 @@ from mailward.adapters.observed import (
     LevelApplier,
     ObjectRef,
     ObservedObjects,
-    Owner,
     stamped,
 )
+from mailward.owner import Owner
 
 CONFIGMAP = Kind("v1", "ConfigMap", "configmaps")
 STATEFULSET = Kind("apps/v1", "StatefulSet", "statefulsets")

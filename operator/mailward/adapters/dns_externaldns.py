@@ -20,7 +20,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from mailward.adapters.dns_provider import PublishResult
-from mailward.api.v1alpha1 import API_GROUP, API_VERSION, KIND
+from mailward.api.v1alpha1 import API_GROUP
 from mailward.plan.records import Conflict, Key, Owner, Plan
 from mailward.render.dns_records import RRset
 
@@ -127,16 +127,7 @@ class ExternalDNSProvider:
                 "name": name,
                 "namespace": owner.namespace,
                 "labels": {OWNER_LABEL: owner.uid, "app.kubernetes.io/managed-by": "mailward"},
-                "ownerReferences": [
-                    {
-                        "apiVersion": f"{API_GROUP}/{API_VERSION}",
-                        "kind": KIND,
-                        "name": owner.name,
-                        "uid": owner.uid,
-                        "controller": True,
-                        "blockOwnerDeletion": True,
-                    }
-                ],
+                "ownerReferences": [owner.reference()],
             },
             "spec": spec,
         }

@@ -29,6 +29,7 @@ from typing import Any
 
 from mailward.adapters.apply import ServerSideApplier
 from mailward.adapters.kube_watch import ObjectStream, list_and_watch
+from mailward.owner import Owner
 
 log = logging.getLogger("mailward.observed")
 
@@ -72,13 +73,6 @@ class ObjectRef:
 
 
 @dataclass(frozen=True)
-class Owner:
-    kind: str
-    name: str
-    uid: str
-
-
-@dataclass(frozen=True)
 class Seen:
     """The slim record of one object, as a watch or mailward's own apply last saw it."""
 
@@ -90,8 +84,10 @@ class Seen:
     @classmethod
     def of(cls, obj: Mapping[str, Any]) -> Seen:
         meta = obj.get("metadata") or {}
+        # Owner references name objects of the same namespace.
+        namespace = str(meta.get("namespace") or "")
         owners = tuple(
-            Owner(str(o.get("kind")), str(o.get("name")), str(o.get("uid")))
+            Owner(namespace, str(o.get("name")), str(o.get("uid")), kind=str(o.get("kind")))
             for o in meta.get("ownerReferences") or []
         )
         return cls(

@@ -32,14 +32,14 @@ from mailward.adapters.serving_secret import (
 )
 from mailward.api.base import parse_duration
 from mailward.api.certificates import CertificateStatus, KeyStatus, NameserverStatus
-from mailward.api.v1alpha1 import KIND, MailDomainSpec
+from mailward.api.v1alpha1 import MailDomainSpec
 from mailward.conditions import Verdict
+from mailward.owner import Owner
 from mailward.parts import Event, PartResult, ReconcileContext
 from mailward.parts.backoff import Backoff
 from mailward.reconcile import CERTIFICATE_READY, certificate_verdict
 from mailward.render.certificates import serving_secret_name
 from mailward.render.dns_records import tlsa_name
-from mailward.render.mta_server import ResourceOwner
 from mailward.rollover import keys
 from mailward.rollover import metrics as certificate_metrics
 from mailward.rollover.issuance import Issuance, IssuerSource
@@ -362,7 +362,7 @@ class CertificatePart:
     # -- writes ------------------------------------------------------------------------------
 
     def _owner(self, ctx: ReconcileContext) -> dict[str, object]:
-        return ResourceOwner(KIND, ctx.name, ctx.namespace, ctx.uid).reference()
+        return Owner(ctx.namespace, ctx.name, ctx.uid).reference()
 
     async def _write(self, ctx: ReconcileContext, state: ServingState) -> ServingState:
         name = serving_secret_name(ctx.name)

@@ -31,6 +31,7 @@ from mailward.adapters.dns_provider import (
 from mailward.api.base import parse_duration
 from mailward.api.v1alpha1 import ConditionStatus, DNSStatus, MailDomainSpec
 from mailward.conditions import Verdict, find, utcnow
+from mailward.owner import Owner
 from mailward.parts import (
     Event,
     Findings,
@@ -39,7 +40,7 @@ from mailward.parts import (
     ReleasePending,
 )
 from mailward.parts.backoff import Backoff
-from mailward.plan.records import Key, Owner
+from mailward.plan.records import Key
 from mailward.render import mta_sts
 from mailward.render.dns_records import RRset, absolute, desired_rrsets, spki_sha256
 

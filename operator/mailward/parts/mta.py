@@ -22,13 +22,13 @@ from mailward.adapters.kube import api_message
 from mailward.adapters.mailservers import MailServerDirectory
 from mailward.adapters.workloads import StatefulSetObservation, WorkloadClient
 from mailward.api.mta import DEFAULT_MTA_IMAGE
-from mailward.api.v1alpha1 import KIND, MXHost
+from mailward.api.v1alpha1 import MXHost
 from mailward.attachment import MAILSERVER_NOT_FOUND, ServerKey, decide
 from mailward.conditions import Verdict
+from mailward.owner import Owner
 from mailward.parts import Event, FleetAttachment, PartResult, ReconcileContext
 from mailward.parts.backoff import Backoff
 from mailward.render.mta_objects import render_own_mta_objects
-from mailward.render.mta_server import ResourceOwner
 from mailward.render.resolver import ResolverSettings
 
 MTA_READY = "MTAReady"
@@ -104,7 +104,7 @@ class MTAPart:
                     retry_after=self._backoff.next(ctx.uid),
                 )
             accounts = keys
-        owner = ResourceOwner(KIND, ctx.name, ctx.namespace, ctx.uid)
+        owner = Owner(ctx.namespace, ctx.name, ctx.uid)
         objects = render_own_mta_objects(owner, spec, accounts, self._resolver, self._default_image)
         for manifest in objects:
             try:

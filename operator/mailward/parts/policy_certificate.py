@@ -21,11 +21,10 @@ from datetime import UTC, datetime, timedelta
 from mailward.adapters.certificate_requests import CertificateRequests
 from mailward.adapters.serving_secret import KeyMaterial, ServingSecrets, ServingState
 from mailward.api.base import parse_duration
-from mailward.api.v1alpha1 import KIND
 from mailward.conditions import Verdict
+from mailward.owner import Owner
 from mailward.parts import Event, PartResult, ReconcileContext
 from mailward.parts.backoff import Backoff
-from mailward.render.mta_server import ResourceOwner
 from mailward.render.policy_objects import policy_hosts, tls_secret_name
 from mailward.rollover import keys
 from mailward.rollover.issuance import certified, request_name
@@ -121,7 +120,7 @@ class PolicyCertificatePart:
         key = keys.generate_key(tls.private_key.algorithm)
         digest = keys.key_digest(key)
         request = request_name(f"{ctx.name}-policy", digest, now)
-        owner = ResourceOwner(KIND, ctx.name, ctx.namespace, ctx.uid).reference()
+        owner = Owner(ctx.namespace, ctx.name, ctx.uid).reference()
         csr = keys.csr_pem(key, policy_hosts(ctx.spec.domain))
         await self._requests.create(ctx.namespace, request, owner, csr, tls.issuer_ref,
                                     tls.duration)  # fmt: skip

@@ -20,6 +20,7 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 
+from mailward.owner import Owner as Owner
 from mailward.render.dns_records import RRset, absolute, make_rrset, txt_data
 
 Key = tuple[str, str]
@@ -27,17 +28,6 @@ Key = tuple[str, str]
 REGISTRY_LABEL = "_mailward"
 REGISTRY_TTL = 300
 _HERITAGE = "heritage=mailward"
-
-
-@dataclass(frozen=True)
-class Owner:
-    namespace: str
-    name: str
-    uid: str
-    kind: str = "MailDomain"
-
-    def describe(self) -> str:
-        return f"{self.kind} {self.namespace}/{self.name}"
 
 
 @dataclass(frozen=True)

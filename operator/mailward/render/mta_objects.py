@@ -24,8 +24,9 @@ from typing import Any
 
 from mailward.api.mta import DEFAULT_MTA_IMAGE
 from mailward.api.v1alpha1 import API_GROUP, MailDomainSpec
+from mailward.owner import Owner
 from mailward.render.mta_pod import MTAFiles, render_domain_files, render_mta_files, render_pod_spec
-from mailward.render.mta_server import MTAServer, ResourceOwner, ServerGroup, own_mta_server
+from mailward.render.mta_server import MTAServer, ServerGroup, own_mta_server
 from mailward.render.postfix import (
     SMTP_PORT,
     SUBMISSION_PORT,
@@ -92,7 +93,7 @@ def own_mta_domain(spec: MailDomainSpec, accounts: Sequence[str]) -> DomainConfi
 
 
 def render_own_mta_objects(
-    owner: ResourceOwner,
+    owner: Owner,
     spec: MailDomainSpec,
     accounts: Sequence[str],
     resolver: ResolverSettings | None = None,

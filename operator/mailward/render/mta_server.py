@@ -16,29 +16,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from mailward.api.mailserver import MAILSERVER_KIND, MailServerSpec
-from mailward.api.v1alpha1 import API_GROUP, API_VERSION, KIND, MailDomainSpec
+from mailward.api.v1alpha1 import KIND, MailDomainSpec
+from mailward.owner import Owner
 from mailward.render.certificates import serving_secret_name
 from mailward.render.postfix import MTAOptions
-
-
-@dataclass(frozen=True)
-class ResourceOwner:
-    """The object every rendered object is owned by (garbage collection, labels)."""
-
-    kind: str
-    name: str
-    namespace: str
-    uid: str
-
-    def reference(self) -> dict[str, object]:
-        return {
-            "apiVersion": f"{API_GROUP}/{API_VERSION}",
-            "kind": self.kind,
-            "name": self.name,
-            "uid": self.uid,
-            "controller": True,
-            "blockOwnerDeletion": True,
-        }
 
 
 @dataclass(frozen=True)
@@ -54,7 +35,7 @@ class ServerGroup:
 
 @dataclass(frozen=True)
 class MTAServer:
-    owner: ResourceOwner
+    owner: Owner
     # Prefix of the shared objects' names (the domain tables' ConfigMap).
     base_name: str
     image: str
@@ -121,7 +102,7 @@ def own_mta_server(
     addresses = tuple(spec.mx_addresses()) if mta.host_network else ()
     base = f"{name}-mta"
     return MTAServer(
-        owner=ResourceOwner(KIND, name, namespace, uid),
+        owner=Owner(namespace, name, uid, kind=KIND),
         base_name=base,
         image=mta.image or default_image,
         replicas=mta.replicas,
@@ -151,7 +132,7 @@ def fleet_server(
         groups = (ServerGroup(name, spec.hosts[0].host),)
     first = spec.hosts[0].host
     return MTAServer(
-        owner=ResourceOwner(MAILSERVER_KIND, name, namespace, uid),
+        owner=Owner(namespace, name, uid, kind=MAILSERVER_KIND),
         base_name=name,
         image=spec.image or default_image,
         replicas=spec.replicas,

@@ -29,7 +29,8 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from mailward.api.v1alpha1 import API_GROUP, API_VERSION, KIND, HostTarget, MailDomainSpec
+from mailward.api.v1alpha1 import HostTarget, MailDomainSpec
+from mailward.owner import Owner
 from mailward.render.certificates import serving_secret_name
 from mailward.render.mta_objects import CONFIG_HASH_ANNOTATION
 from mailward.render.pods import (
@@ -184,13 +185,10 @@ def _metadata(name: str, namespace: str, owners: Sequence[ServedDomain]) -> dict
         "name": name,
         "namespace": namespace,
         "labels": dict(LABELS),
+        # Every domain it serves owns it, none as its controller: the garbage collector
+        # removes it with the last one.
         "ownerReferences": [
-            {
-                "apiVersion": f"{API_GROUP}/{API_VERSION}",
-                "kind": KIND,
-                "name": owner.name,
-                "uid": owner.uid,
-            }
+            Owner(namespace, owner.name, owner.uid).reference(controller=False)
             for owner in sorted(owners, key=lambda o: (o.name, o.uid))
         ],
     }
