@@ -179,8 +179,13 @@ def _log(stack: Stack, pod: str) -> str:
 
 
 def _object_lines(log: str) -> list[str]:
-    """Lines of kopf's per-object logger and of mailward's parts (dns, mta, ...)."""
-    return [line for line in log.splitlines() if " kopf.objects " in line or "] mailward." in line]
+    """Lines of kopf's per-object logger and of mailward's parts (dns, mta, ...); not the
+    replica's own standing (`mailward.peering`: "this replica is on standby")."""
+    return [
+        line
+        for line in log.splitlines()
+        if (" kopf.objects " in line or "] mailward." in line) and "] mailward.peering " not in line
+    ]
 
 
 def _process(stack: Stack, pod: dict[str, Any]) -> int:
