@@ -1,8 +1,9 @@
 """Servers for the compliance tests: real Postfix instances and an HTTPS policy server.
 
 Each Postfix runs from its own minimal configuration directory (main.cf + master.cf written
-here, independent of the production rendering in mailward.render), on its own loopback address,
-with SMTP on 25 and SUBMISSIONS (implicit TLS) on 465. A `PostfixTarget` describes one such
+here, independent of the production rendering in mailward.render), on its own loopback address
+(an address of the session's 127/8 prefix, or `::1`, the only IPv6 loopback address), with SMTP
+on 25 and SUBMISSIONS (implicit TLS) on 465. A `PostfixTarget` describes one such
 server, compliant by default; each broken variant changes one setting.
 
 `PolicyServer` is Python's http.server behind `ssl`, picking the certificate by SNI, serving
@@ -82,6 +83,15 @@ class PostfixTarget:
     directory: Path = field(default=Path("."))
     added_address: bool = False
 
+    @property
+    def ipv6(self) -> bool:
+        return ":" in self.address
+
+    @property
+    def listen(self) -> str:
+        """The address as Postfix writes it before `:port` (IPv6 in brackets)."""
+        return f"[{self.address}]" if self.ipv6 else self.address
+
     def _main_cf(self) -> str:
         d = self.directory
         relay = "permit_mynetworks, reject_unauth_destination"
@@ -94,8 +104,8 @@ class PostfixTarget:
             "myhostname": self.hostname,
             "mydomain": self.hostname.partition(".")[2],
             "myorigin": "$myhostname",
-            "inet_interfaces": self.address,
-            "inet_protocols": "ipv4",
+            "inet_interfaces": self.listen,
+            "inet_protocols": "all" if self.ipv6 else "ipv4",
             "mydestination": "",
             # No client is trusted: the probe must be treated as a stranger. The open relay is
             # the classic misconfiguration (Postfix refuses `permit` outright): a mynetworks
@@ -144,7 +154,7 @@ class PostfixTarget:
         old = self.submissions_protocols != ">=TLSv1.2"
         sub_ciphers = self.submissions_ciphers + (":@SECLEVEL=0" if old else "")
         submissions = (
-            f"{self.address}:465 inet n - n - - smtpd\n"
+            f"{self.listen}:465 inet n - n - - smtpd\n"
             "  -o smtpd_tls_wrappermode=yes\n"
             "  -o smtpd_tls_security_level=encrypt\n"
             f"  -o smtpd_tls_mandatory_protocols={self.submissions_protocols}\n"
@@ -153,7 +163,7 @@ class PostfixTarget:
         )
         if not self.submissions:
             submissions = ""
-        return f"{self.address}:25 inet n - n - - smtpd\n" + submissions + _MASTER_SERVICES
+        return f"{self.listen}:25 inet n - n - - smtpd\n" + submissions + _MASTER_SERVICES
 
     def _postfix(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
@@ -196,7 +206,8 @@ class PostfixTarget:
             "[postfix_ssl_settings]\nsystem_default = postfix_tls\n"
             f"[postfix_tls]\nCiphersuites = {self.tls13_suites}\n"
         )
-        self.added_address = ensure_loopback_address(self.address)
+        # ::1 is always there (and only 127/8 is ever added).
+        self.added_address = not self.ipv6 and ensure_loopback_address(self.address)
         self._postfix("check", check=False)
         self._postfix("start")
         deadline = time.monotonic() + 30
@@ -219,6 +230,19 @@ class PostfixTarget:
         if self.added_address:
             remove_loopback_address(self.address)
             self.added_address = False
+
+
+def port_taken(address: str, port: int) -> str | None:
+    """Why `address`:`port` cannot be bound (another session's server on it), or None."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((address, port))
+        except OSError as e:
+            return f"[{address}]:{port} is taken ({e.strerror}): another session listens there"
+    return None
 
 
 def _tls_ready(address: str, hostname: str, port: int) -> bool:

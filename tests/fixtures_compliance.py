@@ -9,6 +9,11 @@ their MX hosts); variants that differ in the server get a Postfix of their own.
 
 `VARIANTS[name]` is the set of check IDs that must fail for that zone, and nothing else may;
 `WARN_VARIANTS[name]` the checks that must warn in a zone that fails nothing.
+
+`IPV6_ZONE`'s MX has two addresses: its A is the compliant Postfix, its AAAA `::1` (the only
+IPv6 loopback address; no other IPv6 address is ever used) a Postfix whose certificate names
+another host. [::1]:25 is shared by every session on the machine: when it is taken the zone is
+left out (`ComplianceLab.unavailable` says why) and its tests skip.
 """
 
 from __future__ import annotations
@@ -29,7 +34,13 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from mailward_localstack._process import stop_all
 from mailward_localstack.dns import DNSStack, ZoneSpec
 from mailward_localstack.pki import IssuedCert, LocalCA
-from tests.compliance_targets import PolicyRoute, PolicyServer, PostfixTarget, sts_policy
+from tests.compliance_targets import (
+    PolicyRoute,
+    PolicyServer,
+    PostfixTarget,
+    port_taken,
+    sts_policy,
+)
 from tests.net import addr
 
 LAB_AUTH = addr(163)
@@ -63,7 +74,11 @@ VARIANTS: dict[str, frozenset[str]] = {
     "nobrainpool.test": frozenset({"TR-TLS-04"}),
     # An MX on port 25 only, no client SRV record: nothing for mail clients, nothing to fail.
     "receiveonly.test": frozenset(),
+    # A compliant A address, and an AAAA (::1) whose certificate names another host.
+    "aaaa-badcert.test": frozenset({"TR-CERT-05", "TR-DANE-02", "TR-STS-04"}),
 }
+IPV6_ZONE = "aaaa-badcert.test"
+IPV6_MX_ADDRESS = "::1"
 # zone -> check IDs that must warn (a SHOULD of a MUST check): still compliant.
 WARN_VARIANTS: dict[str, frozenset[str]] = {
     "rpt-dane.test": frozenset({"TR-RPT-02"}),
@@ -89,7 +104,7 @@ LAB_LABEL = "mailward.io/compliance-lab"
 SHARED_MX = (
     "good.test", "unsigned.test", "bogus.test", "tlsa-mismatch.test", "tlsa-usage1.test",
     "sts-missing-mx.test", "sts-redirect.test", "rpt-https.test", "rpt-noroute.test",
-    "rpt-dane.test", "rpt-sts.test", OPERATED_ZONE,
+    "rpt-dane.test", "rpt-sts.test", IPV6_ZONE, OPERATED_ZONE,
 )  # fmt: skip
 OWN_MX_ADDRESS = {
     "nostarttls.test": addr(166),
@@ -114,6 +129,8 @@ class ComplianceLab:
     postfixes: list[PostfixTarget]
     policy: PolicyServer
     certs: dict[str, IssuedCert] = field(default_factory=dict)
+    # zone -> why it is left out (its server could not be started: [::1]:25 taken)
+    unavailable: dict[str, str] = field(default_factory=dict)
 
     @property
     def resolver(self) -> str:
@@ -226,6 +243,8 @@ def build_lab_plan(
         elif zone == "rpt-sts.test":
             # The mailbox at the policy domain itself: its MX has TLSA, its policy enforces.
             tlsrpt = f"v=TLSRPTv1; rua=mailto:tlsrpt@{zone}"
+        elif zone == IPV6_ZONE:
+            extra = [f"mx IN AAAA {IPV6_MX_ADDRESS}"]
         mx_address = OWN_MX_ADDRESS.get(zone, SHARED_MX_ADDRESS)
         records = zone_records(
             zone, mx_address, tlsa, tlsrpt=tlsrpt, dkim=dkim, rpt_host=rpt_host,
@@ -267,6 +286,11 @@ def build_lab_plan(
         elif zone == "receiveonly.test":
             target.submissions = False
         postfixes.append(target)
+    # The AAAA of IPV6_ZONE's MX: compliant but for its certificate (another host's name).
+    postfixes.append(
+        PostfixTarget("aaaa-badcert-v6", IPV6_MX_ADDRESS, f"mx.{IPV6_ZONE}", stranger,
+                      [IPV6_ZONE], submissions=False)
+    )  # fmt: skip
 
     routes: dict[str, PolicyRoute] = {}
     policy_certs: dict[str, IssuedCert] = {}
@@ -333,6 +357,7 @@ def compliance_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Complia
         base / "dns", auth_address=LAB_AUTH, resolver_address=LAB_RESOLVER, zones=zones
     )
     started: list[PostfixTarget] = []
+    unavailable: dict[str, str] = {}
     policy_started = False
     # Postfix's unprivileged processes must reach their queue and data directories, and pytest's
     # temp tree is private to root (0700): give them a traversable directory of their own.
@@ -341,11 +366,24 @@ def compliance_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Complia
     try:
         dns.start(timeout=120)
         for target in postfixes:
-            target.start(postfix_base)
+            if target.address == IPV6_MX_ADDRESS:
+                # [::1]:25 is the machine's, not the session's: another session may hold it.
+                why = port_taken(IPV6_MX_ADDRESS, 25)
+                if why is None:
+                    try:
+                        target.start(postfix_base)
+                    except RuntimeError as e:
+                        target.stop()
+                        why = f"Postfix on [{IPV6_MX_ADDRESS}]:25 did not start: {e}"
+                if why is not None:
+                    unavailable[IPV6_ZONE] = why
+                    continue
+            else:
+                target.start(postfix_base)
             started.append(target)
         policy.start()
         policy_started = True
-        yield ComplianceLab(dns, ca, postfixes, policy, certs)
+        yield ComplianceLab(dns, ca, postfixes, policy, certs, unavailable)
     finally:
         if policy_started:
             policy.stop()

@@ -10,13 +10,15 @@ The timeouts here are shrunk so that the tests take a second.
 from __future__ import annotations
 
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from mailward.compliance import smtpprobe
+from mailward.compliance import smtpprobe, tlsprobe
+from mailward.compliance.observations import Endpoint
 
 
 class LateServer:
@@ -119,3 +121,18 @@ def test_a_refused_connection_is_a_probe_error_at_once() -> None:
         port = sock.getsockname()[1]
     with pytest.raises(smtpprobe.ProbeError, match="cannot connect"):
         smtpprobe.smtp_dialogue("127.0.0.1", port, "d.test")
+
+
+def test_openssl_is_given_an_ipv6_address_in_brackets(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `-connect ::1:25` is no address for openssl: every s_client probe of an AAAA failed.
+    seen: list[list[str]] = []
+
+    def run(argv: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        seen.append(argv)
+        return subprocess.CompletedProcess(argv, 1, "", "")
+
+    monkeypatch.setattr(tlsprobe.subprocess, "run", run)
+    for address, expected in (("::1", "[::1]:25"), ("127.0.0.1", "127.0.0.1:25")):
+        tlsprobe._s_client(Endpoint("mx.example.test", address, 25), [])
+        assert seen[-1][seen[-1].index("-connect") + 1] == expected
+    assert Endpoint("mx.example.test", "::1", 25).subject == "mx.example.test:25 [::1]"

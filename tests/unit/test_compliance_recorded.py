@@ -18,10 +18,11 @@ import pytest
 from mailward.compliance import DomainObservations, judge, record
 from mailward.compliance.catalog import CATALOG
 from mailward.compliance.model import CheckResult, Result
-from mailward.compliance.observations import PortProbe
+from mailward.compliance.observations import Answer, PortProbe
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "compliance"
 P, F, W, S = Result.PASS, Result.FAIL, Result.WARN, Result.SKIP
+V6 = "::1"  # recorded data only: nothing is sent to it here
 EVERYTHING_BUT_DNSSEC = [c.id for c in CATALOG if c.id != "TR-DANE-01"]
 
 # file -> the checks that do not pass (profile tr-03108)
@@ -72,6 +73,9 @@ ROWS: dict[str, dict[str, Result]] = {
     "rpt-sts.test": {"TR-RPT-02": W},
     "openrelay.test": {"TR-SMTP-03": F},
     "vrfy250.test": {"TR-SMTP-04": F},
+    # Format 2, every address probed: the MX's A passes, its AAAA (::1) serves a certificate
+    # for another host. Only the A address was probed before, and the domain passed.
+    "aaaa-badcert.test": {"TR-CERT-05": F, "TR-DANE-02": F, "TR-STS-04": F},
 }
 
 
@@ -108,7 +112,11 @@ def test_recording_survives_a_round_trip() -> None:
 
 def test_a_foreign_document_is_refused() -> None:
     with pytest.raises(record.RecordingError):
+        record.loads('{"mailwardObservations": 99, "observations": {}}')
+    with pytest.raises(record.RecordingError):
         record.loads('{"mailwardObservations": 2, "observations": {}}')
+    with pytest.raises(record.RecordingError):
+        record.loads("not JSON")
     with pytest.raises(record.RecordingError):
         record.loads("[]")
 
@@ -131,6 +139,27 @@ def _results_by_id(name: str) -> dict[str, CheckResult]:
     return {c.id: c for c in judge(_load(name), "tr-03108")}
 
 
+def test_every_address_of_the_recorded_mx_is_judged() -> None:
+    checks = _results_by_id("aaaa-badcert.test")
+    for cid in ("TR-CERT-05", "TR-DANE-02", "TR-STS-04"):
+        assert "[::1]" in checks[cid].message
+        assert any(e.startswith("[pass]") and "[127." in e for e in checks[cid].evidence)
+
+
+def test_format_1_keeps_port_25_on_the_first_a_address() -> None:
+    # The recordings under tests/data/compliance are of format 1: SMTP on the MX host.
+    assert '"mailwardObservations": 1' in (DATA / "good.test.json").read_text()
+    obs = _load("good.test")
+    (mx,) = obs.mx
+    assert mx.a is not None
+    assert [p.address for p in mx.probes] == [mx.a.records[0]]
+    assert mx.probes[0].smtp is not None
+    assert mx.probes[0].smtp.starttls_offered
+    text = record.dumps(obs)
+    assert '"mailwardObservations": 2' in text
+    assert record.loads(text) == obs
+
+
 # -- rows derived from a recording by one edit -------------------------------------------------
 
 
@@ -143,6 +172,41 @@ def _open(port: int) -> Callable[[DomainObservations], DomainObservations]:
         return dataclasses.replace(obs, client_ports=ports)
 
     return edit
+
+
+def _second_address(
+    pkix_error: str | None = None, starttls: bool = True
+) -> Callable[[DomainObservations], DomainObservations]:
+    """The recording with an AAAA (::1) on its MX host, probed like the A address: its TLS
+    the same but for `pkix_error`, or no STARTTLS at all."""
+
+    def edit(obs: DomainObservations) -> DomainObservations:
+        (mx,) = obs.mx
+        tls25 = obs.tls_for(mx.name, 25)
+        assert tls25 is not None
+        smtp = mx.probes[0].smtp
+        assert smtp is not None
+        probe = dataclasses.replace(
+            mx.probes[0], address=V6, smtp=dataclasses.replace(smtp, starttls_offered=starttls)
+        )
+        aaaa = Answer(mx.name, "AAAA", "NOERROR", True, (V6,), 300)
+        tls = list(obs.tls)
+        if starttls:
+            endpoint = dataclasses.replace(tls25.endpoint, address=V6)
+            tls.append(dataclasses.replace(tls25, endpoint=endpoint, pkix_error=pkix_error))
+        host = dataclasses.replace(mx, aaaa=aaaa, probes=[*mx.probes, probe])
+        return dataclasses.replace(obs, mx=[host], tls=tls)
+
+    return edit
+
+
+def _many_addresses(obs: DomainObservations) -> DomainObservations:
+    """Ten A records, of which the recording probed the first (the rest beyond a bound)."""
+    (mx,) = obs.mx
+    assert mx.a is not None
+    extra = tuple(f"{mx.a.records[0]}{i}" for i in range(9))
+    a = dataclasses.replace(mx.a, records=(*mx.a.records, *extra))
+    return dataclasses.replace(obs, mx=[dataclasses.replace(mx, a=a)])
 
 
 def _close_submissions(obs: DomainObservations) -> DomainObservations:
@@ -160,6 +224,24 @@ def _close_submissions(obs: DomainObservations) -> DomainObservations:
         ("receiveonly.test", _open(587), "tr-03108", {"TR-GEN-01": F, "TR-GEN-02": F}),
         # _submissions._tcp names mx:465, where nothing answers any more.
         ("good.test", _close_submissions, "tr-03108", {"TR-GEN-01": F}),
+        # A second address (AAAA) of the MX, as good as the first: still compliant.
+        ("good.test", _second_address(), "tr-03108", {}),
+        # ... whose certificate does not verify: the certificate and MTA-STS checks fail.
+        (
+            "good.test",
+            _second_address("hostname mismatch"),
+            "tr-03108",
+            {"TR-CERT-05": F, "TR-STS-04": F},
+        ),
+        # ... without STARTTLS: STARTTLS, DANE and MTA-STS fail for that address.
+        (
+            "good.test",
+            _second_address(starttls=False),
+            "tr-03108",
+            {"TR-GEN-06": F, "TR-DANE-02": F, "TR-STS-04": F},
+        ),
+        # Addresses beyond the bound are named (skip), not probed, not failed.
+        ("good.test", _many_addresses, "tr-03108", {}),
         # The baseline profile: TR-only rules drop to SHOULD or INFO.
         ("wildcard.test", None, "baseline", {"TR-CERT-01": W}),
         ("nobrainpool.test", None, "baseline", {"TR-TLS-04": W}),
@@ -176,3 +258,18 @@ def test_derived(
     assert _results(checks) == _expected(row), "\n".join(
         f"{c.id} {c.result}: {c.message}" for c in checks if c.result is not P
     )
+
+
+def test_a_broken_address_is_named() -> None:
+    checks = {c.id: c for c in judge(_second_address("hostname mismatch")(_load("good.test")),
+                                     "tr-03108")}  # fmt: skip
+    cert = checks["TR-CERT-05"]
+    assert cert.message.startswith(f"mx.good.test:25 [{V6}]: hostname mismatch")
+    assert "(+" not in cert.message  # the A address passed: one failing finding
+    assert checks["TR-STS-04"].message.startswith(f"mx.good.test:25 [{V6}]: matched, but")
+    starttls = {c.id: c for c in judge(_second_address(starttls=False)(_load("good.test")),
+                                       "tr-03108")}  # fmt: skip
+    assert starttls["TR-GEN-06"].message.startswith(f"mx.good.test:25 [{V6}]: EHLO does not")
+    assert starttls["TR-DANE-02"].message.startswith(f"_25._tcp.mx.good.test [{V6}]: no cert")
+    bound = {c.id: c for c in judge(_many_addresses(_load("good.test")), "tr-03108")}
+    assert any("bound of 8 addresses per host" in e for e in bound["TR-GEN-06"].evidence)

@@ -1,6 +1,9 @@
 """Gathering: ask DNS (through the validating resolver), SMTP, TLS and HTTPS what they say about
 one domain, and keep it as `DomainObservations`. No verdicts here (`checks/` judges).
 
+Port 25 is probed at every address of every MX host, its A and its AAAA records (at most
+`MAX_ADDRESSES_PER_HOST` per host): a sender may pick any of them.
+
 The blocking network probes run in threads, bounded by a semaphore that a caller can share
 between domains (the operator keeps one for the whole process), so a hundred domains never mean
 a thousand simultaneous handshakes. Endpoint probes (the TLS enumeration, the STARTTLS injection
@@ -24,12 +27,14 @@ from mailward.compliance.httpsprobe import fetch
 from mailward.compliance.observations import (
     CLIENT_PORTS,
     IMPLICIT_TLS_PORTS,
+    MAX_ADDRESSES_PER_HOST,
     DomainObservations,
     Endpoint,
     HTTPSResult,
     InjectionObservation,
     Lookup,
     MTASTSObservation,
+    MXAddress,
     MXHost,
     PortProbe,
     TLSObservation,
@@ -146,7 +151,11 @@ class Gatherer:
             zones.append(ZoneAnswers(zone, soa, ds))
 
         async def resolve_mx(mx: MXHost) -> None:
-            mx.a, mx.tlsa = await asyncio.gather(q(mx.name, "A"), q(f"_25._tcp.{mx.name}", "TLSA"))
+            mx.a, mx.aaaa, mx.tlsa = await asyncio.gather(
+                q(mx.name, "A"), q(mx.name, "AAAA"), q(f"_25._tcp.{mx.name}", "TLSA")
+            )
+            # Every address a sender may pick, IPv4 and IPv6, up to the bound.
+            mx.probes = [MXAddress(a) for a in mx.published[:MAX_ADDRESSES_PER_HOST]]
 
         await asyncio.gather(*(resolve_mx(m) for m in exchanges))
         srv_lookups = [Lookup(s, a) for s, a in zip(CLIENT_SRV, srv, strict=True)]
@@ -156,20 +165,18 @@ class Gatherer:
         mta_sts = MTASTSObservation(sts_txt)
         autoconfig: list[HTTPSResult] = []
 
-        async def smtp(mx: MXHost) -> None:
-            if mx.address is None:
-                return
+        async def smtp(mx: MXHost, at: MXAddress) -> None:
             try:
-                mx.smtp = await self._blocking(smtp_dialogue, mx.address, 25, domain)
+                at.smtp = await self._blocking(smtp_dialogue, at.address, 25, domain)
             except (ProbeError, OSError) as e:
-                mx.smtp_error = str(e)
+                at.smtp_error = str(e)
                 return
-            if mx.smtp.starttls_offered:
-                ep = Endpoint(mx.name, mx.address, 25)
+            if at.smtp.starttls_offered:
+                ep = Endpoint(mx.name, at.address, 25)
                 try:
-                    mx.injection = await self._injection(ep)
+                    at.injection = await self._injection(ep)
                 except (ProbeError, OSError) as e:
-                    mx.injection_error = str(e)
+                    at.injection_error = str(e)
                 # Port 25 TLS only where STARTTLS was offered.
                 await observe(ep)
 
@@ -198,7 +205,7 @@ class Gatherer:
         mailboxes, _ = await asyncio.gather(
             rptmailbox.gather(q, fetch_policy, tlsrpt_rua(tlsrpt), domain),
             asyncio.gather(
-                *(smtp(m) for m in exchanges),
+                *(smtp(m, at) for m in exchanges for at in m.probes),
                 *(observe(p.endpoint) for p in client_ports
                   if p.open and p.endpoint.port in TLS_CLIENT_PORTS),
                 sts(),
@@ -206,7 +213,8 @@ class Gatherer:
             ),
         )  # fmt: skip
         rptmailbox.share_policy(mailboxes, domain, mta_sts)
-        tls.sort(key=lambda t: (t.endpoint.port != 25, t.endpoint.host, t.endpoint.port))
+        tls.sort(key=lambda t: (t.endpoint.port != 25, t.endpoint.host, t.endpoint.port,
+                                ":" in t.endpoint.address, t.endpoint.address))  # fmt: skip
         return DomainObservations(
             domain=domain,
             observed_at=observed_at,
@@ -227,7 +235,8 @@ class Gatherer:
         )
 
     async def _client_ports(self, srv: list[Lookup], exchanges: list[MXHost]) -> list[PortProbe]:
-        """Which client ports answer: the SRV targets, and the usual ports on every MX host."""
+        """Which client ports answer: the SRV targets, and the usual ports on every MX host (at
+        its first address; port 25 is probed at every address)."""
         candidates: list[tuple[Endpoint, str]] = []
         for lookup in srv:
             for record in lookup.answer.records if lookup.answer.ok else ():
@@ -242,7 +251,7 @@ class Gatherer:
             if mx.address is not None:
                 candidates += [(Endpoint(mx.name, mx.address, p), "") for p in CLIENT_PORTS]
         unique: list[tuple[Endpoint, str]] = []
-        seen: set[tuple[str, int]] = {(m.address, 25) for m in exchanges if m.address}
+        seen: set[tuple[str, int]] = {(p.address, 25) for m in exchanges for p in m.probes}
         for ep, label in candidates:
             if (ep.address, ep.port) not in seen:
                 seen.add((ep.address, ep.port))

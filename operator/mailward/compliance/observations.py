@@ -18,6 +18,9 @@ from datetime import datetime
 IMPLICIT_TLS_PORTS = (465, 993, 995)
 CLIENT_PORTS = (465, 993, 995, 587, 143, 110)
 STARTTLS_SMTP_PORTS = (25, 587)
+# Addresses probed per MX host (its A records, then its AAAA records); the rest are named, not
+# probed, so a host with a hundred addresses does not mean a hundred TLS enumerations.
+MAX_ADDRESSES_PER_HOST = 8
 
 
 # -- DNS --------------------------------------------------------------------------------------
@@ -69,6 +72,17 @@ class Endpoint:
 
     def __str__(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def connect(self) -> str:
+        """`address:port` as `openssl s_client -connect` takes it (IPv6 in brackets)."""
+        address = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{address}:{self.port}"
+
+    @property
+    def subject(self) -> str:
+        """The endpoint as findings name it: `mx.example.test:25 [2001:db8::25]`."""
+        return f"{self.host}:{self.port} [{self.address}]"
 
 
 @dataclass
@@ -194,20 +208,46 @@ class ReportMailboxes:
 
 
 @dataclass
-class MXHost:
-    name: str
-    preference: int
-    a: Answer | None = None
-    tlsa: Answer | None = None  # _25._tcp.<name>
+class MXAddress:
+    """One address of an MX host, and what its port 25 said (SMTP, the STARTTLS injection test);
+    its TLS observation is the one in `DomainObservations.tls` of the same address."""
+
+    address: str
     smtp: SMTPObservation | None = None
     smtp_error: str = ""
     injection: InjectionObservation | None = None
     injection_error: str = ""
 
+    def subject(self, host: str) -> str:
+        return Endpoint(host, self.address, 25).subject
+
+
+@dataclass
+class MXHost:
+    name: str
+    preference: int
+    a: Answer | None = None
+    aaaa: Answer | None = None
+    tlsa: Answer | None = None  # _25._tcp.<name>
+    # The addresses probed on port 25: the first MAX_ADDRESSES_PER_HOST of `published`.
+    probes: list[MXAddress] = field(default_factory=list)
+
+    @property
+    def published(self) -> list[str]:
+        """Every address of the host: the A records, then the AAAA records."""
+        return [r for ans in (self.a, self.aaaa) if ans is not None and ans.ok for r in ans.records]
+
     @property
     def address(self) -> str | None:
-        """The address the probes connect to: the first of the A RRset."""
-        return self.a.records[0] if self.a is not None and self.a.ok and self.a.records else None
+        """The first address (an A record if there is one): where the client ports are tried."""
+        published = self.published
+        return published[0] if published else None
+
+    @property
+    def unprobed(self) -> list[str]:
+        """Addresses beyond the bound, published but not probed."""
+        probed = {p.address for p in self.probes}
+        return [a for a in self.published if a not in probed]
 
 
 @dataclass(frozen=True)
@@ -242,7 +282,7 @@ class DomainObservations:
     mx: list[MXHost]
     zones: list[ZoneAnswers]
     dnskey: Answer
-    tls: list[TLSObservation]  # port 25 where STARTTLS is offered, and every open client port
+    tls: list[TLSObservation]  # port 25 of each address offering STARTTLS; open client ports
     srv: list[Lookup]  # _submissions._tcp, _imaps._tcp, ... SRV
     client_ports: list[PortProbe]  # every client port tried, open or not
     autoconfig: HTTPSResult | None
@@ -253,8 +293,10 @@ class DomainObservations:
     dmarc: Answer
     dkim: list[Lookup]  # one per selector tried
 
-    def tls_for(self, host: str, port: int) -> TLSObservation | None:
+    def tls_for(self, host: str, port: int, address: str | None = None) -> TLSObservation | None:
+        """The TLS observation of `host`:`port` (at `address`, when given)."""
         for tls in self.tls:
-            if tls.endpoint.host == host and tls.endpoint.port == port:
+            ep = tls.endpoint
+            if ep.host == host and ep.port == port and address in (None, ep.address):
                 return tls
         return None

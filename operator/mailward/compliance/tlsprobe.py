@@ -159,7 +159,7 @@ def enumerate_suites(ep: Endpoint, limit: int = 40) -> tuple[list[str], bool | N
 
 
 def _s_client(ep: Endpoint, options: list[str]) -> str:
-    argv = ["openssl", "s_client", "-connect", f"{ep.address}:{ep.port}", "-servername", ep.host,
+    argv = ["openssl", "s_client", "-connect", ep.connect, "-servername", ep.host,
             "-brief", *options]  # fmt: skip
     if ep.starttls:
         argv += ["-starttls", "smtp", "-name", PROBE_HELO]

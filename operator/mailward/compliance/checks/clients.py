@@ -72,7 +72,7 @@ def judge(f: Findings, obs: DomainObservations) -> None:
                 "(465/993/995)", obs.domain)  # fmt: skip
         return
     for p in implicit:
-        tls = obs.tls_for(p.endpoint.host, p.endpoint.port)
+        tls = obs.tls_for(p.endpoint.host, p.endpoint.port, p.endpoint.address)
         if tls is None or tls.negotiated is None:
             f.unmet("TR-GEN-01", f"no TLS handshake: {tls.error if tls else 'not probed'}",
                     str(p.endpoint))  # fmt: skip

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 
 from mailward.compliance.checks.certificate import load_chain
 from mailward.compliance.checks.findings import Findings
-from mailward.compliance.observations import DomainObservations, MXHost
+from mailward.compliance.observations import DomainObservations, MXAddress, MXHost
 from mailward.compliance.records import TLSA
 
 IDS = ("TR-DANE-02", "TR-DANE-03", "TR-DANE-04", "TR-DANE-05", "TR-DANE-06")
@@ -84,13 +84,31 @@ def _judge_mx(f: Findings, obs: DomainObservations, mx: MXHost) -> None:
     if not usable:
         f.unmet("TR-DANE-02", f"no DANE-TA(2)/DANE-EE(3) record: {listing}", subject)
         return
-    tls = obs.tls_for(mx.name, 25)
+    if not mx.probes:
+        f.error("TR-DANE-02", f"no certificate to match (no address); TLSA {listing}", subject)
+        return
+    for at in mx.probes:
+        _judge_address(f, obs, mx.name, at, usable, listing)
+
+
+def _judge_address(
+    f: Findings,
+    obs: DomainObservations,
+    host: str,
+    at: MXAddress,
+    usable: list[TLSA],
+    listing: str,
+) -> None:
+    """The chain served at one address of the MX host against its TLSA RRset: a DANE sender
+    may pick any address, so each must match."""
+    subject = f"_25._tcp.{host} [{at.address}]"
+    tls = obs.tls_for(host, 25, at.address)
     if tls is None or tls.negotiated is None:
-        if mx.smtp is None:
-            f.error("TR-DANE-02", f"no certificate to match ({mx.smtp_error or 'no SMTP'}); "
+        if at.smtp is None:
+            f.error("TR-DANE-02", f"no certificate to match ({at.smtp_error or 'no SMTP'}); "
                     f"TLSA {listing}", subject)  # fmt: skip
             return
-        why = "STARTTLS not offered" if not mx.smtp.starttls_offered else (
+        why = "STARTTLS not offered" if not at.smtp.starttls_offered else (
             tls.error if tls else "no TLS")  # fmt: skip
         f.unmet("TR-DANE-02", f"no certificate to match ({why}); TLSA {listing}", subject)
         return

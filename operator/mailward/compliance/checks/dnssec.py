@@ -29,13 +29,13 @@ def judge(f: Findings, obs: DomainObservations) -> None:
         else:
             f.ok("TR-DANE-01", f"zone {zone} validated (AD), DS present", zone)
     for mx in obs.mx:
-        a = mx.a
-        if a is None:
-            continue
-        if a.bogus:
-            f.unmet("TR-DANE-01", f"bogus: {a.describe()}", mx.name)
-        elif a.ok and not a.secure:
-            f.unmet("TR-DANE-01", f"address not validated: {a.describe()}", mx.name)
+        for a in (mx.a, mx.aaaa):
+            if a is None:
+                continue
+            if a.bogus:
+                f.unmet("TR-DANE-01", f"bogus: {a.describe()}", mx.name)
+            elif a.ok and not a.secure:
+                f.unmet("TR-DANE-01", f"address not validated: {a.describe()}", mx.name)
     key = obs.dnskey
     if not f.answer_problem("TR-DANE-08", key) and key.records:
         algorithms = sorted({int(r.split()[2]) for r in key.records})

@@ -5,7 +5,7 @@ policy is published its RFC's MUSTs apply: a broken policy blocks mail from MTA-
 from __future__ import annotations
 
 from mailward.compliance.checks.findings import Findings
-from mailward.compliance.observations import DomainObservations
+from mailward.compliance.observations import DomainObservations, MXAddress
 from mailward.compliance.records import (
     mx_matches_pattern,
     parse_sts_policy,
@@ -75,15 +75,24 @@ def judge(f: Findings, obs: DomainObservations) -> None:
             f.unmet("TR-STS-04", f"MX {mx.name} matches no mx: line of the policy {policy.mx}",
                     subject)  # fmt: skip
             continue
-        tls = obs.tls_for(mx.name, 25)
-        if tls is None and mx.smtp is None:
-            f.error("TR-STS-04", f"matched; no SMTP to test: {mx.smtp_error or 'no address'}",
-                    subject)  # fmt: skip
-        elif tls is None or tls.negotiated is None:
-            f.unmet("TR-STS-04", "matched, but no TLS on port 25 (senders would not deliver)",
-                    subject)  # fmt: skip
-        elif tls.pkix_error:
-            f.unmet("TR-STS-04", f"matched, but certificate not PKIX-valid: {tls.pkix_error}",
-                    subject)  # fmt: skip
-        else:
-            f.ok("TR-STS-04", "matched by the policy, certificate PKIX-valid", subject)
+        if not mx.probes:
+            f.error("TR-STS-04", "matched; no SMTP to test: no address", subject)
+        for at in mx.probes:
+            _judge_address(f, obs, mx.name, at)
+
+
+def _judge_address(f: Findings, obs: DomainObservations, host: str, at: MXAddress) -> None:
+    """An MTA-STS sender may pick any address of a matched MX: each must serve valid TLS."""
+    subject = at.subject(host)
+    tls = obs.tls_for(host, 25, at.address)
+    if tls is None and at.smtp is None:
+        f.error("TR-STS-04", f"matched; no SMTP to test: {at.smtp_error or 'no answer'}",
+                subject)  # fmt: skip
+    elif tls is None or tls.negotiated is None:
+        f.unmet("TR-STS-04", "matched, but no TLS on port 25 (senders would not deliver)",
+                subject)  # fmt: skip
+    elif tls.pkix_error:
+        f.unmet("TR-STS-04", f"matched, but certificate not PKIX-valid: {tls.pkix_error}",
+                subject)  # fmt: skip
+    else:
+        f.ok("TR-STS-04", "matched by the policy, certificate PKIX-valid", subject)

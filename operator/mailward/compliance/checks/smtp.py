@@ -6,7 +6,13 @@ from __future__ import annotations
 
 from mailward.compliance.checks.findings import BOGUS_SKIP, Findings
 from mailward.compliance.checks.tls import is_pfs
-from mailward.compliance.observations import DomainObservations, MXHost, SMTPObservation
+from mailward.compliance.observations import (
+    MAX_ADDRESSES_PER_HOST,
+    DomainObservations,
+    MXAddress,
+    MXHost,
+    SMTPObservation,
+)
 from mailward.compliance.records import parse_mx
 
 PROBED = ("TR-GEN-06", "TR-SMTP-02", "TR-SMTP-03", "TR-SMTP-04")
@@ -26,21 +32,32 @@ def judge(f: Findings, obs: DomainObservations) -> None:
 
 
 def _judge_mx(f: Findings, obs: DomainObservations, mx: MXHost) -> None:
-    subject = f"{mx.name}:25"
-    if mx.address is None:
-        a = mx.a
-        bogus = a is not None and a.bogus
-        msg = BOGUS_SKIP if bogus else f"no address: {a.describe() if a else '?'}"
+    if not mx.probes:
+        subject = f"{mx.name}:25"
+        answers = [a for a in (mx.a, mx.aaaa) if a is not None]
+        bogus = any(a.bogus for a in answers)
+        seen = "; ".join(a.describe() for a in answers) or "?"
+        msg = BOGUS_SKIP if bogus else f"no address: {seen}"
         for cid in (*PROBED, "TR-SMTP-05"):
             (f.skip if bogus else f.error)(cid, msg, subject)
         return
-    if mx.smtp is None:
+    for at in mx.probes:
+        _judge_address(f, obs, mx, at)
+    if mx.unprobed:
+        f.skip("TR-GEN-06", f"not probed (bound of {MAX_ADDRESSES_PER_HOST} addresses per "
+               f"host): {', '.join(mx.unprobed)}", f"{mx.name}:25")  # fmt: skip
+
+
+def _judge_address(f: Findings, obs: DomainObservations, mx: MXHost, at: MXAddress) -> None:
+    """Port 25 at one address of the MX host: every address a sender may pick must comply."""
+    subject = at.subject(mx.name)
+    if at.smtp is None:
         for cid in PROBED:
-            f.error(cid, f"SMTP probe failed: {mx.smtp_error}", subject)
+            f.error(cid, f"SMTP probe failed: {at.smtp_error}", subject)
         return
-    smtp = mx.smtp
+    smtp = at.smtp
     f.ok("TR-SMTP-05", f"banner {smtp.banner!r}", subject)
-    tls = obs.tls_for(mx.name, 25)
+    tls = obs.tls_for(mx.name, 25, at.address)
     if not smtp.starttls_offered:
         f.unmet("TR-GEN-06", "EHLO does not offer STARTTLS", subject)
         f.skip("TR-SMTP-02", "no STARTTLS to test", subject)
@@ -53,9 +70,9 @@ def _judge_mx(f: Findings, obs: DomainObservations, mx: MXHost) -> None:
         hs = tls.negotiated
         f.ok("TR-GEN-06", f"STARTTLS: {hs.version} {hs.cipher}", subject)
     if smtp.starttls_offered:
-        inj = mx.injection
+        inj = at.injection
         if inj is None or inj.vulnerable is None:
-            detail = inj.detail if inj else mx.injection_error
+            detail = inj.detail if inj else at.injection_error
             f.error("TR-SMTP-02", f"injection test incomplete: {detail}", subject)
         elif inj.vulnerable or inj.readvertised:
             f.unmet("TR-SMTP-02", inj.detail, subject)

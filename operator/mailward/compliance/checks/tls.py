@@ -166,7 +166,7 @@ def judge(f: Findings, obs: DomainObservations) -> None:
 
 
 def judge_endpoint(f: Findings, tls: TLSObservation, now: datetime) -> None:
-    subject = str(tls.endpoint)
+    subject = tls.endpoint.subject  # host:port [address]: every address is judged on its own
     if not tls.reachable or tls.negotiated is None:
         for cid in TLS_IDS:
             f.error(cid, f"TLS probe failed: {tls.error}", subject)
