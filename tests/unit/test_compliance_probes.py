@@ -9,6 +9,7 @@ The timeouts here are shrunk so that the tests take a second.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import threading
@@ -17,8 +18,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from mailward.compliance import smtpprobe, tlsprobe
-from mailward.compliance.observations import Endpoint
+from mailward.compliance import gather, smtpprobe, tlsprobe
+from mailward.compliance.observations import (
+    MAX_ADDRESSES_PER_HOST,
+    Answer,
+    DomainObservations,
+    Endpoint,
+    InjectionObservation,
+    SMTPObservation,
+    TLSObservation,
+)
 
 
 class LateServer:
@@ -131,8 +140,57 @@ def test_openssl_is_given_an_ipv6_address_in_brackets(monkeypatch: pytest.Monkey
         seen.append(argv)
         return subprocess.CompletedProcess(argv, 1, "", "")
 
-    monkeypatch.setattr(tlsprobe.subprocess, "run", run)
+    monkeypatch.setattr(subprocess, "run", run)  # as tlsprobe calls it
     for address, expected in (("::1", "[::1]:25"), ("127.0.0.1", "127.0.0.1:25")):
         tlsprobe._s_client(Endpoint("mx.example.test", address, 25), [])
         assert seen[-1][seen[-1].index("-connect") + 1] == expected
     assert Endpoint("mx.example.test", "::1", 25).subject == "mx.example.test:25 [::1]"
+
+
+class _Zone:
+    """A resolver that knows one MX host and its addresses; every other name is NXDOMAIN."""
+
+    def __init__(self, a: tuple[str, ...], aaaa: tuple[str, ...]) -> None:
+        self.records = {("d.test", "MX"): ("10 mx.d.test.",), ("mx.d.test", "A"): a,
+                        ("mx.d.test", "AAAA"): aaaa}  # fmt: skip
+
+    async def query(self, name: str, rdtype: str) -> Answer:
+        records = self.records.get((name, rdtype))
+        if records is None:
+            return Answer(name, rdtype, "NXDOMAIN", True)
+        return Answer(name, rdtype, "NOERROR", True, records, 300)
+
+
+def _gather(monkeypatch: pytest.MonkeyPatch, zone: _Zone) -> tuple[DomainObservations, list[str]]:
+    """Gather `d.test` with every network probe replaced: nothing is sent anywhere."""
+    dialogues: list[str] = []
+
+    def dialogue(address: str, port: int, domain: str) -> SMTPObservation:
+        dialogues.append(address)
+        return SMTPObservation(banner="220 mx.d.test", starttls_offered=True)
+
+    monkeypatch.setattr(gather, "smtp_dialogue", dialogue)
+    monkeypatch.setattr(gather, "starttls_injection", lambda ep: InjectionObservation(False, False))
+    monkeypatch.setattr(gather, "observe_tls", lambda ep, cafile: TLSObservation(ep))
+    monkeypatch.setattr(gather, "reachable", lambda ep: False)
+    obs = asyncio.run(gather.Gatherer(zone).gather("d.test"))
+    return obs, dialogues
+
+
+def test_every_a_and_aaaa_address_of_an_mx_is_probed(monkeypatch: pytest.MonkeyPatch) -> None:
+    obs, dialogues = _gather(monkeypatch, _Zone(("127.98.0.201", "127.98.0.202"), ("::1",)))
+    (mx,) = obs.mx
+    assert [p.address for p in mx.probes] == ["127.98.0.201", "127.98.0.202", "::1"]
+    assert sorted(dialogues) == sorted(["127.98.0.201", "127.98.0.202", "::1"])
+    assert all(p.injection is not None for p in mx.probes)
+    assert [t.endpoint.address for t in obs.tls] == ["127.98.0.201", "127.98.0.202", "::1"]
+    # Client ports at the first address only.
+    assert {p.endpoint.address for p in obs.client_ports} == {"127.98.0.201"}
+
+
+def test_the_addresses_of_a_host_are_probed_up_to_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    a = tuple(f"127.98.0.{i}" for i in range(201, 210))
+    obs, dialogues = _gather(monkeypatch, _Zone(a, ("::1",)))
+    (mx,) = obs.mx
+    assert len(mx.probes) == len(dialogues) == MAX_ADDRESSES_PER_HOST == 8
+    assert mx.unprobed == ["127.98.0.209", "::1"]
