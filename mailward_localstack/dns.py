@@ -481,6 +481,16 @@ class AuthoritativeDNS:
             raise
         self._save_state()
 
+    def interrupt(self, timeout: float = 10.0) -> None:
+        """Stop named, keeping its configuration, keys and journals and the address: an outage
+        that `resume` ends, not a fresh start."""
+        self.process.stop(timeout)
+
+    def resume(self, timeout: float = 30) -> None:
+        """Start named again after `interrupt`; return once it serves every zone, signed."""
+        self.process.start()
+        self._wait_ready(time.monotonic() + timeout)
+
     def stop(self, timeout: float = 10.0) -> None:
         """Stop BIND and remove the loopback alias if `start` added it."""
         self.process.stop(timeout)
