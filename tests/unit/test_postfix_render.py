@@ -77,7 +77,7 @@ def test_relay_vrfy_outbound_and_queue_settings() -> None:
     assert config.parameter("smtp_tls_policy_maps").startswith("socketmap:inet:127.0.0.1:8461")
     assert config.parameter("maximal_queue_lifetime") == "5d"
     assert config.parameter("minimal_backoff_time") == "1800s"
-    assert config.parameter("hopcount_limit") == "50"
+    assert config.parameter("hopcount_limit") == "100"  # RFC 5321 §6.3
     assert config.parameter("maillog_file") == "/dev/stdout"
     submission = dict(config.service("submission").options)
     assert submission["smtpd_tls_security_level"] == "encrypt"

@@ -460,8 +460,10 @@ def _main_cf(
         ("maximal_queue_lifetime", "5d"),
         ("bounce_queue_lifetime", "5d"),
         ("delay_warning_time", "4h"),
-        # §6.3: loop detection by counting Received headers.
-        ("hopcount_limit", "50"),
+        # §6.3: loop detection by counting Received headers. The RFC asks for "a large
+        # rejection threshold, normally at least 100 Received entries"; Postfix's default (50)
+        # is below that and would refuse legitimate mail on long forwarding paths.
+        ("hopcount_limit", "100"),
         # --- outbound: DNSSEC-validated lookups, DANE (RFC 7672), TR-03108-04-M / 06-M
         ("smtp_dns_support_level", "dnssec"),
         ("smtp_tls_security_level", "dane"),
