@@ -194,3 +194,10 @@ def test_the_addresses_of_a_host_are_probed_up_to_a_bound(monkeypatch: pytest.Mo
     (mx,) = obs.mx
     assert len(mx.probes) == len(dialogues) == MAX_ADDRESSES_PER_HOST == 8
     assert mx.unprobed == ["127.98.0.209", "::1"]
+
+
+def test_an_ipv6_only_mx_is_probed_at_its_aaaa(monkeypatch: pytest.MonkeyPatch) -> None:
+    obs, dialogues = _gather(monkeypatch, _Zone((), ("::1",)))
+    (mx,) = obs.mx
+    assert [p.address for p in mx.probes] == dialogues == ["::1"]
+    assert {p.endpoint.address for p in obs.client_ports} == {"::1"}

@@ -28,6 +28,7 @@ from mailward.compliance.observations import (
     CLIENT_PORTS,
     IMPLICIT_TLS_PORTS,
     MAX_ADDRESSES_PER_HOST,
+    Answer,
     DomainObservations,
     Endpoint,
     HTTPSResult,
@@ -122,6 +123,14 @@ class Gatherer:
                 return candidate
         return labels[-1]
 
+    async def _addresses(self, name: str) -> Answer:
+        """The A answer of `name`, or its AAAA answer when it has no A record (IPv6 only)."""
+        a = await self.dns.query(name, "A")
+        if a.ok and a.records:
+            return a
+        aaaa = await self.dns.query(name, "AAAA")
+        return aaaa if aaaa.ok and aaaa.records else a
+
     async def _fetch(self, host: str, address: str, path: str) -> HTTPSResult:
         return await self._blocking(fetch, host, address, path, self.cafile)
 
@@ -187,14 +196,14 @@ class Gatherer:
             if not txt_values(sts_txt, "v=STSv1"):
                 return
             host = f"mta-sts.{domain}"
-            mta_sts.host = await q(host, "A")
+            mta_sts.host = await self._addresses(host)
             if mta_sts.host.ok and mta_sts.host.records:
                 mta_sts.fetch = await self._fetch(host, mta_sts.host.records[0],
                                                   "/.well-known/mta-sts.txt")  # fmt: skip
 
         async def fetch_autoconfig() -> None:
             host = f"autoconfig.{domain}"
-            a = await q(host, "A")
+            a = await self._addresses(host)
             if a.ok and a.records:
                 path = f"/mail/config-v1.1.xml?emailaddress=postmaster%40{domain}"
                 autoconfig.append(await self._fetch(host, a.records[0], path))
@@ -244,7 +253,7 @@ class Gatherer:
                 target = target.rstrip(".").lower()
                 if not target:
                     continue
-                a = await self.dns.query(target, "A")
+                a = await self._addresses(target)
                 if a.ok and a.records:
                     candidates.append((Endpoint(target, a.records[0], int(port)), lookup.label))
         for mx in exchanges:

@@ -270,7 +270,7 @@ class Lookup:
 @dataclass
 class MTASTSObservation:
     txt: Answer  # _mta-sts.<domain> TXT
-    host: Answer | None = None  # mta-sts.<domain> A, asked when a v=STSv1 record exists
+    host: Answer | None = None  # mta-sts.<domain> A (AAAA if no A), asked for a v=STSv1 record
     fetch: HTTPSResult | None = None  # the policy, fetched when the host has an address
 
 

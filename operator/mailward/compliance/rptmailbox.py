@@ -86,6 +86,9 @@ async def gather(
             return
         name = f"mta-sts.{mailbox.domain}"
         mailbox.sts_host = await query(name, "A")
+        if not (mailbox.sts_host.ok and mailbox.sts_host.records):  # an IPv6-only policy host
+            aaaa = await query(name, "AAAA")
+            mailbox.sts_host = aaaa if aaaa.ok and aaaa.records else mailbox.sts_host
         if mailbox.sts_host.ok and mailbox.sts_host.records:
             mailbox.sts_fetch = await fetch_policy(name, mailbox.sts_host.records[0])
 
