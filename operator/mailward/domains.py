@@ -135,6 +135,7 @@ class DomainReconciler:
         events: EventPoster,
         *,
         resync_seconds: float,
+        concurrency: int,
         compliance_concurrency: int,
         selects_for_compliance: Callable[[Mapping[str, str]], bool],
     ) -> None:
@@ -148,6 +149,9 @@ class DomainReconciler:
         self._check = JobKind("compliance", concurrency=max(1, compliance_concurrency))
         self._selects = selects_for_compliance
         self._passes = OnePassAtATime()
+        # Passes at once: a start resumes every MailDomain together; unbounded, thousands of
+        # passes would share the event loop and the API server's attention at once.
+        self._slots = asyncio.Semaphore(concurrency)
         self._failures = Backoff(FAILED_PART_RETRY_SECONDS, FAILED_PART_RETRY_MAX_SECONDS)
 
     # -- what kopf calls ------------------------------------------------------------------------
@@ -180,7 +184,7 @@ class DomainReconciler:
             spec=model,
             status=current,
         )
-        async with self._passes.of(key.uid):
+        async with self._passes.of(key.uid), self._slots:
             outcome = await run_parts(self._parts, ctx, self._failures)
         owned = {k: v for r in outcome.results for k, v in r.status.items()}
         verdicts = settled_verdicts(ctx.spec, outcome.verdicts)

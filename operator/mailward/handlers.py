@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 import kopf
@@ -29,6 +30,7 @@ from mailward.runtime import Runtime, build
 from mailward.settings import load
 
 FINALIZER = f"{API_GROUP}/finalizer"
+API_THREADS = 32
 
 
 def runtime_of(memo: Any) -> Runtime:
@@ -51,6 +53,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # No CRD and namespace discovery: the resources are named, and the chart grants no right
     # to list CRDs.
     settings.scanning.disabled = True
+    # The API client is blocking: every call runs in a thread. The default pool (CPUs + 4)
+    # would queue the requests of the passes that run at once behind a handful of threads.
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(API_THREADS))
     # A wrong setting stops the operator here, naming the variable (settings.SettingsError).
     me = peering.CURRENT
     # Under peering, the scheduler's jobs wait until this replica is the active one.

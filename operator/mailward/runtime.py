@@ -124,6 +124,7 @@ def build(settings: OperatorSettings, *, standby: bool = False) -> Runtime:
         scheduler,
         events,
         resync_seconds=reconcile.resync_seconds,
+        concurrency=reconcile.concurrency,
         compliance_concurrency=4 * settings.compliance.concurrency,
         selects_for_compliance=settings.compliance.selects,
     )

@@ -42,6 +42,8 @@ class ReconcileSettings:
     dns_retry_max_seconds: float = 300.0
     policy_retry_seconds: float = 2.0
     tlsrpt_retry_seconds: float = 60.0
+    # MailDomain passes that run at once (domains.py).
+    concurrency: int = 16
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,7 @@ class _Environment(BaseModel):
     dns_retry_max: float = Field(300, alias="MAILWARD_DNS_RETRY_MAX_SECONDS", gt=0)
     policy_retry: float = Field(2, alias="MAILWARD_POLICY_RETRY_SECONDS", gt=0)
     tlsrpt_retry: float = Field(60, alias="MAILWARD_TLSRPT_RETRY_SECONDS", gt=0)
+    concurrency: int = Field(16, alias="MAILWARD_RECONCILE_CONCURRENCY", ge=1, le=256)
 
     mta_image: str = Field("", alias="MAILWARD_MTA_IMAGE")
     mta_trust_anchors: str = Field("", alias="MAILWARD_MTA_RESOLVER_TRUST_ANCHORS")
@@ -207,6 +210,7 @@ def _settings(raw: _Environment) -> OperatorSettings:
             dns_retry_max_seconds=raw.dns_retry_max,
             policy_retry_seconds=raw.policy_retry,
             tlsrpt_retry_seconds=raw.tlsrpt_retry,
+            concurrency=raw.concurrency,
         ),
         mta_image=raw.mta_image or DEFAULT_MTA_IMAGE,
         mta_resolver=ResolverSettings(

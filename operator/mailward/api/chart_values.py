@@ -93,6 +93,13 @@ class Reconcile(_Values):
     dns_retry_max_seconds: Seconds = Field(default=300, gt=0)
     policy_retry_seconds: Seconds = Field(default=2, gt=0)
     tlsrpt_retry_seconds: Seconds = Field(default=60, gt=0)
+    concurrency: int = Field(
+        default=16,
+        ge=1,
+        le=256,
+        description="MailDomain passes that run at once; the others wait their turn (a burst "
+        "of thousands after a start must not starve the health endpoint).",
+    )
 
 
 class Resolver(_Values):
