@@ -181,3 +181,17 @@ def test_the_expiry_alert_series_is_set_only_without_a_safe_rollover() -> None:
     assert REGISTRY.get_sample_value("mailward_certificate_rotation_safe", labels) == 1
     metrics.forget("mail", "example", "example.test")
     assert REGISTRY.get_sample_value(alert, labels) is None
+
+
+def test_a_nameserver_that_serves_what_is_desired_shows_no_serial() -> None:
+    """Its serial moves with every write of anyone in the zone: shown, it would rewrite the
+    status of every domain of the zone at each pass. A lagging one shows where it stands."""
+    from mailward.adapters.nameservers import NameserverView
+    from mailward.parts.certificate import _nameserver_status
+
+    owner = "_25._tcp.mx.example.test."
+    fine = NameserverView("ns1", "127.0.0.53", 41, {owner: frozenset({"aa"})})
+    lagging = NameserverView("ns2", "127.0.0.55", 8, {owner: frozenset()})
+    assert _nameserver_status(fine, ["aa"]).serial is None
+    status = _nameserver_status(lagging, ["aa"])
+    assert (status.serial, status.matches) == (8, False)

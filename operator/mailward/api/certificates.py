@@ -192,7 +192,11 @@ class NameserverStatus(_Model):
 
     name: str = Field(max_length=254, description="The NS name.")
     address: str = Field(max_length=45, description="The address asked.")
-    serial: int | None = Field(default=None, ge=0, description="The zone's SOA serial there.")
+    serial: int | None = Field(
+        default=None,
+        ge=0,
+        description="The zone's SOA serial there, while it does not serve what is desired.",
+    )
     matches: bool = Field(description="It serves the desired TLSA RRsets, validly signed.")
     problem: str = Field(default="", max_length=1024, description="What it served instead.")
 
