@@ -278,13 +278,36 @@ class DomainReconciler:
         Ready changed. `Compliant` and `status.compliance` are the compliance checks', written
         with their own field manager (adapters/status_writer.py), so they are left out here."""
         document = reconciler_view(status_document(desired))
-        if document == reconciler_view(status_document(current)):
+        before_document = reconciler_view(status_document(current))
+        if document == before_document:
             return False
+        # What made this write: an operator that keeps writing says where it comes from.
+        log.info(
+            "%s/%s: status %s changed",
+            key.namespace,
+            key.name,
+            ", ".join(changed_fields(before_document, document)),
+        )
         await self._writer.apply_status(key.namespace, key.name, document, field_manager=RECONCILER)
         before, after = find(current.conditions, READY), find(desired.conditions, READY)
         if before is None or after is None:
             return True
         return (before.reason, before.message) != (after.reason, after.message)
+
+
+def changed_fields(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
+    """The top-level status fields that differ, conditions by type (`conditions[Ready]`)."""
+    changed = []
+    for name in sorted(set(before) | set(after)):
+        if name == "conditions":
+            old = {c.get("type"): c for c in before.get(name) or []}
+            new = {c.get("type"): c for c in after.get(name) or []}
+            for kind in sorted(set(old) | set(new), key=str):
+                if old.get(kind) != new.get(kind):
+                    changed.append(f"conditions[{kind}]")
+        elif before.get(name) != after.get(name):
+            changed.append(name)
+    return changed
 
 
 def object_key(body: Body) -> ObjectKey:

@@ -62,7 +62,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from mailward_localstack.controlplane import AUDIT_ENV
+from mailward_localstack.controlplane import AUDIT_ENV, kubectl
 from mailward_localstack.dns import ZoneSpec
 from mailward_localstack.stack import RELEASE_NAMESPACE, Stack, StackLayout
 from tests.bench._cluster import (
@@ -574,6 +574,9 @@ def main() -> int:
     parser.add_argument("--operator-memory", default="3Gi", help="the operator's memory limit")
     parser.add_argument("--converge-timeout", type=int, default=1200)
     parser.add_argument("--budget", type=int, default=3000, help="seconds before it stops")
+    parser.add_argument(
+        "--operator-log", type=Path, help="keep the operator's log there (the cluster goes)"
+    )
     args = parser.parse_args()
     if not 1 <= args.fleets <= 8:
         parser.error("--fleets must be 1..8")
@@ -600,6 +603,10 @@ def main() -> int:
             warnings: Counter[str] = Counter()
             with contextlib.suppress(Exception):
                 warnings = operator_warnings(bench.api)
+            if args.operator_log:
+                with contextlib.suppress(Exception):
+                    logs = ("logs", "-n", RELEASE_NAMESPACE, "deploy/mailward", "--tail=-1")
+                    args.operator_log.write_text(kubectl(stack.kubeconfig, *logs, check=False))
             summary(results, bench.watch, warnings)
     return 0
 

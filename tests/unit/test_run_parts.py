@@ -74,3 +74,23 @@ def test_a_blocking_part_ends_the_pass() -> None:
     gate, after = Recording("gate", "GateReady", blocking=True), Recording("after", "AfterReady")
     asyncio.run(run_parts([gate, after], _ctx(), Backoff(5, 300)))
     assert after.ran == 0
+
+
+def test_changed_fields_name_the_status_fields_and_conditions() -> None:
+    from mailward.domains import changed_fields
+
+    before = {
+        "observedGeneration": 1,
+        "conditions": [{"type": "Ready", "status": "True"}, {"type": "DNSReady", "status": "True"}],
+        "dns": {"zone": "example.test"},
+    }
+    after = {
+        "observedGeneration": 1,
+        "conditions": [
+            {"type": "Ready", "status": "False"},
+            {"type": "DNSReady", "status": "True"},
+        ],
+        "certificate": {"phase": "Stable"},
+        "dns": {"zone": "example.test"},
+    }
+    assert changed_fields(before, after) == ["certificate", "conditions[Ready]"]
