@@ -45,13 +45,18 @@ class FakeServer:
     async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
         self.held.pop((kind, namespace, name), None)
 
+    async def get(
+        self, api_version: str, kind: str, namespace: str, name: str
+    ) -> dict[str, Any] | None:
+        return self.held.get((kind, namespace, name))
+
     def store(self, manifest: dict[str, Any], *, generation_bump: bool) -> dict[str, Any]:
         self.version += 1
         meta = manifest["metadata"]
         key = (manifest["kind"], meta.get("namespace", ""), meta["name"])
         old = self.held.get(key, {}).get("metadata", {})
         generation = int(old.get("generation", 0)) + (1 if generation_bump else 0)
-        if manifest["kind"] == "ConfigMap":
+        if manifest["kind"] in ("ConfigMap", "Secret"):
             generation = 0  # kinds without a spec have none
         obj = {**manifest, "metadata": {**meta, "resourceVersion": str(self.version)}}
         if generation:
@@ -153,5 +158,31 @@ def test_before_the_watch_has_listed_everything_is_sent() -> None:
         await applier.apply(manifest())
         await applier.apply(manifest())
         assert server.applies == 2
+
+    asyncio.run(scenario())
+
+
+def test_a_kind_without_a_watch_is_compared_with_a_read_by_name() -> None:
+    """Secrets are read by name only, never listed or watched (the chart's RBAC)."""
+
+    async def scenario() -> None:
+        server = FakeServer()
+        applier = LevelApplier(ObservedObjects((CONFIGMAP,)), server)  # type: ignore[arg-type]
+        secret = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "fleet-accounts", "namespace": "ns"},
+            "data": {"alice": "x"},
+        }
+        await applier.apply(secret)
+        await applier.apply(secret)
+        assert server.applies == 1
+        held = server.held[("Secret", "ns", "fleet-accounts")]
+        server.store({**held, "data": {"alice": "hand"}}, generation_bump=False)  # an edit
+        await applier.apply(secret)
+        assert server.applies == 2
+        del server.held[("Secret", "ns", "fleet-accounts")]  # a deletion
+        await applier.apply(secret)
+        assert server.applies == 3
 
     asyncio.run(scenario())

@@ -47,6 +47,22 @@ class ServerSideApplier:
         result: dict[str, Any] = applied.to_dict()
         return result
 
+    async def get(
+        self, api_version: str, kind: str, namespace: str, name: str
+    ) -> dict[str, Any] | None:
+        """The object as the API server holds it, or None."""
+        return await asyncio.to_thread(self._get, api_version, kind, namespace, name)
+
+    def _get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        resource = self._client().resources.get(api_version=api_version, kind=kind)
+        try:
+            found: dict[str, Any] = resource.get(name=name, namespace=namespace).to_dict()
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return found
+
     async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
         """Delete if present; an object already gone is what was asked for."""
         await asyncio.to_thread(self._delete, api_version, kind, namespace, name)

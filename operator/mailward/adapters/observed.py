@@ -51,10 +51,11 @@ class Kind:
         return f"{base}/{self.plural}"
 
 
-# What mailward applies (render/): each watched, cluster-wide, by the label above.
+# What mailward applies (render/): each watched, cluster-wide, by the label above. Not Secrets:
+# the operator reads Secrets by name only, never lists them; the one it applies (a fleet's
+# accounts) is compared with a read by name instead (`LevelApplier`).
 WATCHED = (
     Kind("v1", "ConfigMap", "configmaps"),
-    Kind("v1", "Secret", "secrets"),
     Kind("v1", "Service", "services"),
     Kind("v1", "ServiceAccount", "serviceaccounts"),
     Kind("apps/v1", "Deployment", "deployments"),
@@ -133,11 +134,17 @@ class ObservedObjects:
 
     # -- what the applier asks -----------------------------------------------------------------
 
-    def in_sync(self, ref: ObjectRef, digest: str) -> bool:
-        """The cluster holds the object as mailward last applied it, with this digest."""
-        if ref.kind not in self._synced:
-            return False
-        current, applied = self._current.get(ref), self._applied.get(ref)
+    def watches(self, kind: str) -> bool:
+        return kind in self._kinds
+
+    def in_sync(self, ref: ObjectRef, digest: str, current: Seen | None = None) -> bool:
+        """The cluster holds the object as mailward last applied it, with this digest; for a
+        kind without a watch, `current` is what a read by name found."""
+        if ref.kind in self._kinds:
+            if ref.kind not in self._synced:
+                return False
+            current = self._current.get(ref)
+        applied = self._applied.get(ref)
         if current is None or applied is None or current.digest != digest:
             return False
         return current.unchanged_since(applied)
@@ -215,7 +222,14 @@ class LevelApplier:
     async def apply(self, obj: dict[str, Any]) -> None:
         manifest, digest = stamped(obj)
         ref = ref_of(manifest)
-        if self._observed.in_sync(ref, digest):
+        current = None
+        if not self._observed.watches(ref.kind):
+            meta = manifest["metadata"]
+            found = await self._applier.get(
+                manifest["apiVersion"], ref.kind, meta.get("namespace", ""), ref.name
+            )
+            current = Seen.of(found) if found is not None else None
+        if self._observed.in_sync(ref, digest, current):
             return
         result = await self._applier.apply(manifest)
         self._observed.applied(ref, result)
