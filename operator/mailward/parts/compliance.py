@@ -239,13 +239,6 @@ def reconciled(body: Mapping[str, Any]) -> bool:
     return ready is not None and generation is not None and ready.observed_generation == generation
 
 
-def interval_seconds(spec: Mapping[str, Any]) -> float:
-    try:
-        return parse_duration(str(spec["compliance"]["interval"]))
-    except (KeyError, TypeError, ValueError):
-        return 3600.0
-
-
 class CompliancePart:
     """Runs last: keeps the domain's check on the schedule (`track`, domains.py), and asks for
     one at once when the spec or the published records changed."""
