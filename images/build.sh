@@ -120,11 +120,13 @@ case "$name" in
     ;;
 
   mta)
-    # Debian trixie: Postfix 3.10 (TLSRPT), postfix-mta-sts-resolver, unbound.
+    # Debian trixie: Postfix 3.10 (TLSRPT), postfix-mta-sts-resolver, unbound, dkimpy-milter
+    # (DKIM signing, RSA and Ed25519).
     mmdebstrap "${mmdebstrap_common[@]}" \
       --variant=minbase \
       --include=postfix,postfix-pcre,libsasl2-modules,libsasl2-modules-db,sasl2-bin \
       --include=ca-certificates,unbound,dns-root-data,postfix-mta-sts-resolver,python3-dnspython \
+      --include=dkimpy-milter \
       --essential-hook='echo "postfix postfix/main_mailer_type select No configuration" | chroot "$1" debconf-set-selections' \
       --customize-hook="$here/mta/customize.sh" \
       trixie "$work/rootfs" \
