@@ -168,9 +168,12 @@ def exec_probe(script: str, args: Sequence[str], timing: ProbeTiming) -> Manifes
 SMTP_EHLO_PROBE = """\
 import smtplib, sys
 host, port, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-with smtplib.SMTP(host, port, local_hostname="probe.invalid", timeout=timeout) as smtp:
-    code, _ = smtp.ehlo()
-sys.exit(0 if code == 250 else 1)
+try:
+    with smtplib.SMTP(host, port, local_hostname="probe.invalid", timeout=timeout) as smtp:
+        code, reply = smtp.ehlo()
+except (OSError, smtplib.SMTPException) as error:
+    sys.exit(f"no SMTP greeting from {host}:{port}: {error}")
+sys.exit(0 if code == 250 else f"EHLO answered {code} {reply[:200]!r}")
 """
 
 # A query answered from the resolver's own data (the `localhost.` zone every Unbound serves), so
