@@ -227,6 +227,16 @@ def test_in_its_own_network_the_collector_needs_no_token_and_no_capability() -> 
     assert _collector({"MAILWARD_TLSRPT_HOST_NETWORK": "true"}).host_network
 
 
+def test_nothing_to_bind_reads_the_same_however_many_domains_the_namespace_holds() -> None:
+    """The message is each served domain's condition: a new sibling must not rewrite them all."""
+    messages = set()
+    for served in (_served_at(None), _served_at(None, None), _served_at(None, None, None)):
+        with pytest.raises(NoCollectorAddress) as refused:
+            render_collector(NAMESPACE, served, HOST_NETWORK)
+        messages.add(str(refused.value))
+    assert len(messages) == 1, messages
+
+
 def test_a_collector_with_nothing_to_bind_is_not_deployed_and_the_condition_says_why() -> None:
     with pytest.raises(NoCollectorAddress, match=r"spec\.dns\.tlsRptCollector\.addresses"):
         render_collector(NAMESPACE, _served_at(None), HOST_NETWORK)
@@ -257,7 +267,7 @@ def test_a_collector_with_nothing_to_bind_is_not_deployed_and_the_condition_says
         "Unknown",
         "CollectorHasNoAddress",
     )
-    assert "minimal.test" in verdict.message
+    assert "spec.dns.tlsRptCollector.addresses" in verdict.message, verdict.message
     assert [(e.type, e.reason) for e in result.events] == [("Warning", "CollectorHasNoAddress")]
     assert Applier.applied == []
     # Said once: the same condition again posts no new Event.

@@ -78,6 +78,7 @@ class CollectorSettings:
     # On the node's network, binding the addresses published for tlsrpt.<domain>.
     host_network: bool = False
 
+
 @dataclass(frozen=True)
 class ServedDomain:
     """A MailDomain the collector serves: its object's name and uid (the owner) and spec."""
@@ -134,10 +135,11 @@ def collector_listeners(specs: Sequence[MailDomainSpec], settings: CollectorSett
     )
     addresses = tuple(sorted(set(published)))
     if not addresses:
-        domains = ", ".join(sorted(s.domain for s in specs))
+        # The message becomes every served domain's condition: it must not change when a
+        # sibling MailDomain appears, or each domain rewrites its status at its next pass.
         raise NoCollectorAddress(
-            "the TLSRPT collector runs on the host network, but none of its MailDomains "
-            f"({domains}) publishes spec.dns.tlsRptCollector.addresses for it to bind: "
+            "the TLSRPT collector runs on the host network, but no MailDomain of this namespace "
+            "publishes spec.dns.tlsRptCollector.addresses for it to bind: "
             "no collector is deployed"
         )
     return Listeners(addresses, SMTP_PORT, HTTPS_PORT)
