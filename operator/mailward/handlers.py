@@ -26,11 +26,10 @@ from mailward.adapters.kube_watch import KubeHTTP
 from mailward.adapters.peering_watch import follow
 from mailward.api.v1alpha1 import API_GROUP, API_VERSION, PLURAL
 from mailward.parts import ReleasePending
-from mailward.runtime import Runtime, build
+from mailward.runtime import API_THREADS, Runtime, build
 from mailward.settings import load
 
 FINALIZER = f"{API_GROUP}/finalizer"
-API_THREADS = 32
 
 
 def runtime_of(memo: Any) -> Runtime:
@@ -53,8 +52,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # No CRD and namespace discovery: the resources are named, and the chart grants no right
     # to list CRDs.
     settings.scanning.disabled = True
-    # The API client is blocking: every call runs in a thread. The default pool (CPUs + 4)
-    # would queue the requests of the passes that run at once behind a handful of threads.
+    # The default pool (CPUs + 4) would queue the API requests of the passes that run at once
+    # behind a handful of threads.
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(API_THREADS))
     # A wrong setting stops the operator here, naming the variable (settings.SettingsError).
     me = peering.CURRENT

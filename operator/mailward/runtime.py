@@ -51,9 +51,14 @@ class Runtime:
     provider_status: ProviderReconciler
 
 
+# The API client is blocking: every call runs in one of these threads (handlers.py sets the
+# loop's default executor), and each thread keeps a connection to the API server.
+API_THREADS = 32
+
+
 def build(settings: OperatorSettings, *, standby: bool = False) -> Runtime:
     """Everything the handlers use; `standby`: the scheduler starts paused (peering)."""
-    load_client_config()
+    load_client_config(connections=API_THREADS)
     events = KubeEventPoster()
     reconcile = settings.reconcile
     observed = ObservedObjects()

@@ -14,6 +14,8 @@ from typing import Any, Protocol
 from kubernetes import client, dynamic
 from kubernetes.client.exceptions import ApiException
 
+from mailward.adapters.kube import shared_api_client
+
 FIELD_MANAGER = "mailward"
 
 
@@ -25,7 +27,7 @@ class ServerSideApplier:
     def _client(self) -> dynamic.DynamicClient:
         # API discovery happens on first use, not at import or construction.
         if self._dynamic is None:
-            api = self._api or client.ApiClient()
+            api = self._api or shared_api_client()
             self._dynamic = dynamic.DynamicClient(api)  # type: ignore[no-untyped-call]
         return self._dynamic
 

@@ -25,12 +25,28 @@ class SecretObserver(Protocol):
     async def observe_tls_secret(self, namespace: str, name: str) -> TLSSecretObservation: ...
 
 
-def load_client_config() -> None:
-    """In-cluster credentials when running in a pod, the kubeconfig otherwise."""
+def load_client_config(connections: int | None = None) -> None:
+    """In-cluster credentials when running in a pod, the kubeconfig otherwise.
+
+    With `connections`, every API object built without a client of its own shares one
+    ApiClient that keeps up to that many connections open. The client's default pool holds
+    CPUs x 5 and each `ApiClient()` has its own: with more threads calling at once than that,
+    urllib3 opened and discarded a TLS connection per request (bench-scale, 1,000 domains:
+    TLS handshakes were a tenth of the operator's busy time, in the API server as well).
+    """
     try:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
         config.load_kube_config()  # type: ignore[no-untyped-call]
+    if connections is not None:
+        shared = client.Configuration.get_default_copy()
+        shared.connection_pool_maxsize = connections
+        client.ApiClient.set_default(client.ApiClient(shared))  # type: ignore[no-untyped-call]
+
+
+def shared_api_client() -> client.ApiClient:
+    """The ApiClient set up by load_client_config (or a new one before it)."""
+    return client.ApiClient.get_default()  # type: ignore[no-untyped-call, no-any-return]
 
 
 class KubeSecretObserver:

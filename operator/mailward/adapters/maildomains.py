@@ -14,6 +14,7 @@ from typing import Any, Protocol, cast
 
 from kubernetes import client
 
+from mailward.adapters.kube import shared_api_client
 from mailward.api.v1alpha1 import API_GROUP, API_VERSION, PLURAL
 
 
@@ -48,7 +49,7 @@ class MailDomainDirectory:
 class KubeMailDomainReader:
     def __init__(self, api: client.ApiClient | None = None) -> None:
         # One client for every call: a new ApiClient per call opens a new connection pool.
-        self._api = client.CustomObjectsApi(api or client.ApiClient())
+        self._api = client.CustomObjectsApi(api or shared_api_client())
 
     async def get(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The MailDomain as the API server holds it now; None once it is gone."""

@@ -11,6 +11,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
+from mailward.adapters.kube import shared_api_client
 from mailward.api.mailserver import MAILSERVER_PLURAL, MailServerSpec, MailServerStatus
 from mailward.api.v1alpha1 import API_GROUP, API_VERSION
 from mailward.conditions import READY, find
@@ -54,7 +55,7 @@ def observe_mail_server(body: dict[str, Any]) -> MailServerObservation:
 
 class KubeMailServerDirectory:
     def __init__(self, api: client.ApiClient | None = None) -> None:
-        self._api = api or client.ApiClient()
+        self._api = api or shared_api_client()
 
     async def accounts(self, namespace: str, name: str) -> dict[str, str] | None:
         def read() -> dict[str, str] | None:
@@ -104,7 +105,7 @@ class KubeFleetPods:
     annotations alone, and the kubelet syncs the pod, refreshing its ConfigMap volumes)."""
 
     def __init__(self, api: client.ApiClient | None = None) -> None:
-        self._api = api or client.ApiClient()
+        self._api = api or shared_api_client()
 
     async def annotate(self, namespace: str, selector: str, key: str, value: str) -> int:
         def write() -> int:

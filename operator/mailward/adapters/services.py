@@ -13,6 +13,8 @@ from typing import Protocol
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from mailward.adapters.kube import shared_api_client
+
 
 @dataclass(frozen=True)
 class LoadBalancerIngress:
@@ -31,7 +33,7 @@ class ServiceIngressReader(Protocol):
 class KubeServiceIngressReader:
     def __init__(self, api: client.ApiClient | None = None) -> None:
         # One client for every call: a new ApiClient per call opens a new connection pool.
-        self._api = client.CoreV1Api(api or client.ApiClient())
+        self._api = client.CoreV1Api(api or shared_api_client())
 
     async def load_balancer(self, namespace: str, name: str) -> LoadBalancerIngress | None:
         def read() -> LoadBalancerIngress | None:

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from kubernetes import client
 
+from mailward.adapters.kube import shared_api_client
 from mailward.api.v1alpha1 import API_GROUP, API_VERSION, KIND, PLURAL
 
 RECONCILER = "mailward"
@@ -35,7 +36,7 @@ class KubeStatusWriter:
         self, api: client.ApiClient | None = None, *, kind: str = KIND, plural: str = PLURAL
     ) -> None:
         # One client for every call: a new ApiClient per call opens a new connection pool.
-        self._api = client.CustomObjectsApi(api or client.ApiClient())
+        self._api = client.CustomObjectsApi(api or shared_api_client())
         self._kind = kind
         self._plural = plural
 

@@ -16,6 +16,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from mailward.adapters.apply import ObjectApplier, ServerSideApplier
+from mailward.adapters.kube import shared_api_client
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class KubeWorkloadClient:
     def __init__(
         self, api: client.ApiClient | None = None, applier: ObjectApplier | None = None
     ) -> None:
-        self._api = api or client.ApiClient()
+        self._api = api or shared_api_client()
         # Without the operator's level-based applier (tests of the part alone): every apply sent.
         self._applier = applier or ServerSideApplier(self._api)
 

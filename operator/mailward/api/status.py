@@ -12,6 +12,7 @@ from pydantic.alias_generators import to_camel
 from mailward.api.base import _Model
 from mailward.api.certificates import CertificateStatus
 from mailward.api.compliance_status import ComplianceStatus
+from mailward.api.dkim import DKIMStatus
 from mailward.api.tlsrpt_status import TLSRPTStatus
 
 
@@ -166,4 +167,7 @@ class MailDomainStatus(_Model):
     )
     compliance: ComplianceStatus | None = Field(
         default=None, description="The last check from outside (written by the compliance part)."
+    )
+    dkim: DKIMStatus | None = Field(
+        default=None, description="The managed DKIM keys and their phases (the dkim part)."
     )

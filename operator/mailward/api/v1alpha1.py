@@ -32,6 +32,7 @@ from mailward.api.base import (
 from mailward.api.base import ProviderReference as ProviderReference
 from mailward.api.base import parse_duration as parse_duration
 from mailward.api.certificates import RolloverSpec, TLSSpec
+from mailward.api.dkim import DKIMSpec
 from mailward.api.mta import HOST_NETWORK_NEEDS_ADDRESSES, MTASpec
 from mailward.api.status import Condition as Condition
 from mailward.api.status import ConditionStatus as ConditionStatus
@@ -512,6 +513,7 @@ class MailDomainSpec(_Model):
     tls_rpt: TLSRPTSpec = section(TLSRPTSpec)
     compliance: ComplianceSpec = section(ComplianceSpec)
     mta: MTASpec = section(MTASpec)
+    dkim: DKIMSpec = section(DKIMSpec)
 
     def mx_addresses(self) -> list[str]:
         """Every address of `spec.mx`, in order, each once: what a host-network MTA binds."""

@@ -23,6 +23,7 @@ from cryptography import x509
 
 from mailward.api.v1alpha1 import HostTarget, MailDomainSpec, MailDomainStatus, MXHost
 from mailward.conditions import Verdict
+from mailward.render.dkim import DKIMSigning
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ class Findings:
     # TLSRPT part: the namespace collector's own public address (a LoadBalancer's), where the
     # DNS part points `tlsrpt.<domain>` unless `spec.dns.tlsRptCollector` says otherwise.
     tlsrpt_collector_target: HostTarget | None = None
+    # DKIM part: the keys the domain's MTA signs with (the MTA part renders the signer).
+    dkim_signing: DKIMSigning | None = None
     # DNS and MTA parts: what the world sees of the domain changed in this pass, so the
     # compliance checks probe at once rather than at the next interval.
     records_changed: bool = False

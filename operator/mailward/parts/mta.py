@@ -105,7 +105,14 @@ class MTAPart:
                 )
             accounts = keys
         owner = Owner(ctx.namespace, ctx.name, ctx.uid)
-        objects = render_own_mta_objects(owner, spec, accounts, self._resolver, self._default_image)
+        objects = render_own_mta_objects(
+            owner,
+            spec,
+            accounts,
+            self._resolver,
+            self._default_image,
+            dkim=ctx.findings.dkim_signing,
+        )
         for manifest in objects:
             try:
                 await self._workloads.apply(manifest)

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from mailward.api.mta import DEFAULT_MTA_IMAGE
 from mailward.api.v1alpha1 import API_GROUP, MailDomainSpec
 from mailward.owner import Owner
+from mailward.render.dkim import DKIMSigning
 from mailward.render.mta_pod import MTAFiles, render_domain_files, render_mta_files, render_pod_spec
 from mailward.render.mta_server import MTAServer, ServerGroup, own_mta_server
 from mailward.render.postfix import (
@@ -98,9 +100,13 @@ def render_own_mta_objects(
     accounts: Sequence[str],
     resolver: ResolverSettings | None = None,
     default_image: str = DEFAULT_MTA_IMAGE,
+    dkim: DKIMSigning | None = None,
 ) -> list[Manifest]:
-    """The objects of a MailDomain's own MTA: a fleet of one group serving that domain."""
+    """The objects of a MailDomain's own MTA: a fleet of one group serving that domain; with
+    `dkim`, the pods sign submitted mail with its keys (render/dkim.py)."""
     server = own_mta_server(owner.name, owner.namespace, owner.uid, spec, default_image)
+    if dkim is not None:
+        server = replace(server, options=replace(server.options, dkim=dkim))
     return render_mta_objects(server, [own_mta_domain(spec, accounts)], resolver)
 
 

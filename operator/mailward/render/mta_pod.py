@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mailward.render import dkim
 from mailward.render.mta_server import MTAServer, ServerGroup
 from mailward.render.pods import (
     DNS_PROBE,
@@ -122,6 +123,7 @@ def pod_layout(addresses: PodAddresses) -> MTALayout:
         smtp_bind_address=v4[0] if v4 else "",
         smtp_bind_address6=v6[0] if v6 else "",
         tls_policy_socketmap=f"inet:{host_port(addresses.local, TLS_POLICY_PORT)}",
+        dkim_milter=f"inet:{host_port(addresses.local, dkim.DKIM_MILTER_PORT)}",
         domains_directory=DOMAINS_DIR,
         # The probe connects to the first address, and a connection to a local address comes
         # from that address.
@@ -186,6 +188,9 @@ def render_mta_files(server: MTAServer, group: ServerGroup, resolver: ResolverSe
     sidecars = {UNBOUND_CONF: unbound}
     if server.options.mta_sts_fallback:
         sidecars[MTA_STS_DAEMON_CONF] = render_mta_sts_daemon_conf(addresses.local)
+    if server.options.dkim is not None:
+        conf = dkim.render_milter_conf(server.options.dkim, addresses.local)
+        sidecars[dkim.MILTER_CONF] = conf
     return MTAFiles(render_mta_config(server, group, ()).rendered_files(), sidecars)
 
 
@@ -388,6 +393,12 @@ def render_pod_spec(
         volumes.append(
             _config_volume(configmap, "mta-sts-config", {MTA_STS_DAEMON_CONF: MTA_STS_DAEMON_CONF})
         )
+    if server.options.dkim is not None:
+        sidecars.append(dkim.milter_container(server.image, addresses.local, "dkim-config"))
+        volumes += [
+            _config_volume(configmap, "dkim-config", {dkim.MILTER_CONF: dkim.MILTER_CONF}),
+            dkim.keys_volume(server.options.dkim),
+        ]
     pod: Manifest = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,

@@ -18,6 +18,13 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from mailward.render.dkim import (
+    DKIM_MILTER,
+    DKIMSigning,
+    inbound_milter_options,
+    milter_parameters,
+)
+
 # TR-03116-4 §2.2.1.2 and TR-02102-2 Table 1: ECDHE with AES-GCM only, ECDSA before RSA and
 # AES-128 before AES-256 (Table 2 makes the AES-128-GCM suites the mandatory ones). No RSA key
 # exchange, no CBC with SHA-1, no 3DES/RC4, no CHACHA20 (not in TR-02102-2).
@@ -82,6 +89,8 @@ class MTAOptions:
     hide_submission_client: bool = True
     # Consult MTA-STS (RFC 8461) for destinations without DANE (see docs/mta.md for the order).
     mta_sts_fallback: bool = True
+    # DKIM signing of submitted mail by the milter beside Postfix (render/dkim.py); None: none.
+    dkim: DKIMSigning | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +112,7 @@ class MTALayout:
     smtp_bind_address: str = ""
     smtp_bind_address6: str = ""
     tls_policy_socketmap: str = TLS_POLICY_SOCKETMAP
+    dkim_milter: str = DKIM_MILTER
     # The domain tables (`domains`, `mailboxes`, `sender_logins`): a directory of their own in
     # the pod, so that a change of the served domains is a reload, not a new configuration.
     domains_directory: str = "${config_directory}"
@@ -483,6 +493,8 @@ def _main_cf(
         # Asked only after DANE came up empty: the policy proxy answers NOTFOUND for a
         # destination with secure TLSA (so `dane` stays in force), MTA-STS otherwise.
         p.append(("smtp_tls_policy_maps", f"socketmap:{layout.tls_policy_socketmap}:postfix"))
+    if options.dkim is not None:
+        p += milter_parameters(layout.dkim_milter)
     return p
 
 
@@ -507,7 +519,10 @@ def _master_cf(options: MTAOptions) -> list[MasterEntry]:
     if options.hide_submission_client:
         submission_common += (("cleanup_service_name", "subcleanup"),)
     entries = [
-        MasterEntry("smtp", "inet", "n", command="smtpd"),
+        # Mail from other MTAs is not signed (nor held up by the signer).
+        MasterEntry(
+            "smtp", "inet", "n", command="smtpd", options=inbound_milter_options(options.dkim)
+        ),
         MasterEntry(
             "submission",
             "inet",
@@ -601,6 +616,7 @@ def layout_parameters(layout: MTALayout) -> dict[str, str]:
         "smtpd_tls_chain_files": f"{layout.tls_key_file}, {layout.tls_cert_file}",
         "virtual_mailbox_base": layout.mailbox_base,
         "smtp_tls_policy_maps": f"socketmap:{layout.tls_policy_socketmap}:postfix",
+        "smtpd_milters": layout.dkim_milter,
         "mail_owner": layout.mail_owner,
         "setgid_group": layout.setgid_group,
         "smtpd_client_event_limit_exceptions": _event_limit_exceptions(layout),

@@ -1,0 +1,464 @@
+"""DKIM: outbound mail signed by the MTA image's dkimpy-milter, verified through the validating
+resolver, for Ed25519 and RSA, across a full key rotation.
+
+What runs is real: mailward's rendered Postfix (the MTA image's, on loopback) with its
+rendered DKIM milter configuration (render/dkim.py, started with the pod container's own
+command), BIND serving the signed test zone, Unbound validating it, and a recording remote MX
+that captures every message as it arrived. Each captured message is verified with dkimpy (the
+project's dependency, PyNaCl for Ed25519), its keys fetched only through the validating resolver
+(an answer without the AD bit counts as no key).
+
+The rotation is the dkim part's own (parts/dkim.py: dkim/machine.py with key generation and the
+resolver gate against the real Unbound). Two things stand in for the cluster: the DKIM Secret is
+an in-memory store (`MemoryKeyStore`), and the DNS part's publication is an RFC 2136 UPDATE of
+exactly the `_domainkey` records the part hands on (`ctx.spec.dns.dkim`). When the Active keys
+change, the signer is restarted with the new configuration, as the pod's config digest rolls
+the pod.
+
+SHORTENED CLOCK (this test only): `rotateAfter: 1m` and `retireAfter: 30s` instead of 180 days
+and 5 days + TTL, the part's clock is advanced in jumps instead of waited for, and the records
+are published with a TTL of 5 s instead of `spec.dns.ttl.default`. The gates on the resolver
+are not shortened: every step that waits for the resolver waits for the real Unbound.
+
+One message is sent in every phase of the rotation and every one verifies: first keys Active;
+new keys Published while the old sign; new keys Active, old Retiring (the earlier message still
+verifies); old Withdrawn; old forgotten (the earlier message then no longer verifies: its key
+is really gone).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import smtplib
+import socket
+import ssl
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import dkim
+import dns.flags
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdatatype
+import pytest
+
+from mailward.adapters.dkim_keys import DKIMKeyState
+from mailward.adapters.dkim_resolver import DKIMResolver
+from mailward.api.v1alpha1 import MailDomainSpec, MailDomainStatus
+from mailward.dkim.keys import record_text
+from mailward.parts import ReconcileContext
+from mailward.parts.dkim import DKIMPart
+from mailward.render.dkim import (
+    DKIM_MILTER_PORT,
+    MILTER_PROBE,
+    DKIMSigning,
+    key_file,
+    milter_argv,
+    render_milter_conf,
+)
+from mailward.render.dns_records import txt_data
+from mailward.render.pods import NOBODY
+from mailward.render.postfix import DomainConfig, MTAOptions
+from mailward_localstack.dns import DNSStack
+from mailward_localstack.rootfs import Account, mta_root
+from tests.fixtures_mta import ACCOUNT, MTAFactory, RunningMTA
+from tests.integration.test_mta_rfc5321 import RemoteMTA
+from tests.net import addr
+
+pytestmark = pytest.mark.dnsstack
+
+ZONE = "example.test"
+MTA_HOST = 130
+REMOTE_ADDRESS = addr(131)
+RECORD_TTL = 5  # SHORTENED (see the module docstring)
+
+
+# --------------------------------------------------------------------------------------------
+# Stand-ins for the cluster: the Secret, and the part's clock
+
+
+class MemoryKeyStore:
+    """The DKIM Secret (adapters/dkim_keys.py) without an API server: same state, in memory."""
+
+    def __init__(self) -> None:
+        self.state = DKIMKeyState()
+        self.writes = 0
+
+    async def read(self, namespace: str, name: str) -> DKIMKeyState:
+        return self.state
+
+    async def write(
+        self, namespace: str, name: str, owner: dict[str, object], state: DKIMKeyState
+    ) -> str:
+        self.writes += 1
+        self.state = replace(state, found=True, resource_version=str(self.writes))
+        return str(self.writes)
+
+
+@dataclass
+class Clock:
+    now: datetime = field(default_factory=lambda: datetime(2026, 12, 1, 12, 0, tzinfo=UTC))
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+# --------------------------------------------------------------------------------------------
+# The signer, as the pod's `dkim` container runs it
+
+
+class Signer:
+    """dkimpy-milter from the MTA image, as nobody, with the rendered configuration."""
+
+    def __init__(self, mta: RunningMTA) -> None:
+        self.mta = mta
+        self.dir = mta.postfix.state_dir / "dkim"
+        self.dir.mkdir(mode=0o755, exist_ok=True)
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = self.dir / "milter.log"
+        self.starts = 0
+
+    def start(self, signing: DKIMSigning, private: dict[str, str]) -> None:
+        self.stop()
+        for key in signing.keys:
+            path = self.dir / key_file(key.selector)
+            path.write_text(private[key.selector])
+            path.chmod(0o644)  # the test's files; in the pod a Secret volume, 0444
+        conf = self.dir / "dkimpy-milter.conf"
+        conf.write_text(render_milter_conf(signing, self.mta.address, keys_dir=str(self.dir)))
+        conf.chmod(0o644)
+        image = mta_root()
+        command = image.command(
+            milter_argv(str(conf)),
+            binds=[self.mta.postfix.state_dir.resolve()],
+            resolv_conf=self.mta.postfix.state_dir / "resolv.conf",
+            user=Account(NOBODY, NOBODY),
+        )
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        self.starts += 1
+        probe = [
+            "python3",
+            "-c",
+            MILTER_PROBE,
+            self.mta.address,
+            str(DKIM_MILTER_PORT),
+            "2",
+        ]
+        deadline = time.monotonic() + 30
+        while True:
+            # The container's own liveness probe, from the image, against the running signer.
+            done = subprocess.run(image.command(probe), capture_output=True)
+            if done.returncode == 0:
+                return
+            assert self.process.poll() is None, f"the signer exited:\n{self.log()}"
+            assert time.monotonic() < deadline, f"the signer never answered:\n{self.log()}"
+            time.sleep(0.3)
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
+        # The port is free again before the next start binds it.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection((self.mta.address, DKIM_MILTER_PORT), timeout=0.5).close()
+            except OSError:
+                return
+            time.sleep(0.2)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+# --------------------------------------------------------------------------------------------
+# Fixtures
+
+
+@pytest.fixture(scope="module")
+def remote(dns_stack: DNSStack) -> Iterator[tuple[RemoteMTA, str]]:
+    domain = f"rcpt-{uuid.uuid4().hex[:6]}.{ZONE}"
+    server = RemoteMTA(REMOTE_ADDRESS, f"mx.{domain}").start()
+    try:
+        update = dns_stack.authoritative.new_update(ZONE)
+        update.replace(f"{domain}.", 60, "MX", f"10 mx.{domain}.")
+        update.replace(f"mx.{domain}.", 60, "A", REMOTE_ADDRESS)
+        dns_stack.authoritative.send_update(update)
+        _wait_for(lambda: dns_stack.resolver.is_secure(domain, "MX"), 30, f"{domain} MX secure")
+        yield server, domain
+    finally:
+        server.stop()
+
+
+@dataclass
+class Sender:
+    domain: str
+    spec: MailDomainSpec
+    mta: RunningMTA
+    signer: Signer
+
+
+@pytest.fixture(scope="module")
+def sender(mta_factory: MTAFactory) -> Iterator[Sender]:
+    """The signing domain's MTA: Postfix rendered with DKIM on (the milter on the MTA's own
+    address instead of the pod's 127.0.0.1: several test sessions share this machine)."""
+    domain = f"dkim-{uuid.uuid4().hex[:6]}.{ZONE}"
+    spec = MailDomainSpec.model_validate(
+        {
+            "domain": domain,
+            "mx": [{"host": f"mx.{domain}"}],
+            "tls": {"secretName": "unused"},
+            "dns": {"providerRef": {"name": "bind"}},
+            # SHORTENED (see the module docstring).
+            "dkim": {"managed": True, "rotateAfter": "1m", "retireAfter": "30s"},
+        }
+    )
+    # The MTA needs to know only that it signs (which keys is the signer's business).
+    placeholder = DKIMSigning("unused", ())
+    mta = mta_factory(
+        MTA_HOST,
+        [DomainConfig(domain, (f"mx.{domain}",), (ACCOUNT[0],))],
+        options=MTAOptions(dkim=placeholder),
+        accounts={domain: {ACCOUNT[0]: ACCOUNT[1]}},
+        overrides={"smtpd_milters": f"inet:{addr(MTA_HOST)}:{DKIM_MILTER_PORT}"},
+    )
+    signer = Signer(mta)
+    try:
+        yield Sender(domain, spec, mta, signer)
+    finally:
+        signer.stop()
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _wait_for(predicate: object, timeout: float, what: str) -> None:
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.3)
+
+
+def validated_txt(resolver: str) -> Callable[..., bytes | None]:
+    """dkimpy's `dnsfunc`: the TXT data as the validating resolver returns it, and nothing when
+    the answer is not validated (no AD bit) or there is none."""
+
+    def dnsfunc(name: bytes, timeout: int = 5) -> bytes | None:
+        query = dns.message.make_query(name.decode(), "TXT", want_dnssec=True)
+        answer = dns.query.tcp(query, resolver, timeout=timeout)
+        if answer.rcode() != dns.rcode.NOERROR or not answer.flags & dns.flags.AD:
+            return None
+        for rrset in answer.answer:
+            if rrset.rdtype == dns.rdatatype.TXT:
+                return b"".join(next(iter(rrset)).strings)
+        return None
+
+    return dnsfunc
+
+
+def verify_all(message: bytes, resolver: str) -> list[tuple[str, str, bool]]:
+    """(selector, algorithm, verified) for every DKIM-Signature of `message`."""
+    count = sum(1 for line in message.split(b"\r\n") if line.lower().startswith(b"dkim-signature:"))
+    results = []
+    for index in range(count):
+        checker = dkim.DKIM(message)
+        try:
+            ok = checker.verify(idx=index, dnsfunc=validated_txt(resolver))
+        except dkim.DKIMException:
+            ok = False
+        fields = checker.signature_fields
+        results.append((fields[b"s"].decode(), fields[b"a"].decode(), bool(ok)))
+    return results
+
+
+def send(sender: Sender, remote: tuple[RemoteMTA, str], phase: str) -> bytes:
+    server, rcpt_domain = remote
+    token = uuid.uuid4().hex
+    author = f"{ACCOUNT[0]}@{sender.domain}"
+    message = (
+        f"From: Alice <{author}>\r\n"
+        f"To: <bob@{rcpt_domain}>\r\n"
+        f"Subject: DKIM phase {phase}\r\n"
+        f"Date: {email.utils.formatdate()}\r\n"
+        f"Message-ID: <{token}@{sender.domain}>\r\n"
+        "\r\n"
+        f"Sent while the rotation is in phase {phase}. {token}\r\n"
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with smtplib.SMTP(
+        sender.mta.address, 587, local_hostname="laptop.example.test", timeout=30
+    ) as c:
+        c.starttls(context=context)
+        c.login(author, ACCOUNT[1])
+        c.sendmail(author, [f"bob@{rcpt_domain}"], message)
+    deadline = time.monotonic() + 60
+    while not (found := server.received(token)):
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"{phase}: not relayed; log:\n{sender.mta.log()[-3000:]}\n{sender.signer.log()}"
+            )
+        time.sleep(0.2)
+    return found[0][2].encode()
+
+
+class Rotation:
+    """The dkim part's passes, with the DNS part's publication of what it hands on."""
+
+    def __init__(self, sender: Sender, dns_stack: DNSStack) -> None:
+        self.sender = sender
+        self.dns = dns_stack
+        self.store = MemoryKeyStore()
+        self.clock = Clock()
+        address = dns_stack.resolver.address
+        self.part = DKIMPart(self.store, lambda: DKIMResolver(address), clock=self.clock)
+        self.published: set[str] = set()
+        self.signing: DKIMSigning | None = None
+
+    def run(self) -> ReconcileContext:
+        ctx = ReconcileContext(
+            name="dkim",
+            namespace="default",
+            uid="0000",
+            generation=1,
+            spec=self.sender.spec,
+            status=MailDomainStatus(),
+        )
+        result = asyncio.run(self.part.reconcile(ctx))
+        assert ctx.spec.dns is not None
+        self._publish(
+            {k.selector: record_text(k.key_type, k.public_key) for k in ctx.spec.dns.dkim}
+        )
+        signing = ctx.findings.dkim_signing
+        if signing != self.signing and signing is not None:
+            # A new Active key: the pod would roll with the new configuration.
+            self.sender.signer.start(signing, self.store.state.private)
+        self.signing = signing
+        (verdict,) = result.verdicts
+        print(f"evidence: pass at {self.clock.now:%H:%M:%S}: {self.phases()}; {verdict.message}")
+        return ctx
+
+    def phases(self) -> dict[str, str]:
+        return {k.selector: k.phase for k in self.store.state.keys}
+
+    def until(self, what: str, predicate: object, timeout: float = 90) -> None:
+        """Passes (a part's retry) until `predicate` holds: the resolver decides when."""
+        assert callable(predicate)
+        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        while True:
+            self.run()
+            if predicate():
+                print(f"evidence: {what} after {time.monotonic() - started:.1f} s of real time")
+                return
+            assert time.monotonic() < deadline, f"timed out: {what}: {self.phases()}"
+            time.sleep(1.0)
+
+    def _publish(self, records: dict[str, str]) -> None:
+        update = self.dns.authoritative.new_update(ZONE)
+        for selector in sorted(self.published - set(records)):
+            update.delete(f"{selector}._domainkey.{self.sender.domain}.", "TXT")
+        for selector, text in sorted(records.items()):
+            if selector not in self.published:
+                update.replace(
+                    f"{selector}._domainkey.{self.sender.domain}.",
+                    RECORD_TTL,
+                    "TXT",
+                    txt_data(text),
+                )
+        if self.published != set(records):
+            self.dns.authoritative.send_update(update)
+        self.published = set(records)
+
+
+def _of(phases: dict[str, str], phase: str) -> list[str]:
+    return sorted(s for s, p in phases.items() if p == phase)
+
+
+def _checked(
+    message: bytes, resolver: str, phase: str, expect: set[str]
+) -> list[tuple[str, str, bool]]:
+    results = verify_all(message, resolver)
+    print(f"evidence: {phase}: {results}")
+    assert {s for s, _, _ in results} == expect, results
+    assert {a for _, a, _ in results} == {"ed25519-sha256", "rsa-sha256"}, results
+    assert all(ok for _, _, ok in results), results
+    return results
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def test_outbound_mail_verifies_in_every_phase_of_a_rotation(
+    sender: Sender, remote: tuple[RemoteMTA, str], dns_stack: DNSStack
+) -> None:
+    resolver = dns_stack.resolver.address
+    rotation = Rotation(sender, dns_stack)
+
+    # 1. First keys: generated and published, then Active once Unbound returns them validated.
+    rotation.run()
+    first = rotation.phases()
+    assert sorted(first.values()) == ["Published", "Published"], first
+    assert {s[-1] for s in first} == {"e", "r"}
+    rotation.until("first keys Active", lambda: _of(rotation.phases(), "Active") == sorted(first))
+    m1 = send(sender, remote, "first keys Active")
+    _checked(m1, resolver, "first keys Active", set(first))
+
+    # 2. Rotation due: new keys Published beside the Active ones, which still sign.
+    rotation.clock.advance(61)
+    rotation.run()
+    second = {s for s, p in rotation.phases().items() if p == "Published"}
+    assert len(second) == 2, rotation.phases()
+    assert not second & set(first), rotation.phases()
+    m2 = send(sender, remote, "new keys Published, old Active")
+    _checked(m2, resolver, "new keys Published, old Active", set(first))
+
+    # 3. The resolver returns the new keys: they sign, the old ones retire (still in DNS).
+    rotation.until("new keys Active", lambda: _of(rotation.phases(), "Active") == sorted(second))
+    assert _of(rotation.phases(), "Retiring") == sorted(first)
+    m3 = send(sender, remote, "new keys Active, old Retiring")
+    _checked(m3, resolver, "new keys Active, old Retiring", second)
+    _checked(m2, resolver, "earlier message while its keys are Retiring", set(first))
+
+    # 4. retireAfter passed: the old keys are withdrawn from DNS.
+    rotation.clock.advance(31)
+    rotation.run()
+    assert _of(rotation.phases(), "Withdrawn") == sorted(first), rotation.phases()
+    assert rotation.published == second
+    m4 = send(sender, remote, "old keys Withdrawn")
+    _checked(m4, resolver, "old keys Withdrawn", second)
+
+    # 5. The resolver no longer returns them: forgotten, and their signatures no longer verify.
+    rotation.until("old keys forgotten", lambda: set(rotation.phases()) == second)
+    m5 = send(sender, remote, "old keys forgotten")
+    _checked(m5, resolver, "old keys forgotten", second)
+    gone = verify_all(m2, resolver)
+    print(f"evidence: earlier message after its keys were withdrawn: {gone}")
+    assert gone, "the signatures are still there"
+    assert not any(ok for _, _, ok in gone), gone
+    assert set(rotation.store.state.private) == second, "withdrawn private keys must leave"
+    signed = sender.signer.log().count("DKIM signature added")
+    print(f"evidence: signer restarts {sender.signer.starts}, signatures added {signed}")
+    assert signed == 10  # five messages, two signatures each
+    path = Path(sender.mta.postfix.state_dir / "config" / "main.cf")
+    assert "milter_default_action = tempfail" in path.read_text()
