@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mailward.adapters.certificate_requests import KubeCertificateRequests
+from mailward.adapters.dkim_keys import KubeDKIMKeyStore
+from mailward.adapters.dkim_resolver import DKIMResolver
 from mailward.adapters.dns_kube import KubeProviderResolver
 from mailward.adapters.endpoint_keys import KubeMTAEndpoints
 from mailward.adapters.events import KubeEventPoster
@@ -27,6 +29,7 @@ from mailward.fleet import FleetController
 from mailward.parts import Part, ReconcileContext
 from mailward.parts.certificate import CertificatePart
 from mailward.parts.compliance import CompliancePart, ComplianceRunner
+from mailward.parts.dkim import DKIMPart
 from mailward.parts.dns import DNSPart
 from mailward.parts.mta import MTAPart
 from mailward.parts.mtasts import MTASTSPart
@@ -79,6 +82,10 @@ def build(settings: OperatorSettings, *, standby: bool = False) -> Runtime:
             settings.compliance.resolver, port=settings.compliance.resolver_port
         )
 
+    def dkim_resolver() -> DKIMResolver:
+        # The rotation's gate: what a validating resolver returns (docs/dkim.md).
+        return DKIMResolver(settings.compliance.resolver, port=settings.compliance.resolver_port)
+
     policy = settings.policy
     tlsrpt = settings.tlsrpt
     parts: list[Part] = [
@@ -91,6 +98,9 @@ def build(settings: OperatorSettings, *, standby: bool = False) -> Runtime:
             reconcile.tls_secret_retry_seconds,
             reconcile.tls_secret_retry_max_seconds,
         ),
+        # The DKIM keys before the MTA (which signs with the Active ones) and DNS (which
+        # publishes them).
+        DKIMPart(KubeDKIMKeyStore(), dkim_resolver),
         # Then who serves the domain: for an attached domain, the fleet's hosts become the MX
         # every later part publishes (or the pass stops when the fleet refuses it).
         MTAPart(
