@@ -25,6 +25,7 @@ from mailward_localstack._process import free_port
 from mailward_localstack.controlplane import ControlPlane, kubectl_path, wait_established
 from tests.chart import OPERATOR_GROUPS, OPERATOR_USER, RELEASE_NAMESPACE, rbac_documents
 from tests.fixtures_compliance import operator_environment as compliance_operator_environment
+from tests.fixtures_dns import RESOLVER_ADDRESS
 from tests.fixtures_mta import set_statefulset_ready
 from tests.manifests import valid_maildomain
 from tests.processes import mailward_process
@@ -158,6 +159,9 @@ def run_operator(
         # An address of its own for tlsrpt.<domain> (no controller assigns one here: tests do).
         "MAILWARD_TLSRPT_SERVICE_TYPE": "LoadBalancer",
         **compliance_operator_environment(tmp_path_factory),
+        # The DKIM rotation's gate: the session's validating Unbound, which resolves the zone
+        # the DNS tests publish in (the compliance checks ask the lab's resolver).
+        "MAILWARD_DKIM_RESOLVER": RESOLVER_ADDRESS,
     }
     # The operator runs with exactly the RBAC rules the Helm chart grants, not as an admin:
     # a permission the chart lacks fails these tests as it would fail in a cluster.

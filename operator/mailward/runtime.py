@@ -83,8 +83,10 @@ def build(settings: OperatorSettings, *, standby: bool = False) -> Runtime:
         )
 
     def dkim_resolver() -> DKIMResolver:
-        # The rotation's gate: what a validating resolver returns (docs/dkim.md).
-        return DKIMResolver(settings.compliance.resolver, port=settings.compliance.resolver_port)
+        # The rotation's gate: what a validating resolver returns (docs/dkim.md); by default
+        # the compliance checks' resolver.
+        address, port = settings.dkim_resolver
+        return DKIMResolver(address, port=port)
 
     policy = settings.policy
     tlsrpt = settings.tlsrpt

@@ -96,6 +96,9 @@ class OperatorSettings:
     policy: PolicySettings = field(default_factory=PolicySettings)
     tlsrpt: TLSRptSettings = field(default_factory=TLSRptSettings)
     compliance: ComplianceSettings = field(default_factory=ComplianceSettings)
+    # The validating resolver whose answers gate each DKIM rotation step (parts/dkim.py):
+    # address and port; by default the compliance checks' resolver.
+    dkim_resolver: tuple[str, int] = ("127.0.0.1", 53)
     # host:port of the Prometheus endpoint; None: not served.
     metrics_address: str | None = None
 
@@ -145,6 +148,7 @@ class _Environment(BaseModel):
     tlsrpt_host_network: str = Field("", alias="MAILWARD_TLSRPT_HOST_NETWORK")
 
     compliance_resolver: str = Field("", alias="MAILWARD_COMPLIANCE_RESOLVER")
+    dkim_resolver: str = Field("", alias="MAILWARD_DKIM_RESOLVER")
     resolver: str = Field("", alias="MAILWARD_RESOLVER")
     compliance_ca_file: str = Field("", alias="MAILWARD_COMPLIANCE_CA_FILE")
     ca_file: str = Field("", alias="MAILWARD_CA_FILE")
@@ -254,7 +258,20 @@ def _settings(raw: _Environment) -> OperatorSettings:
             label_selector=raw.compliance_label_selector,
         ),
         metrics_address=raw.metrics_address or None,
+        dkim_resolver=(
+            _address_port("MAILWARD_DKIM_RESOLVER", raw.dkim_resolver)
+            if raw.dkim_resolver
+            else (address, port)
+        ),
     )
+
+
+def _address_port(variable: str, text: str) -> tuple[str, int]:
+    """`ADDR[:PORT]` (IPv4 or a name; port 53 by default)."""
+    address, sep, port = text.partition(":")
+    if sep and not port.isdigit():
+        raise ValueError(f"{variable}: {text!r} is not ADDR[:PORT]")
+    return address, int(port) if sep else 53
 
 
 def addresses(variable: str, text: str) -> tuple[str, ...]:

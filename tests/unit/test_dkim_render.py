@@ -153,3 +153,16 @@ def test_the_pod_runs_the_signer_with_only_the_active_keys() -> None:
     assert "dkim" not in [
         c["name"] for c in without["StatefulSet"]["spec"]["template"]["spec"]["initContainers"]
     ]
+
+
+def test_the_rotation_asks_the_compliance_resolver_unless_told_otherwise() -> None:
+    from mailward.settings import SettingsError, from_environment
+
+    same = from_environment({"MAILWARD_COMPLIANCE_RESOLVER": "127.0.0.54:5353"})
+    assert same.dkim_resolver == ("127.0.0.54", 5353)
+    own = from_environment(
+        {"MAILWARD_COMPLIANCE_RESOLVER": "127.0.0.54", "MAILWARD_DKIM_RESOLVER": "127.0.0.55"}
+    )
+    assert own.dkim_resolver == ("127.0.0.55", 53)
+    with pytest.raises(SettingsError, match="MAILWARD_DKIM_RESOLVER"):
+        from_environment({"MAILWARD_DKIM_RESOLVER": "127.0.0.55:dns"})

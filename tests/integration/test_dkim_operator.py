@@ -1,0 +1,122 @@
+"""The dkim part in the running operator, against the real API server, BIND and the validating
+Unbound: a MailDomain with `spec.dkim.managed` gets its keys (in a Secret it owns), their
+records (published by the DNS part, beside a key pasted into `spec.dns.dkim`), `status.dkim`
+with both selectors Active once Unbound returns them, and an MTA whose pods would sign with
+exactly those keys. No private key reaches the status or an Event.
+
+The signing itself, and a full rotation, are shown with the real MTA in test_dkim_signing.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+from typing import Any
+
+import dns.flags
+import dns.rcode
+import dns.rdatatype
+import pytest
+
+from mailward.adapters.dkim_keys import ROTATION_ANNOTATION
+from mailward.adapters.dkim_resolver import public_key_in
+from mailward.dkim.keys import public_of
+from mailward_localstack.dns import DNSStack
+from tests.fixtures_dnspublish import PublishSetup
+from tests.fixtures_operator import Kube, OperatorProcess
+
+pytestmark = [pytest.mark.controlplane, pytest.mark.dnsstack]
+
+
+def _condition(body: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    for condition in body.get("status", {}).get("conditions", []):
+        if condition["type"] == type_:
+            return dict(condition)
+    return None
+
+
+def _validated_key(stack: DNSStack, name: str) -> str | None:
+    response = stack.resolver.query(name, "TXT")
+    if response.rcode() != dns.rcode.NOERROR or not response.flags & dns.flags.AD:
+        return None
+    texts = [
+        b"".join(r.strings).decode()
+        for rrset in response.answer
+        if rrset.rdtype == dns.rdatatype.TXT
+        for r in rrset
+    ]
+    return public_key_in(texts)
+
+
+def test_managed_keys_are_held_published_active_and_mounted(
+    kube: Kube,
+    operator: OperatorProcess,
+    dns_stack: DNSStack,
+    publish_setup: Callable[..., PublishSetup],
+) -> None:
+    setup = publish_setup(apply=False)
+    setup.manifest["spec"]["dkim"] = {"managed": True}
+    kube.apply(setup.manifest)
+    namespace, domain = setup.namespace, setup.domain
+
+    def signing() -> dict[str, Any] | None:
+        body = kube.get_maildomain(namespace, "example")
+        ready = _condition(body, "DKIMReady")
+        selectors = (body.get("status", {}).get("dkim") or {}).get("selectors", [])
+        if ready and ready["status"] == "True" and len(selectors) == 2:
+            return body
+        return None
+
+    body: dict[str, Any] = kube.wait_for("DKIMReady=True", signing, timeout=120)
+    selectors = body["status"]["dkim"]["selectors"]
+    print(f"evidence: status.dkim.selectors = {json.dumps(selectors)}")
+    print(f"evidence: DKIMReady = {_condition(body, 'DKIMReady')}")
+    assert {s["algorithm"] for s in selectors} == {"ed25519", "rsa"}
+    assert {s["phase"] for s in selectors} == {"Active"}
+    names = sorted(s["selector"] for s in selectors)
+
+    # The keys: in a Secret owned by the MailDomain, one item per selector, and the record.
+    secret = kube.core.read_namespaced_secret("example-dkim", namespace)
+    owners = secret.metadata.owner_references
+    assert [(o.kind, o.uid) for o in owners] == [("MailDomain", body["metadata"]["uid"])]
+    assert sorted(secret.data) == [f"{s}.key" for s in names]
+    record = json.loads(secret.metadata.annotations[ROTATION_ANNOTATION])
+    assert sorted(k["selector"] for k in record) == names
+    private = {s: base64.b64decode(secret.data[f"{s}.key"]).decode() for s in names}
+
+    # The records: what Unbound returns, validated, is exactly each key's public half; the key
+    # pasted into spec.dns.dkim is still published beside them.
+    algorithms = {s["selector"]: s["algorithm"] for s in selectors}
+    for selector in names:
+        found = _validated_key(dns_stack, f"{selector}._domainkey.{domain}.")
+        assert found == public_of(algorithms[selector], private[selector]), selector
+    pasted = kube.wait_for(
+        "the pasted key",
+        lambda: _validated_key(dns_stack, f"s1._domainkey.{domain}."),
+        timeout=20,
+    )
+    print(f"evidence: Unbound returns (AD) {names} with their keys, and s1 (pasted) = {pasted}")
+
+    # The MTA: the signer beside Postfix, mounting only the Active keys, configured for them.
+    apps = kube.kubectl("get", "statefulset", "example-mta", "-n", namespace, "-o", "json")
+    template = json.loads(apps.stdout)["spec"]["template"]["spec"]
+    assert "dkim" in [c["name"] for c in template["initContainers"]]
+    (volume,) = [v for v in template["volumes"] if v["name"] == "dkim-keys"]
+    assert volume["secret"]["secretName"] == "example-dkim"
+    assert sorted(i["key"] for i in volume["secret"]["items"]) == [f"{s}.key" for s in names]
+    config = kube.kubectl("get", "configmap", "example-mta-config", "-n", namespace, "-o", "json")
+    milter = json.loads(config.stdout)["data"]["dkimpy-milter.conf"]
+    for selector in names:
+        assert selector in milter
+    print("evidence: dkimpy-milter.conf:\n" + milter)
+
+    # No private key anywhere a reader of the object or its Events looks.
+    events = kube.core.list_namespaced_event(namespace)
+    rotation = [e.message for e in events.items if e.reason == "DKIMRotation"]
+    print(f"evidence: DKIMRotation Events: {rotation}")
+    assert len(rotation) >= 4  # two generated, two signing
+    shown = json.dumps(body) + json.dumps([e.message for e in events.items])
+    for key in private.values():
+        body_lines = [line for line in key.splitlines() if line and not line.startswith("-----")]
+        assert not any(line in shown for line in body_lines)
