@@ -120,6 +120,16 @@ case "$name" in
     ;;
 
   mta)
+    # The TLSRPT reporting daemons (not in Debian trixie): the one wheel pinned with its hash
+    # in images/mta/tlsrpt-reporter.txt, fetched by pip on the host (no dependencies), then
+    # installed by customize.sh with the image's Python.
+    mkdir -p "$work/wheels"
+    py=python3
+    [[ -x $repo/.venv/bin/python ]] && py=$repo/.venv/bin/python
+    "$py" -m pip download --quiet --no-deps --only-binary=:all: --require-hashes \
+      -r "$here/mta/tlsrpt-reporter.txt" -d "$work/wheels" >&2
+    export MAILWARD_TLSRPT_WHEEL
+    MAILWARD_TLSRPT_WHEEL=$(ls "$work"/wheels/tlsrpt_reporter-*.whl)
     # Debian trixie: Postfix 3.10 (TLSRPT), postfix-mta-sts-resolver, unbound, dkimpy-milter
     # (DKIM signing, RSA and Ed25519).
     mmdebstrap "${mmdebstrap_common[@]}" \

@@ -61,6 +61,8 @@ def local_layout(
         inet_interfaces=address,
         inet_protocols="ipv4",
         tls_policy_socketmap=policy_socketmap or f"inet:{address}:8461",
+        # The TLSRPT collector's socket (render/tlsrpt_sending.py), where the test starts it.
+        tlsrpt_socket=str(state_dir / "tlsrpt" / "collectd.sock"),
     )
 
 

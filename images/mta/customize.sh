@@ -15,6 +15,16 @@ install -D -m 0644 "$src/operator/mailward/sidecars/tlspolicy.py" "$root/usr/loc
 install -D -m 0644 "$src/images/mta/mta-sts-daemon.yml" "$root/etc/mta-sts-daemon.yml"
 install -m 0755 "$src/images/mta/mailward-mta-start" "$src/images/mta/mailward-mta-accounts" "$root/usr/local/bin/"
 
+# TLSRPT sending (RFC 8460): tlsrpt-collectd/-fetcher/-reportd from the wheel build.sh fetched
+# (hash checked again by the installer), and the https: uploader reportd runs instead of curl.
+wheel=${MAILWARD_TLSRPT_WHEEL:?set by images/build.sh}
+sha=$(sed -n 's/.*--hash=sha256:\([0-9a-f]*\).*/\1/p' "$src/images/mta/tlsrpt-reporter.txt")
+install -D -m 0644 "$wheel" "$root/tmp/tlsrpt-reporter/$(basename "$wheel")"
+install -m 0755 "$src/images/mta/install-tlsrpt-reporter" "$root/tmp/tlsrpt-reporter/"
+in_root /tmp/tlsrpt-reporter/install-tlsrpt-reporter "/tmp/tlsrpt-reporter/$(basename "$wheel")" "$sha"
+rm -rf "$root/tmp/tlsrpt-reporter"
+install -m 0755 "$src/images/mta/mailward-tlsrpt-post" "$root/usr/local/bin/"
+
 # The owner of the virtual mailboxes (useradd warns that 5000 is above SYS_UID_MAX: harmless).
 in_root groupadd --system --gid 5000 vmail
 in_root useradd --system --no-create-home --uid 5000 --gid 5000 --home-dir /nonexistent --shell /usr/sbin/nologin vmail
@@ -49,3 +59,12 @@ in_root python3 -c 'import dns.version, sys; print("python", sys.version.split()
 in_root dpkg-query -W -f '${Package} ${Version}\n' postfix postfix-mta-sts-resolver unbound dns-root-data sasl2-bin >&2
 in_root mta-sts-daemon --help >/dev/null
 in_root python3 /usr/local/lib/mailward/tlspolicy.py --help >/dev/null
+in_root python3 -c 'from importlib.metadata import version; print("tlsrpt-reporter", version("tlsrpt_reporter"))' >&2
+for tool in tlsrpt-collectd tlsrpt-fetcher tlsrpt-reportd; do in_root "$tool" --help >/dev/null; done
+# The reporter container writes the maildrop as a member of postdrop (runAsGroup): the pod
+# names that group by number (render/tlsrpt_sending.py POSTDROP_GID), so it must not move.
+postdrop_gid=$(in_root getent group postdrop | cut -d: -f3)
+if [ "$postdrop_gid" != 103 ]; then
+  echo "customize.sh: postdrop is gid $postdrop_gid, render/tlsrpt_sending.py says 103" >&2
+  exit 1
+fi

@@ -181,12 +181,14 @@ def test_sidecars_start_before_postfix_and_outlive_it() -> None:
         "resolver",
         "mta-sts-resolver",
         "tls-policy",
+        "tlsrpt-collectd",
     ]
     assert all(c["restartPolicy"] == "Always" for c in pod["initContainers"])
-    assert [c["name"] for c in pod["containers"]] == ["postfix"]
-    # Without the MTA-STS fallback only the resolver runs beside Postfix.
-    data, pod = _objects(mtaStsFallback=False)
+    assert [c["name"] for c in pod["containers"]] == ["postfix", "tlsrpt-reportd"]
+    # Without the MTA-STS fallback and TLSRPT sending only the resolver runs beside Postfix.
+    data, pod = _objects(mtaStsFallback=False, tlsReports={"enabled": False})
     assert [c["name"] for c in pod["initContainers"]] == ["resolver"]
+    assert [c["name"] for c in pod["containers"]] == ["postfix"]
     assert "mta-sts-daemon.yml" not in data
     assert "mta-sts-config" not in [v["name"] for v in pod["volumes"]]
 

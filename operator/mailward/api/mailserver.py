@@ -25,6 +25,7 @@ from mailward.api.base import (
 )
 from mailward.api.mta import IMAGE_PATTERN, MTAResources, MTAStorage
 from mailward.api.status import Condition, conditions_field
+from mailward.api.tlsrpt_sending import TLSReportSending
 
 MAILSERVER_KIND = "MailServer"
 MAILSERVER_PLURAL = "mailservers"
@@ -280,6 +281,8 @@ class MailServerSpec(_Model):
         default=True,
         description="MTA-STS (RFC 8461) for destinations without DANE. Default true.",
     )
+
+    tls_reports: TLSReportSending = section(TLSReportSending)
 
     @field_validator("hosts")
     @classmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from mailward.api.base import ObjectName, _Model, section
+from mailward.api.tlsrpt_sending import TLSReportSending
 
 # Kubernetes resource quantities (a subset: plain numbers, milli, binary and decimal suffixes).
 QUANTITY_PATTERN = r"^[0-9]+(?:\.[0-9]+)?(?:m|k|M|G|T|Ki|Mi|Gi|Ti)?$"
@@ -100,6 +101,7 @@ class MTASpec(_Model):
             "DNSSEC-signed TLSA records; DANE always wins where it exists. Default true."
         ),
     )
+    tls_reports: TLSReportSending = section(TLSReportSending)
     host_network: bool = Field(
         default=False,
         description=(

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mailward.render import dkim
+from mailward.render import dkim, tlsrpt_sending
 from mailward.render.mta_server import MTAServer, ServerGroup
 from mailward.render.pods import (
     DNS_PROBE,
@@ -191,6 +191,9 @@ def render_mta_files(server: MTAServer, group: ServerGroup, resolver: ResolverSe
     if server.options.dkim is not None:
         conf = dkim.render_milter_conf(server.options.dkim, addresses.local)
         sidecars[dkim.MILTER_CONF] = conf
+    if server.options.tlsrpt is not None:
+        reporter = tlsrpt_sending.render_reporter_conf(server.options.tlsrpt, server.origin)
+        sidecars[tlsrpt_sending.REPORTER_CONF] = reporter
     return MTAFiles(render_mta_config(server, group, ()).rendered_files(), sidecars)
 
 
@@ -399,6 +402,22 @@ def render_pod_spec(
             _config_volume(configmap, "dkim-config", {dkim.MILTER_CONF: dkim.MILTER_CONF}),
             dkim.keys_volume(server.options.dkim),
         ]
+    postfix = _postfix_container(server, addresses)
+    containers = [postfix]
+    if server.options.tlsrpt is not None:
+        # The collector before Postfix, the report daemon beside it (render/tlsrpt_sending.py).
+        conf = tlsrpt_sending.REPORTER_CONF
+        sidecars.append(tlsrpt_sending.collector_container(server.image, "tlsrpt-config"))
+        containers.append(
+            tlsrpt_sending.report_container(
+                server.image, "tlsrpt-config", "config", MTALayout().queue_directory
+            )
+        )
+        postfix["volumeMounts"].append(tlsrpt_sending.postfix_mount())
+        volumes += [
+            _config_volume(configmap, "tlsrpt-config", {conf: conf}),
+            tlsrpt_sending.state_volume(),
+        ]
     pod: Manifest = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
@@ -418,7 +437,7 @@ def render_pod_spec(
             "options": [{"name": "edns0"}, {"name": "trust-ad"}],
         },
         "initContainers": sidecars,
-        "containers": [_postfix_container(server, addresses)],
+        "containers": containers,
         "volumes": volumes,
     }
     if addresses.host_network:

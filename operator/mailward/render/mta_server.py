@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from mailward.api.mailserver import MAILSERVER_KIND, MailServerSpec
+from mailward.api.tlsrpt_sending import TLSReportSending
 from mailward.api.v1alpha1 import KIND, MailDomainSpec
 from mailward.owner import Owner
+from mailward.render import tlsrpt_sending
 from mailward.render.certificates import serving_secret_name
 from mailward.render.postfix import MTAOptions
 
@@ -83,12 +85,16 @@ class _MTASettings(Protocol):
     @property
     def mta_sts_fallback(self) -> bool: ...
 
+    @property
+    def tls_reports(self) -> TLSReportSending: ...
+
 
 def mta_options(settings: _MTASettings) -> MTAOptions:
     return MTAOptions(
         message_size_limit=settings.message_size_limit,
         hide_submission_client=settings.hide_submission_client,
         mta_sts_fallback=settings.mta_sts_fallback,
+        tlsrpt=tlsrpt_sending.from_spec(settings.tls_reports),
     )
 
 

@@ -18,6 +18,7 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from mailward.render import tlsrpt_sending
 from mailward.render.dkim import (
     DKIM_MILTER,
     DKIMSigning,
@@ -91,6 +92,8 @@ class MTAOptions:
     mta_sts_fallback: bool = True
     # DKIM signing of submitted mail by the milter beside Postfix (render/dkim.py); None: none.
     dkim: DKIMSigning | None = None
+    # TLSRPT reports about outbound TLS (RFC 8460, render/tlsrpt_sending.py); None: not sent.
+    tlsrpt: tlsrpt_sending.TLSRPTSending | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,7 @@ class MTALayout:
     smtp_bind_address6: str = ""
     tls_policy_socketmap: str = TLS_POLICY_SOCKETMAP
     dkim_milter: str = DKIM_MILTER
+    tlsrpt_socket: str = tlsrpt_sending.socket_path(tlsrpt_sending.TLSRPT_DIR)
     # The domain tables (`domains`, `mailboxes`, `sender_logins`): a directory of their own in
     # the pod, so that a change of the served domains is a reload, not a new configuration.
     domains_directory: str = "${config_directory}"
@@ -495,6 +499,8 @@ def _main_cf(
         p.append(("smtp_tls_policy_maps", f"socketmap:{layout.tls_policy_socketmap}:postfix"))
     if options.dkim is not None:
         p += milter_parameters(layout.dkim_milter)
+    if options.tlsrpt is not None:
+        p += tlsrpt_sending.postfix_parameters(layout.tlsrpt_socket)
     return p
 
 
@@ -617,6 +623,7 @@ def layout_parameters(layout: MTALayout) -> dict[str, str]:
         "virtual_mailbox_base": layout.mailbox_base,
         "smtp_tls_policy_maps": f"socketmap:{layout.tls_policy_socketmap}:postfix",
         "smtpd_milters": layout.dkim_milter,
+        "smtp_tlsrpt_socket_name": layout.tlsrpt_socket,
         "mail_owner": layout.mail_owner,
         "setgid_group": layout.setgid_group,
         "smtpd_client_event_limit_exceptions": _event_limit_exceptions(layout),
