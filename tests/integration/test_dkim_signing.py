@@ -290,6 +290,18 @@ def verify_all(message: bytes, resolver: str) -> list[tuple[str, str, bool]]:
     return results
 
 
+def _submit(sender: Sender, author: str, recipient: str, message: str) -> None:
+    """Submission on 587 with STARTTLS and the account's login, as a mail client does."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    address = sender.mta.address
+    with smtplib.SMTP(address, 587, local_hostname="laptop.example.test", timeout=30) as c:
+        c.starttls(context=context)
+        c.login(author, ACCOUNT[1])
+        c.sendmail(author, [recipient], message)
+
+
 def send(sender: Sender, remote: tuple[RemoteMTA, str], phase: str) -> bytes:
     server, rcpt_domain = remote
     token = uuid.uuid4().hex
@@ -303,15 +315,7 @@ def send(sender: Sender, remote: tuple[RemoteMTA, str], phase: str) -> bytes:
         "\r\n"
         f"Sent while the rotation is in phase {phase}. {token}\r\n"
     )
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    with smtplib.SMTP(
-        sender.mta.address, 587, local_hostname="laptop.example.test", timeout=30
-    ) as c:
-        c.starttls(context=context)
-        c.login(author, ACCOUNT[1])
-        c.sendmail(author, [f"bob@{rcpt_domain}"], message)
+    _submit(sender, author, f"bob@{rcpt_domain}", message)
     deadline = time.monotonic() + 60
     while not (found := server.received(token)):
         if time.monotonic() > deadline:
@@ -462,3 +466,29 @@ def test_outbound_mail_verifies_in_every_phase_of_a_rotation(
     assert signed == 10  # five messages, two signatures each
     path = Path(sender.mta.postfix.state_dir / "config" / "main.cf")
     assert "milter_default_action = tempfail" in path.read_text()
+
+
+def test_without_the_signer_submission_is_deferred_not_sent_unsigned(
+    sender: Sender, remote: tuple[RemoteMTA, str]
+) -> None:
+    """`milter_default_action = tempfail`: the client is told to try again (4xx); nothing leaves
+    unsigned."""
+    sender.signer.stop()
+    server, rcpt_domain = remote
+    before = len(server.messages)
+    author = f"{ACCOUNT[0]}@{sender.domain}"
+    message = f"From: <{author}>\r\nTo: <bob@{rcpt_domain}>\r\nSubject: no signer\r\n\r\nx\r\n"
+    # Postfix answers every command after the greeting with the milter's default action: the
+    # client is told already at STARTTLS (454 4.3.0).
+    with pytest.raises(smtplib.SMTPException) as refused:
+        _submit(sender, author, f"bob@{rcpt_domain}", message)
+    error = refused.value
+    if isinstance(error, smtplib.SMTPRecipientsRefused):
+        codes = [code for code, _ in error.recipients.values()]
+    else:
+        assert isinstance(error, smtplib.SMTPResponseException), error
+        codes = [error.smtp_code]
+    print(f"evidence: submission without the signer answered {codes}: {error}")
+    assert all(400 <= code < 500 for code in codes), error
+    time.sleep(2)
+    assert len(server.messages) == before, "a message left while the signer was down"
