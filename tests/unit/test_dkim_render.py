@@ -166,3 +166,38 @@ def test_the_rotation_asks_the_compliance_resolver_unless_told_otherwise() -> No
     assert own.dkim_resolver == ("127.0.0.55", 53)
     with pytest.raises(SettingsError, match="MAILWARD_DKIM_RESOLVER"):
         from_environment({"MAILWARD_DKIM_RESOLVER": "127.0.0.55:dns"})
+
+
+def test_the_secret_holds_the_keys_and_the_record_and_reads_back() -> None:
+    from types import SimpleNamespace
+
+    from mailward.adapters.dkim_keys import (
+        ROTATION_ANNOTATION,
+        DKIMKeyState,
+        secret_body,
+        state_from_secret,
+    )
+
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    keys_ = (
+        ManagedKey(selector="mw1e", algorithm="ed25519", phase="Active", since=now),
+        ManagedKey(selector="mw0e", algorithm="ed25519", phase="Withdrawn", since=now),
+    )
+    pair = keys.generate("ed25519")
+    owner = OWNER.reference()
+    body = secret_body(
+        "ns", "example-dkim", owner, DKIMKeyState(keys=keys_, private={"mw1e": pair.private})
+    )
+    assert body["metadata"]["ownerReferences"] == [owner]
+    assert sorted(body["data"]) == ["mw1e.key"]
+    assert pair.private not in str(body["metadata"])  # the record holds no key material
+    secret = SimpleNamespace(
+        data=body["data"],
+        metadata=SimpleNamespace(annotations=body["metadata"]["annotations"], resource_version="7"),
+    )
+    read = state_from_secret(secret)
+    assert (read.keys, read.private, read.resource_version) == (keys_, {"mw1e": pair.private}, "7")
+    secret.metadata.annotations = {ROTATION_ANNOTATION: "[{"}
+    damaged = state_from_secret(secret)
+    assert damaged.keys == ()
+    assert damaged.damaged is not None

@@ -157,11 +157,19 @@ class DKIMPart:
         if not spec.dkim.managed and not new_state.keys:
             return PartResult([], status={"dkim": None})  # every key withdrawn and gone
         ctx.spec = with_records(spec, new_state.keys, publics)
-        active = [k for k in new_state.keys if k.phase == "Active"]
+        # A key whose private half is missing (a Secret edited by hand) cannot sign.
+        active = [
+            k for k in new_state.keys if k.phase == "Active" and k.selector in new_state.private
+        ]
         if active:
             signing = tuple(SigningKey(spec.domain, k.selector, k.algorithm) for k in active)
             ctx.findings.dkim_signing = DKIMSigning(name, signing)
         events = [Event("Normal", "DKIMRotation", what) for what in decision.happened]
+        if state.damaged:
+            # The record was unreadable: the rotation started afresh with new keys.
+            events.append(
+                Event("Warning", "DKIMRecordUnreadable", f"Secret {name}: {state.damaged}")
+            )
         for what in decision.happened:
             log.info("%s/%s: %s", ctx.namespace, ctx.name, what)
         status = status_of(new_state.keys).model_dump(mode="json", by_alias=True)
