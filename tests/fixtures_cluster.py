@@ -106,7 +106,9 @@ def fleet_maildomain(
                 "mtaStsEndpoint": {"addresses": [layout.policy_endpoint]},
                 "dmarc": {"rua": [f"mailto:dmarc-reports@{zone}"]},
             },
-            "mtaSts": {"mode": "enforce", "maxAge": 86400},
+            # A deletion withdraws the served policy first (RFC 8461 §8.3): for the policy's
+            # max_age (a day) unless the bound is shorter, as here for tests that delete.
+            "mtaSts": {"mode": "enforce", "maxAge": 86400, "agingSeconds": 5},
             "tlsRpt": {"rua": [f"mailto:tlsrpt@{layout.tlsrpt_host}"]},
             "compliance": {"interval": "168h"},
         },

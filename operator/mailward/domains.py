@@ -38,7 +38,14 @@ from mailward.conditions import (
     utcnow,
 )
 from mailward.owner import Owner
-from mailward.parts import Event, Part, PartResult, ReconcileContext
+from mailward.parts import (
+    Event,
+    HoldsRelease,
+    Part,
+    PartResult,
+    ReconcileContext,
+    ReleasePending,
+)
 from mailward.parts.backoff import Backoff
 from mailward.parts.compliance import ComplianceRunner
 from mailward.reconcile import (
@@ -58,6 +65,9 @@ RESYNC = JobKind("resync", concurrency=8)
 # A contained failure is retried after this, doubling up to the maximum.
 FAILED_PART_RETRY_SECONDS = 5.0
 FAILED_PART_RETRY_MAX_SECONDS = 300.0
+# A deletion waiting for an MTA-STS withdrawal looks again at least this often, so that a
+# shorter spec.mtaSts.agingSeconds set on the deleting object takes effect within it.
+RELEASE_HOLD_RECHECK_SECONDS = 300.0
 
 
 class MailDomainReader(Protocol):
@@ -158,6 +168,12 @@ class DomainReconciler:
 
     async def reconcile(self, body: Body) -> None:
         """One pass over the object as `body` shows it; the status written if it changed."""
+        await self._pass(body)
+
+    async def _pass(
+        self, body: Body, deleting_since: datetime | None = None
+    ) -> ReconcileContext | None:
+        """One pass; its context (what the parts found), or None when the spec is invalid."""
         meta = body.get("metadata", {})
         key = object_key(body)
         generation = int(meta.get("generation") or 0)
@@ -169,7 +185,7 @@ class DomainReconciler:
             verdicts = invalid_spec_verdicts(str(error))
             if await self._write(key, current, _status_after(current, verdicts, {}, generation)):
                 await self._events.post(body, "Warning", "InvalidSpec", str(error))
-            return
+            return None
         if current.observed_generation != generation:
             began = _status_after(
                 current, started_verdicts(current.conditions, generation), {}, generation
@@ -183,6 +199,7 @@ class DomainReconciler:
             generation=generation,
             spec=model,
             status=current,
+            deleting_since=deleting_since,
         )
         async with self._passes.of(key.uid), self._slots:
             outcome = await run_parts(self._parts, ctx, self._failures)
@@ -202,6 +219,7 @@ class DomainReconciler:
                 "; ".join(waiting) or "a part asked",
             )
             self._scheduler.schedule(JobKey(RESYNC, key), time.monotonic() + outcome.retry_after)
+        return ctx
 
     async def release(self, body: Body) -> None:
         """Release what the MailDomain owns outside the cluster, last part first. A part that
@@ -222,6 +240,18 @@ class DomainReconciler:
             status=parse_status(body.get("status")),
             deleting_since=datetime.fromisoformat(deleting) if deleting else None,
         )
+        holding = [
+            p for p in self._parts if isinstance(p, HoldsRelease) and p.holds_release(ctx.status)
+        ]
+        if holding:
+            # A served MTA-STS policy is withdrawn first (RFC 8461 §8.3): passes go on, serving
+            # `mode: none` and announcing it, until the withdrawal aged; then the parts release.
+            passed = await self._pass(body, deleting_since=ctx.deleting_since)
+            hold = passed.findings.release_hold if passed is not None else None
+            if hold is None:  # the pass stopped before the part: the bound still holds
+                hold = holding[0].deletion_hold(ctx)
+            if hold.delay > 0:
+                raise ReleasePending(hold.message, min(hold.delay, RELEASE_HOLD_RECHECK_SECONDS))
         try:
             async with self._passes.of(key.uid):
                 for part in reversed(self._parts):

@@ -16,7 +16,6 @@ from mailward.render.mta_sts import (
     render_policy,
     sts_txt_record,
     withdrawal_policy,
-    withdrawal_seconds,
 )
 from tests.manifests import valid_maildomain
 
@@ -88,5 +87,3 @@ def test_withdrawal_is_mode_none_with_a_short_max_age() -> None:
     assert withdrawal.startswith("version: STSv1\r\nmode: none\r\n")
     assert withdrawal.endswith("max_age: 86400\r\n")
     assert policy_id(withdrawal) != policy_id(policy_for(spec))
-    # Senders may hold the enforced policy for its max_age after the withdrawal is served.
-    assert withdrawal_seconds(spec) == 604800

@@ -16,6 +16,20 @@ from mailward.api.dkim import DKIMStatus
 from mailward.api.tlsrpt_status import TLSRPTStatus
 
 
+class PublishedMX(_Model):
+    """One MX host as published: what an MX change keeps publishing until it may move."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True, strict=False
+    )
+
+    host: str = Field(max_length=253, description="The MX host name.")
+    priority: int = Field(default=10, ge=0, le=65535, description="The MX preference.")
+    addresses: list[Annotated[str, Field(max_length=45)]] = Field(
+        default_factory=list, max_length=8, description="Its A/AAAA addresses, if published."
+    )
+
+
 class MTASTSStatus(_Model):
     """What the MTA-STS policy endpoint serves for the domain (written by the mtasts part)."""
 
@@ -30,6 +44,57 @@ class MTASTSStatus(_Model):
         description=(
             "The id of the policy the endpoint was last seen serving; the `_mta-sts` TXT record "
             "announces this id, never one that is not served yet."
+        ),
+    )
+    mode: Literal["enforce", "testing", "none"] | None = Field(
+        default=None, description="The mode of the policy last seen served."
+    )
+    max_age: int | None = Field(
+        default=None, ge=0, description="The max_age of the policy last seen served, seconds."
+    )
+    served_since: datetime | None = Field(
+        default=None, description="When the policy last seen served was first seen served."
+    )
+    earlier_policies_expire: datetime | None = Field(
+        default=None,
+        description=(
+            "Until when senders may still hold a policy (enforce or testing) served before the "
+            "current one: the time it was last seen served plus its max_age, the latest of "
+            "them (RFC 8461 §8.3)."
+        ),
+    )
+    earlier_enforce_expires: datetime | None = Field(
+        default=None,
+        description=(
+            "The same for the earlier policies in mode enforce only: until then a sender may "
+            "refuse an MX host they do not name, so the MX records wait."
+        ),
+    )
+    mx_hosts: list[PublishedMX] | None = Field(
+        default=None,
+        max_length=10,
+        description=(
+            "The MX hosts the DNS part publishes: `spec.mx`, or during an MX change under an "
+            "enforced policy the earlier ones, until the policy naming both has aged."
+        ),
+    )
+    kept_mx: list[Annotated[str, Field(max_length=253)]] = Field(
+        default_factory=list,
+        max_length=10,
+        description=(
+            "Names of MX hosts being replaced that the served policy keeps listing beside the "
+            "spec's (the policy endpoint reads them here)."
+        ),
+    )
+    mx_moved_time: datetime | None = Field(
+        default=None,
+        description="When the MX records were seen moved to `spec.mx` during an MX change.",
+    )
+    until: datetime | None = Field(
+        default=None,
+        description=(
+            "When the running change ends: a withdrawal removes the `_mta-sts` record (or lets "
+            "the deletion finish), an MX change moves the MX records or drops the old names."
         ),
     )
 

@@ -365,6 +365,20 @@ class MTASTSSpec(_Model):
             "(default): one line per host in `spec.mx`. Every host in `spec.mx` must match one."
         ),
     )
+    aging_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        le=MTA_STS_MAX_AGE_LIMIT,
+        description=(
+            "How long senders' cached copies of an earlier policy are waited for, at most, "
+            "before a withdrawal (mode `none`, or the MailDomain deleted) removes the `_mta-sts` "
+            "record and lets the deletion finish, or an MX change under `enforce` moves the MX "
+            "records (and, after the move, before the old MX names leave the policy). Unset "
+            "(default): the earlier policy's max_age, as RFC 8461 §8.3 asks; the time the MX "
+            "records move waits for their TTL. A shorter value accepts that senders still holding "
+            "the old policy may refuse a new MX host or miss the withdrawal. Seconds."
+        ),
+    )
 
 
 def mx_pattern_matches(pattern: str, host: str) -> bool:

@@ -14,7 +14,7 @@ from typing import Any
 from mailward.api.v1alpha1 import MXHost
 from mailward.reconcile import InvalidSpec, parse_spec
 from mailward.render.autoconfig import autoconfig_for
-from mailward.render.mta_sts import policy_for, policy_id, withdrawal_policy
+from mailward.render.mta_sts import policy_id, served_policy
 
 POLICY_PATH = "/.well-known/mta-sts.txt"
 AUTOCONFIG_PATH = "/mail/config-v1.1.xml"
@@ -102,7 +102,12 @@ def site_for(body: Mapping[str, Any]) -> Site | None:
             return None
         spec = spec.model_copy(update={"mx": [MXHost(host=h) for h in hosts]})
     withdrawing = bool(meta.get("deletionTimestamp"))
-    policy = withdrawal_policy(spec) if withdrawing else policy_for(spec)
+    # The MX hosts the operator publishes and, during an MX change under `enforce`, the names
+    # being replaced: the policy keeps naming them (plan/mtasts_changes.py).
+    recorded = (body.get("status") or {}).get("mtaSts") or {}
+    kept = [str(name) for name in recorded.get("keptMx") or []]
+    published = [str(mx.get("host")) for mx in recorded.get("mxHosts") or []]
+    policy = served_policy(spec, kept, published, deleting=withdrawing)
     return Site(
         domain=spec.domain,
         owner=f"{meta.get('namespace')}/{meta.get('name')}",

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from cryptography import x509
 
@@ -32,6 +32,14 @@ class ServedPolicy:
     (or last saw it served); `id` None: nothing is served."""
 
     id: str | None
+
+
+@dataclass(frozen=True)
+class ReleaseHold:
+    """Why and how much longer a deletion must wait before the parts release."""
+
+    message: str
+    delay: float
 
 
 @dataclass
@@ -55,6 +63,14 @@ class Findings:
     # DNS and MTA parts: what the world sees of the domain changed in this pass, so the
     # compliance checks probe at once rather than at the next interval.
     records_changed: bool = False
+    # Policy part (plan/mtasts_changes.py): the MX hosts to publish (spec.mx, or during an MX
+    # change under `enforce` the earlier ones until the policy naming both aged). None: spec.mx.
+    mx_hosts: tuple[MXHost, ...] | None = None
+    # Policy part: a withdrawal (mode `none`) ended: the `_mta-sts` record goes.
+    sts_withdrawn: bool = False
+    # Policy part, while deleting: how long the deletion still waits for the withdrawal (RFC
+    # 8461 §8.3; delay 0: no longer). None: the part did not run in this pass.
+    release_hold: ReleaseHold | None = None
 
 
 @dataclass(frozen=True)
@@ -112,6 +128,17 @@ class PartResult:
     events: list[Event] = field(default_factory=list)
     # Later parts depend on this one: stop the pass here.
     blocking: bool = False
+
+
+@runtime_checkable
+class HoldsRelease(Protocol):
+    """A part that can hold a deletion back before any part releases (domains.py): while
+    `holds_release` is True, the deletion runs passes until the part's `release_hold` in one
+    says 0, or, when a pass stopped before the part, until `deletion_hold` says 0."""
+
+    def holds_release(self, status: MailDomainStatus) -> bool: ...
+
+    def deletion_hold(self, ctx: ReconcileContext) -> ReleaseHold: ...
 
 
 class Part(Protocol):

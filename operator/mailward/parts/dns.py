@@ -62,6 +62,8 @@ def tlsa_digests(spec: MailDomainSpec, found: Findings) -> dict[str, list[str]]:
 
 
 def keep_if_owned_for(spec: MailDomainSpec, found: Findings) -> frozenset[Key]:
+    if found.sts_withdrawn:
+        return frozenset()
     if found.served_policy is not None and not found.served_policy.id:
         return frozenset({(absolute(f"_mta-sts.{spec.domain}"), "TXT")})
     return frozenset()
@@ -70,13 +72,21 @@ def keep_if_owned_for(spec: MailDomainSpec, found: Findings) -> frozenset[Key]:
 def desired_for(spec: MailDomainSpec, found: Findings) -> list[RRset]:
     served = found.served_policy.id if found.served_policy is not None else None
     policy_id = served or mta_sts.policy_id(mta_sts.policy_for(spec))
-    return desired_rrsets(
-        spec,
+    # The policy part holds the MX records during an MX change under `enforce`
+    # (plan/mtasts_changes.py); the held hosts keep their addresses, and a TLSA RRset only
+    # where the certificate part knows its keys.
+    published = spec if found.mx_hosts is None else spec.model_copy(update={"mx": found.mx_hosts})
+    rrsets = desired_rrsets(
+        published,
         tlsa_spki_sha256=tlsa_digests(spec, found),
         sts_policy_id=policy_id,
         tlsrpt_collector=found.tlsrpt_collector_target,
         tlsa_issuer_sha256=found.tlsa_issuer_digests if spec.mail_server_ref is None else None,
     )
+    if found.sts_withdrawn:  # RFC 8461 §8.3: the record goes once the withdrawal aged
+        sts_record = absolute(f"_mta-sts.{spec.domain}")
+        rrsets = [r for r in rrsets if r.key != (sts_record, "TXT")]
+    return rrsets
 
 
 class DNSPart:

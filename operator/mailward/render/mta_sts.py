@@ -10,8 +10,9 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from mailward.api.v1alpha1 import MailDomainSpec
+from mailward.api.v1alpha1 import MailDomainSpec, mx_pattern_matches
 
 # RFC 8461 §3.1: id is 1*32(ALPHA / DIGIT). 26 base32 characters carry 130 bits of SHA-256.
 POLICY_ID_LENGTH = 26
@@ -30,10 +31,18 @@ def render_policy(mode: str, mx_patterns: Sequence[str], max_age: int) -> str:
     return "".join(f"{line}\r\n" for line in lines)
 
 
-def policy_for(spec: MailDomainSpec) -> str:
-    """The policy of `spec`: its `mxPatterns` if given, one line per MX host otherwise."""
-    patterns = spec.mta_sts.mx_patterns or [mx.host for mx in spec.mx]
-    return render_policy(spec.mta_sts.mode, patterns, spec.mta_sts.max_age)
+def policy_patterns(spec: MailDomainSpec) -> list[str]:
+    """The `mx` lines the spec asks for: its `mxPatterns` if given, its MX hosts otherwise."""
+    return list(spec.mta_sts.mx_patterns) or [mx.host for mx in spec.mx]
+
+
+def policy_for(spec: MailDomainSpec, extra_mx: Sequence[str] = ()) -> str:
+    """The policy of `spec`, plus the names in `extra_mx` that its lines do not match: MX hosts
+    still published, or being replaced, which a policy must keep naming until the MX records
+    moved and resolvers forgot them (RFC 8461 §4.1, plan/mtasts_changes.py)."""
+    patterns = policy_patterns(spec)
+    extras = [n for n in extra_mx if not any(mx_pattern_matches(p, n) for p in patterns)]
+    return render_policy(spec.mta_sts.mode, [*patterns, *extras], spec.mta_sts.max_age)
 
 
 # RFC 8461 §8.3 suggests "a small max_age (e.g., one day)" for the policy that withdraws one.
@@ -42,19 +51,56 @@ WITHDRAWAL_MAX_AGE = 86400
 
 def withdrawal_policy(spec: MailDomainSpec) -> str:
     """What a MailDomain being deleted serves (RFC 8461 §8.3): mode `none`, the same `mx`
-    lines, and a short max_age, until every sender's cached copy of the old policy expired.
-
-    How long that is comes from `withdrawal_seconds`: the old policy's max_age, counted from
-    the moment the withdrawal is first served.
-    """
-    patterns = spec.mta_sts.mx_patterns or [mx.host for mx in spec.mx]
-    return render_policy("none", patterns, min(WITHDRAWAL_MAX_AGE, spec.mta_sts.max_age))
+    lines, and a short max_age, until every sender's cached copy of the old policy expired
+    (plan/mtasts_changes.py decides when that is)."""
+    return render_policy(
+        "none", policy_patterns(spec), min(WITHDRAWAL_MAX_AGE, spec.mta_sts.max_age)
+    )
 
 
-def withdrawal_seconds(spec: MailDomainSpec) -> int:
-    """How long the withdrawal must be served before the `_mta-sts` record and the policy go:
-    senders may hold the old policy for its max_age (0 when the old mode was already `none`)."""
-    return 0 if spec.mta_sts.mode == "none" else spec.mta_sts.max_age
+def served_policy(
+    spec: MailDomainSpec, kept_mx: Sequence[str], published_mx: Sequence[str], *, deleting: bool
+) -> str:
+    """What the endpoint serves for a MailDomain: the withdrawal while it is deleted; otherwise
+    its policy naming also every MX host the DNS part publishes (`status.mtaSts.mxHosts`) and
+    the names an MX change keeps (`status.mtaSts.keptMx`), so that no policy ever served drops
+    a name the MX records still give, not even before the operator noticed a spec change. The
+    endpoint and the mtasts part both call this, so the part knows the bytes to expect."""
+    if deleting:
+        return withdrawal_policy(spec)
+    return policy_for(spec, [*kept_mx, *published_mx])
+
+
+@dataclass(frozen=True)
+class PolicyFacts:
+    """The fields of a served policy that decide how senders treat it."""
+
+    mode: str
+    max_age: int
+    mx: tuple[str, ...]
+
+
+def parse_policy(text: str) -> PolicyFacts | None:
+    """`mode`, `max_age` and the `mx` lines of a policy (RFC 8461 §3.2: the first of a
+    repeated key wins, `mx` may repeat); None when it is not a valid STSv1 policy."""
+    fields: dict[str, str] = {}
+    mx: list[str] = []
+    for line in text.replace("\r\n", "\n").split("\n"):
+        key, sep, value = line.partition(":")
+        if not sep:
+            continue
+        key, value = key.strip(), value.strip()
+        if key == "mx":
+            mx.append(value)
+        else:
+            fields.setdefault(key, value)
+    mode = fields.get("mode")
+    age = fields.get("max_age", "")
+    if fields.get("version") != "STSv1" or mode not in ("enforce", "testing", "none"):
+        return None
+    if not age.isdigit():
+        return None
+    return PolicyFacts(mode, int(age), tuple(mx))
 
 
 def policy_id(policy: str) -> str:
