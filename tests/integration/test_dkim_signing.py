@@ -51,17 +51,20 @@ import pytest
 
 from mailward.adapters.dkim_keys import DKIMKeyState
 from mailward.adapters.dkim_resolver import DKIMResolver
+from mailward.api.dkim import KeyType
 from mailward.api.v1alpha1 import MailDomainSpec, MailDomainStatus
-from mailward.dkim.keys import record_text
+from mailward.dkim.keys import generate, record_text
 from mailward.parts import ReconcileContext
 from mailward.parts.dkim import DKIMPart
 from mailward.render.dkim import (
     DKIM_MILTER_PORT,
+    MILTER_CONF,
     MILTER_PROBE,
     DKIMSigning,
-    key_file,
+    SigningKey,
     milter_argv,
-    render_milter_conf,
+    render_milter_files,
+    unsigned_domains,
 )
 from mailward.render.dns_records import txt_data
 from mailward.render.pods import NOBODY
@@ -129,14 +132,17 @@ class Signer:
         self.starts = 0
 
     def start(self, signing: DKIMSigning, private: dict[str, str]) -> None:
+        """`private`: each key's private half by its Secret item (`SigningKey.secret_key`)."""
         self.stop()
         for key in signing.keys:
-            path = self.dir / key_file(key.selector)
-            path.write_text(private[key.selector])
+            path = self.dir / key.secret_key
+            path.write_text(private[key.secret_key])
             path.chmod(0o644)  # the test's files; in the pod a Secret volume, 0444
-        conf = self.dir / "dkimpy-milter.conf"
-        conf.write_text(render_milter_conf(signing, self.mta.address, keys_dir=str(self.dir)))
-        conf.chmod(0o644)
+        files = render_milter_files(signing, self.mta.address, str(self.dir), str(self.dir))
+        for name, text in files.items():
+            (self.dir / name).write_text(text)
+            (self.dir / name).chmod(0o644)
+        conf = self.dir / MILTER_CONF
         image = mta_root()
         command = image.command(
             milter_argv(str(conf)),
@@ -356,7 +362,10 @@ class Rotation:
         signing = ctx.findings.dkim_signing
         if signing != self.signing and signing is not None:
             # A new Active key: the pod would roll with the new configuration.
-            self.sender.signer.start(signing, self.store.state.private)
+            private = self.store.state.private
+            self.sender.signer.start(
+                signing, {k.secret_key: private[k.selector] for k in signing.keys}
+            )
         self.signing = signing
         (verdict,) = result.verdicts
         print(f"evidence: pass at {self.clock.now:%H:%M:%S}: {self.phases()}; {verdict.message}")
@@ -492,3 +501,93 @@ def test_without_the_signer_submission_is_deferred_not_sent_unsigned(
     assert all(400 <= code < 500 for code in codes), error
     time.sleep(2)
     assert len(server.messages) == before, "a message left while the signer was down"
+
+
+FLEET_MTA_HOST = 132
+
+
+def test_one_signer_for_several_domains_signs_each_with_its_own_keys(
+    mta_factory: MTAFactory, remote: tuple[RemoteMTA, str], dns_stack: DNSStack
+) -> None:
+    """A MailServer's fleet serves several domains with one signer (render_tables: SigningTable
+    and KeyTables). Two domains with both key types are signed with their own keys; a third
+    with only an Ed25519 key is left out (dkimpy-milter would fail its mail looking it up in the
+    RSA table), and its mail is still delivered, unsigned."""
+    tag = uuid.uuid4().hex[:6]
+    domains = [f"f{i}-{tag}.{ZONE}" for i in (1, 2, 3)]
+    types: dict[str, tuple[KeyType, ...]] = {
+        domains[0]: ("ed25519", "rsa"),
+        domains[1]: ("ed25519", "rsa"),
+        domains[2]: ("ed25519",),
+    }
+    private: dict[str, str] = {}
+    signing_keys = []
+    update = dns_stack.authoritative.new_update(ZONE)
+    for domain, wanted in types.items():
+        for algorithm in wanted:
+            pair = generate(algorithm)
+            selector = f"fleet{algorithm[0]}"
+            item = f"{domain}_{selector}.key"
+            signing_keys.append(SigningKey(domain, selector, algorithm, item=item))
+            private[selector + domain] = pair.private
+            update.replace(
+                f"{selector}._domainkey.{domain}.",
+                60,
+                "TXT",
+                txt_data(record_text(algorithm, pair.public)),
+            )
+    dns_stack.authoritative.send_update(update)
+    for key in signing_keys:
+        _wait_for(
+            lambda key=key: dns_stack.resolver.is_secure(
+                f"{key.selector}._domainkey.{key.domain}", "TXT"
+            ),
+            30,
+            f"{key.selector}._domainkey.{key.domain} TXT secure",
+        )
+    signing = DKIMSigning("fleet-dkim", tuple(signing_keys))
+    assert unsigned_domains(signing) == [domains[2]]
+    mta = mta_factory(
+        FLEET_MTA_HOST,
+        [DomainConfig(d, (f"mx.fleet-{tag}.{ZONE}",), (ACCOUNT[0],)) for d in domains],
+        options=MTAOptions(dkim=signing),
+        accounts={d: {ACCOUNT[0]: ACCOUNT[1]} for d in domains},
+        overrides={"smtpd_milters": f"inet:{addr(FLEET_MTA_HOST)}:{DKIM_MILTER_PORT}"},
+    )
+    signer = Signer(mta)
+    try:
+        signer.start(signing, {k.secret_key: private[k.selector + k.domain] for k in signing_keys})
+        print("evidence: fleet signer tables:")
+        for name in ("signingtable", "keytable-rsa", "keytable-ed25519"):
+            print(f"  {name}: {(signer.dir / name).read_text().strip()}")
+        resolver = dns_stack.resolver.address
+        for domain in domains:
+            sender = Sender(domain, MailDomainSpec.model_validate(_spec(domain)), mta, signer)
+            message = send(sender, remote, f"fleet {domain}")
+            results = verify_all(message, resolver)
+            print(f"evidence: fleet, mail from {domain}: {results}")
+            if domain == domains[2]:
+                assert results == []
+                continue
+            assert {(s, a) for s, a, _ in results} == {
+                ("fleete", "ed25519-sha256"),
+                ("fleetr", "rsa-sha256"),
+            }
+            assert all(ok for _, _, ok in results), results
+            assert all(f"d={domain}" in line for line in _signature_lines(message)), message
+    finally:
+        signer.stop()
+
+
+def _spec(domain: str) -> dict[str, object]:
+    return {"domain": domain, "mx": [{"host": f"mx.{domain}"}], "tls": {"secretName": "unused"}}
+
+
+def _signature_lines(message: bytes) -> list[str]:
+    """Each DKIM-Signature field, unfolded."""
+    headers = message.split(b"\r\n\r\n", 1)[0].decode().replace("\r\n ", " ").replace("\r\n\t", " ")
+    return [
+        line.replace(" ", "")
+        for line in headers.split("\r\n")
+        if line.lower().startswith("dkim-signature:")
+    ]

@@ -201,3 +201,38 @@ def test_the_secret_holds_the_keys_and_the_record_and_reads_back() -> None:
     damaged = state_from_secret(secret)
     assert damaged.keys == ()
     assert damaged.damaged is not None
+
+
+def test_one_signer_for_several_domains_uses_tables_and_leaves_out_the_incomplete() -> None:
+    from mailward.render.dkim import milter_file_items, render_milter_files, unsigned_domains
+
+    fleet = DKIMSigning(
+        "fleet-dkim",
+        (
+            SigningKey("a.test", "mw1e", "ed25519", item="a.test_mw1e.key"),
+            SigningKey("a.test", "mw1r", "rsa", item="a.test_mw1r.key"),
+            SigningKey("b.test", "mw2e", "ed25519", item="b.test_mw2e.key"),
+            SigningKey("b.test", "mw2r", "rsa", item="b.test_mw2r.key"),
+            SigningKey("c.test", "mw3e", "ed25519", item="c.test_mw3e.key"),
+        ),
+    )
+    files = render_milter_files(fleet, "127.0.0.1")
+    assert sorted(files) == [
+        "dkimpy-milter.conf",
+        "keytable-ed25519",
+        "keytable-rsa",
+        "signingtable",
+    ]
+    conf = files["dkimpy-milter.conf"]
+    assert "SigningTable /etc/mailward/dkim/signingtable" in conf
+    assert "KeyTableEd25519 /etc/mailward/dkim/keytable-ed25519" in conf
+    assert "Domain" not in conf
+    assert files["signingtable"] == "*@a.test a.test\n*@b.test b.test\n"
+    assert files["keytable-rsa"].splitlines() == [
+        "a.test a.test:mw1r:/etc/mailward/dkim-keys/a.test_mw1r.key",
+        "b.test b.test:mw2r:/etc/mailward/dkim-keys/b.test_mw2r.key",
+    ]
+    assert unsigned_domains(fleet) == ["c.test"]
+    assert "c.test" not in files["keytable-ed25519"]
+    assert milter_file_items(fleet) == {name: name for name in files}
+    assert list(render_milter_files(SIGNING, "127.0.0.1")) == ["dkimpy-milter.conf"]

@@ -66,10 +66,13 @@ class SigningKey:
     domain: str
     selector: str
     algorithm: KeyType
+    # The item of the Secret holding its private key: `<selector>.key` in the MailDomain's own
+    # Secret; a fleet's copy of several domains' keys names them `<domain>_<selector>.key`.
+    item: str = ""
 
     @property
     def secret_key(self) -> str:
-        return key_file(self.selector)
+        return self.item or key_file(self.selector)
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,77 @@ def milter_socket(address: str, port: int = DKIM_MILTER_PORT) -> str:
     """libmilter's socket syntax, as dkimpy-milter's `Socket` takes it."""
     family = "inet6" if ipaddress.ip_address(address).version == 6 else "inet"
     return f"{family}:{port}@{address}"
+
+
+def render_milter_files(
+    signing: DKIMSigning,
+    address: str,
+    keys_dir: str = DKIM_KEYS_DIR,
+    config_dir: str = DKIM_CONFIG_DIR,
+) -> dict[str, str]:
+    """The signer's configuration files by name: `dkimpy-milter.conf` alone for one domain;
+    for several (a MailServer's fleet) with its SigningTable and KeyTables (render_tables)."""
+    if len(signing.domains) <= 1:
+        return {MILTER_CONF: render_milter_conf(signing, address, keys_dir)}
+    return render_tables(signing, address, keys_dir, config_dir)
+
+
+def milter_file_items(signing: DKIMSigning) -> dict[str, str]:
+    """The config volume's items (ConfigMap key → file name): the files render_milter_files
+    writes for `signing`."""
+    return {name: name for name in render_milter_files(signing, "127.0.0.1")}
+
+
+SIGNING_TABLE = "signingtable"
+KEY_TABLES: dict[KeyType, tuple[str, str]] = {
+    "rsa": ("KeyTable", "keytable-rsa"),
+    "ed25519": ("KeyTableEd25519", "keytable-ed25519"),
+}
+
+
+def render_tables(
+    signing: DKIMSigning, address: str, keys_dir: str, config_dir: str
+) -> dict[str, str]:
+    """Several domains, one signer: the SigningTable maps `*@<domain>` to the domain's entry
+    in each KeyTable (`<domain>:<selector>:<key file>`), one table per key type.
+
+    dkimpy-milter looks a matching domain up in every KeyTable it has (a missing entry fails
+    the message), so a domain is listed only if it has a key of every type in use; the others
+    are left out, unsigned (`unsigned_domains`), rather than failing their mail."""
+    types = sorted({k.algorithm for k in signing.keys})
+    listed = [d for d in signing.domains if d not in unsigned_domains(signing)]
+    conf = [
+        "# Rendered by mailward; edits are overwritten. See docs/dkim.md.",
+        "Syslog yes",
+        "SyslogSuccess yes",
+        "Mode s",
+        f"Socket {milter_socket(address)}",
+        "Canonicalization relaxed/simple",
+        f"SigningTable {config_dir}/{SIGNING_TABLE}",
+    ]
+    files = {SIGNING_TABLE: "".join(f"*@{d} {d}\n" for d in listed)}
+    for algorithm in types:
+        parameter, name = KEY_TABLES[algorithm]
+        conf.append(f"{parameter} {config_dir}/{name}")
+        keys = sorted((k for k in signing.keys if k.algorithm == algorithm), key=lambda k: k.domain)
+        files[name] = "".join(
+            f"{k.domain} {k.domain}:{k.selector}:{_path(k, keys_dir)}\n"
+            for k in keys
+            if k.domain in listed
+        )
+    return {MILTER_CONF: "\n".join(conf) + "\n", **files}
+
+
+def unsigned_domains(signing: DKIMSigning) -> list[str]:
+    """Domains the fleet's signer leaves out: they lack a key of a type another domain uses,
+    or have two of one type."""
+    types = {k.algorithm for k in signing.keys}
+    out = []
+    for domain in signing.domains:
+        mine = [k.algorithm for k in signing.keys if k.domain == domain]
+        if set(mine) != types or len(mine) != len(set(mine)):
+            out.append(domain)
+    return out
 
 
 def render_milter_conf(signing: DKIMSigning, address: str, keys_dir: str = DKIM_KEYS_DIR) -> str:

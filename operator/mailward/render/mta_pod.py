@@ -189,8 +189,7 @@ def render_mta_files(server: MTAServer, group: ServerGroup, resolver: ResolverSe
     if server.options.mta_sts_fallback:
         sidecars[MTA_STS_DAEMON_CONF] = render_mta_sts_daemon_conf(addresses.local)
     if server.options.dkim is not None:
-        conf = dkim.render_milter_conf(server.options.dkim, addresses.local)
-        sidecars[dkim.MILTER_CONF] = conf
+        sidecars.update(dkim.render_milter_files(server.options.dkim, addresses.local))
     if server.options.tlsrpt is not None:
         reporter = tlsrpt_sending.render_reporter_conf(server.options.tlsrpt, server.origin)
         sidecars[tlsrpt_sending.REPORTER_CONF] = reporter
@@ -399,7 +398,7 @@ def render_pod_spec(
     if server.options.dkim is not None:
         sidecars.append(dkim.milter_container(server.image, addresses.local, "dkim-config"))
         volumes += [
-            _config_volume(configmap, "dkim-config", {dkim.MILTER_CONF: dkim.MILTER_CONF}),
+            _config_volume(configmap, "dkim-config", dkim.milter_file_items(server.options.dkim)),
             dkim.keys_volume(server.options.dkim),
         ]
     postfix = _postfix_container(server, addresses)
