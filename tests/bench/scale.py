@@ -166,7 +166,7 @@ def mail_server(layout: StackLayout, k: int) -> dict[str, Any]:
     return manifest(API, "MailServer", {"name": f"fleet{k}", "namespace": FLEET_NS}, spec=spec)
 
 
-def operator_values(memory: str, compliance: bool) -> dict[str, Any]:
+def operator_values(memory: str, compliance: bool, concurrency: int | None) -> dict[str, Any]:
     values: dict[str, Any] = {
         # The chart's (production) periods; the stack's defaults are the demo's short retries.
         "reconcile": {"resyncSeconds": 300, "mtaRetrySeconds": 15, "tlsrptRetrySeconds": 60},
@@ -177,6 +177,8 @@ def operator_values(memory: str, compliance: bool) -> dict[str, Any]:
     }
     if compliance:
         values["compliance"]["heartbeatSeconds"] = 60
+    if concurrency is not None:
+        values["reconcile"]["concurrency"] = concurrency
     return values
 
 
@@ -572,6 +574,9 @@ def main() -> int:
     parser.add_argument("--idle-seconds", type=int, default=600)
     parser.add_argument("--compliance", action="store_true", help="probe every domain, 5m")
     parser.add_argument("--operator-memory", default="3Gi", help="the operator's memory limit")
+    parser.add_argument(
+        "--concurrency", type=int, help="reconcile.concurrency (default: the chart's)"
+    )
     parser.add_argument("--converge-timeout", type=int, default=1200)
     parser.add_argument("--budget", type=int, default=3000, help="seconds before it stops")
     parser.add_argument(
@@ -587,7 +592,7 @@ def main() -> int:
     layout = StackLayout(net=NET, extra_zones=zones)
     addresses = [layout.address(FIRST_HOST + k) for k in range(args.fleets)]
     results = Results(args.domains, args.compliance)
-    values = operator_values(args.operator_memory, args.compliance)
+    values = operator_values(args.operator_memory, args.compliance, args.concurrency)
     say(f"{args.domains:,} MailDomains on {args.fleets} fleets; operator memory limit "
         f"{args.operator_memory}; budget {args.budget}s")  # fmt: skip
     with contextlib.ExitStack() as cleanup:

@@ -16,6 +16,8 @@ from typing import Any, Protocol
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from mailward.adapters.kube import shared_api_client
+
 log = logging.getLogger("mailward.events")
 COMPONENT = "mailward"
 # The API server refuses longer messages.
@@ -30,7 +32,7 @@ class EventPoster(Protocol):
 
 class KubeEventPoster:
     def __init__(self, api: client.ApiClient | None = None) -> None:
-        self._api = client.CoreV1Api(api or client.ApiClient())
+        self._api = client.CoreV1Api(api or shared_api_client())
 
     async def post(self, obj: Mapping[str, Any], type: str, reason: str, message: str) -> None:
         meta = obj.get("metadata", {})

@@ -76,7 +76,7 @@ class KubeCustomObjects:
     """Reads one custom object of mailward's API group as the API server holds it now."""
 
     def __init__(self, api: client.ApiClient | None = None) -> None:
-        self._api = client.CustomObjectsApi(api or client.ApiClient())
+        self._api = client.CustomObjectsApi(api or shared_api_client())
 
     async def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         """The object, or None once it is gone; `namespace` empty for a cluster-scoped one."""
