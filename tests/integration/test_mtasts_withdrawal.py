@@ -11,13 +11,15 @@ test_mtasts_part.py does, beside the session's BIND (`dns_stack`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +50,51 @@ ENDPOINT_ADDRESS = addr(47)
 APISERVER_ADDRESS = addr(48)
 
 
+class Operator:
+    """The operator process, which a test may kill (SIGKILL, as a crash) and start again."""
+
+    def __init__(self, env: dict[str, str], state: Path) -> None:
+        self._env = env
+        self._state = state
+        self._stack = contextlib.ExitStack()
+        self.starts = 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log_file(self) -> Path:
+        return self._state / f"operator-{self.starts}.log"
+
+    def start(self) -> None:
+        self.starts += 1
+        liveness = f"http://127.0.0.1:{free_port('127.0.0.1')}/healthz"
+        self.process = self._stack.enter_context(
+            mailward_process(
+                ["run", "--all-namespaces", "--liveness", liveness],
+                env=self._env,
+                log_file=self.log_file,
+                ready_url=liveness,
+                what="the operator",
+            )
+        )
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+        self._stack.close()
+
+
 @dataclass
 class Lab:
     kube: Kube
     endpoint: PolicyEndpoint
     dns: DNSStack
     ca: LocalCA
-    operator_log: Path
+    operator: Operator
+
+    @property
+    def operator_log(self) -> Path:
+        return self.operator.log_file
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +113,6 @@ def lab(
         kube.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
         wait_established(plane.kubeconfig, "maildomains.mailward.io")
         wait_established(plane.kubeconfig, "dnsproviders.mailward.io")
-        liveness = f"http://127.0.0.1:{free_port('127.0.0.1')}/healthz"
         operator_env = {
             **os.environ,
             "KUBECONFIG": str(plane.kubeconfig),
@@ -87,19 +126,15 @@ def lab(
             "MAILWARD_POLICY_NAMESPACE": POLICY_NAMESPACE,
             "MAILWARD_POLICY_RETRY_SECONDS": "1",
         }
-        with (
-            running_policy_endpoint(
-                kube, local_ca, ENDPOINT_ADDRESS, state / "serve.log"
-            ) as endpoint,
-            mailward_process(
-                ["run", "--all-namespaces", "--liveness", liveness],
-                env=operator_env,
-                log_file=state / "operator.log",
-                ready_url=liveness,
-                what="the operator",
-            ),
-        ):
-            yield Lab(kube, endpoint, dns_stack, local_ca, state / "operator.log")
+        operator = Operator(operator_env, state)
+        with running_policy_endpoint(
+            kube, local_ca, ENDPOINT_ADDRESS, state / "serve.log"
+        ) as endpoint:
+            operator.start()
+            try:
+                yield Lab(kube, endpoint, dns_stack, local_ca, operator)
+            finally:
+                operator.kill()
     finally:
         plane.stop()
         watchdog.terminate()
@@ -372,4 +407,42 @@ def test_mx_change_under_enforce_lists_both_names_before_the_mx_moves(lab: Lab) 
     print(
         f"evidence: MX change: policy names {old} and {new} from {both:.2f}s, MX RRset moves "
         f"at {moved:.2f}s, {old} leaves the policy at {dropped:.2f}s (bound {bound} s)"
+    )
+
+
+def test_a_restarted_operator_ends_the_withdrawal_at_the_same_time(lab: Lab) -> None:
+    """The state lives in status.mtaSts: an operator killed (SIGKILL) mid-withdrawal and started
+    again ends it when the first one would have, not a bound after its own start."""
+    bound = 20
+    md = make_domain(lab, ["mx1"], {"mode": "enforce", "maxAge": 86400, "agingSeconds": bound})
+    timeline = Timeline("withdrawal across an operator restart (agingSeconds 20)")
+    md.patch({"mtaSts": {"mode": "none", "maxAge": 86400, "agingSeconds": bound}})
+    md.wait("Withdrawing", lambda: md.condition("MTASTSReady").get("reason") == "Withdrawing")
+    until = md.body()["status"]["mtaSts"]["until"]  # type: ignore[index]
+    served_none = timeline.see(event="withdrawing", until=until)
+    time.sleep(4)
+    lab.operator.kill()
+    killed = timeline.see(event="operator killed (SIGKILL)")
+    time.sleep(4)
+    lab.operator.start()
+    restarted = timeline.see(event="operator started again")
+    deadline = time.monotonic() + bound + 40
+    while time.monotonic() < deadline:
+        if md.sts_txt() is None:
+            break
+        time.sleep(0.3)
+    gone_at = datetime.now(UTC)
+    gone = timeline.see(event="`_mta-sts` removed", reason=md.condition("MTASTSReady")["reason"])
+    end = datetime.fromisoformat(until)
+    late = (gone_at - end).total_seconds()
+    assert md.body()["status"]["mtaSts"].get("until") is None  # type: ignore[index]
+    assert killed < restarted < served_none + bound
+    # At the end the first operator set (status.mtaSts.until), not `bound` after the restart.
+    assert -0.5 <= late < 8.0, (end, gone_at)
+    assert gone < restarted + bound - 3.0, (restarted, gone)
+    print(
+        f"evidence: restart: withdrawing seen at {served_none:.2f}s (until {until}), killed at "
+        f"{killed:.2f}s, restarted at {restarted:.2f}s, record removed at {gone:.2f}s, "
+        f"{late:.2f}s after `until` (a clock restarted with the operator: "
+        f"{restarted + bound:.2f}s)"
     )
