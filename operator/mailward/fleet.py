@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, cast
 
 from pydantic import ValidationError
 
@@ -29,6 +29,7 @@ from mailward.adapters.kube import SecretObserver
 from mailward.adapters.mailservers import MailServerDirectory
 from mailward.adapters.status_writer import RECONCILER, StatusWriter
 from mailward.adapters.workloads import WorkloadClient
+from mailward.api.dkim import KeyType
 from mailward.api.mailserver import MAILSERVER_KIND, MailServerSpec, MailServerStatus
 from mailward.attachment import ServerKey, decide
 from mailward.conditions import (
@@ -48,10 +49,13 @@ from mailward.reconcile import (
     describe_validation_error,
     invalid_spec_verdicts,
 )
+from mailward.render.dkim import DKIMSigning, SigningKey, key_file
+from mailward.render.dkim import secret_name as dkim_secret
 from mailward.render.dns_records import fleet_host_rrsets, spki_sha256
 from mailward.render.mta_objects import (
     DOMAINS_HASH_ANNOTATION,
     domains_digest,
+    fleet_dkim_secret,
     fleet_selector,
     render_mta_objects,
 )
@@ -74,6 +78,9 @@ class AttachingDomain:
     domain: str
     # `spec.mta.accountsSecretName`: submission accounts the fleet serves for the domain.
     accounts_secret: str | None = None
+    # (selector, algorithm) of the DKIM keys the domain signs with (`status.dkim`), whose
+    # private halves are in its DKIM Secret (parts/dkim.py).
+    dkim: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -177,12 +184,15 @@ class FleetController:
         fleet = fleet_server(server.name, server.namespace, server.uid, spec, self._default_image)
         hosts = tuple(h.host for h in spec.hosts)
         passwords = await self._passwords(attached)
+        signing, dkim_keys = await self._dkim_keys(fleet, attached)
+        if signing is not None:
+            fleet = replace(fleet, options=replace(fleet.options, dkim=signing))
         domains = [
             DomainConfig(d.domain, hosts, tuple(sorted(passwords.get(d.domain, {}))))
             for d in attached
         ]
         outcome = FleetOutcome([], attached, refused)
-        verdicts = [await self._apply(fleet, domains, passwords, outcome)]
+        verdicts = [await self._apply(fleet, domains, passwords, outcome, dkim_keys)]
         verdicts += await self._publish(server, spec)
         serving = Verdict(
             READY,
@@ -235,14 +245,38 @@ class FleetController:
                 found[domain.domain] = accounts
         return found
 
+    async def _dkim_keys(
+        self, fleet: MTAServer, attached: Sequence[AttachingDomain]
+    ) -> tuple[DKIMSigning | None, dict[str, str]]:
+        """The attached domains' Active DKIM keys (from their status) and their private halves
+        (from each domain's DKIM Secret, read by name like the accounts), to be copied into the
+        fleet's namespace: a Secret volume cannot reach across namespaces."""
+        keys: list[SigningKey] = []
+        private: dict[str, str] = {}
+        for domain in attached:
+            if not domain.dkim:
+                continue
+            items = await self._directory.accounts(domain.namespace, dkim_secret(domain.name))
+            for selector, algorithm in domain.dkim:
+                pem = (items or {}).get(key_file(selector))
+                if pem is None or algorithm not in ("ed25519", "rsa"):
+                    continue  # the domain's next pass repairs it; unsigned meanwhile
+                item = f"{domain.domain}_{selector}.key"
+                keys.append(SigningKey(domain.domain, selector, cast(KeyType, algorithm), item))
+                private[item] = pem
+        if not keys:
+            return None, {}
+        return DKIMSigning(fleet_dkim_secret(fleet), tuple(keys)), private
+
     async def _apply(
         self,
         fleet: MTAServer,
         domains: Sequence[DomainConfig],
         passwords: Mapping[str, Mapping[str, str]],
         outcome: FleetOutcome,
+        dkim_keys: Mapping[str, str] | None = None,
     ) -> Verdict:
-        objects = render_mta_objects(fleet, domains, self._resolver, passwords)
+        objects = render_mta_objects(fleet, domains, self._resolver, passwords, dkim_keys)
         outcome.tables_digest = domains_digest(domains)
         try:
             for manifest in objects:

@@ -33,10 +33,16 @@ def controller(memo: Any) -> FleetController:
 
 @kopf.index(API_GROUP, API_VERSION, PLURAL)
 def fleet_domains(
-    namespace: str | None, name: str | None, spec: kopf.Spec, meta: kopf.Meta, **_: Any
+    namespace: str | None,
+    name: str | None,
+    spec: kopf.Spec,
+    meta: kopf.Meta,
+    status: kopf.Status,
+    **_: Any,
 ) -> dict[tuple[str, str], AttachingDomain] | None:
     """MailServer (namespace, name) → the MailDomains that name it; a deleting or invalid
-    MailDomain names none."""
+    MailDomain names none. The DKIM keys a domain signs with are in its status: a new Active
+    key changes the entry, and the fleet's signer follows."""
     ref = spec.get("mailServerRef")
     if not ref or meta.get("deletionTimestamp"):
         return None
@@ -47,7 +53,16 @@ def fleet_domains(
     assert model.mail_server_ref is not None
     key = (model.mail_server_ref.namespace or namespace or "", model.mail_server_ref.name)
     accounts = model.mta.accounts_secret_name
-    return {key: AttachingDomain(namespace or "", str(name), model.domain, accounts)}
+    dkim = active_dkim_keys(dict(status)) if model.dkim.managed else ()
+    return {key: AttachingDomain(namespace or "", str(name), model.domain, accounts, dkim)}
+
+
+def active_dkim_keys(status: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """(selector, algorithm) of the Active keys in `status.dkim` (written by the dkim part)."""
+    selectors = (status.get("dkim") or {}).get("selectors") or []
+    return tuple(
+        sorted((s["selector"], s["algorithm"]) for s in selectors if s.get("phase") == "Active")
+    )
 
 
 @kopf.index("", "v1", "namespaces")

@@ -23,7 +23,8 @@ from mailward.adapters.dkim_keys import ROTATION_ANNOTATION
 from mailward.adapters.dkim_resolver import public_key_in
 from mailward.dkim.keys import public_of
 from mailward_localstack.dns import DNSStack
-from tests.fixtures_dnspublish import PublishSetup
+from mailward_localstack.pki import LocalCA
+from tests.fixtures_dnspublish import PublishSetup, tls_secret_manifest
 from tests.fixtures_operator import Kube, OperatorProcess
 
 pytestmark = [pytest.mark.controlplane, pytest.mark.dnsstack]
@@ -120,3 +121,77 @@ def test_managed_keys_are_held_published_active_and_mounted(
     for key in private.values():
         body_lines = [line for line in key.splitlines() if line and not line.startswith("-----")]
         assert not any(line in shown for line in body_lines)
+
+
+def test_a_fleet_signs_for_an_attached_domain_with_the_domains_keys(
+    kube: Kube,
+    operator: OperatorProcess,
+    dns_stack: DNSStack,
+    local_ca: LocalCA,
+    publish_setup: Callable[..., PublishSetup],
+) -> None:
+    """An attached domain's keys are its own (its Secret, its records, its status); the
+    MailServer's fleet copies the Active ones into its namespace and runs the signer with them."""
+    setup = publish_setup(apply=False)  # the DNS provider and its TSIG Secret
+    namespace, domain = setup.namespace, setup.domain
+    host = f"mx.fleet-{domain}"
+    cert = local_ca.issue_server_cert([host])
+    kube.apply(tls_secret_manifest(namespace, cert, "fleet-tls"))
+    provider = {"kind": "DNSProvider", "name": "local-bind"}
+    kube.apply(
+        {
+            "apiVersion": "mailward.io/v1alpha1",
+            "kind": "MailServer",
+            "metadata": {"name": "fleet", "namespace": namespace},
+            "spec": {
+                "hosts": [{"host": host, "priority": 10}],
+                "replicas": 1,
+                "tls": {"secretName": "fleet-tls"},
+                "dns": {"providerRef": provider},
+            },
+        }
+    )
+    kube.apply(
+        {
+            "apiVersion": "mailward.io/v1alpha1",
+            "kind": "MailDomain",
+            "metadata": {"name": "attached", "namespace": namespace},
+            "spec": {
+                "domain": domain,
+                "mailServerRef": {"name": "fleet"},
+                "dns": {"providerRef": provider},
+                "dkim": {"managed": True},
+            },
+        }
+    )
+
+    def active() -> list[str] | None:
+        body = kube.get_maildomain(namespace, "attached")
+        found = (body.get("status", {}).get("dkim") or {}).get("selectors", [])
+        names = [s["selector"] for s in found if s["phase"] == "Active"]
+        return names if len(names) == 2 else None
+
+    names = sorted(kube.wait_for("the attached domain's keys Active", active, timeout=120))
+    own = kube.core.read_namespaced_secret("attached-dkim", namespace)
+
+    def copied() -> dict[str, str] | None:
+        result = kube.kubectl(
+            "get", "secret", "fleet-dkim", "-n", namespace, "-o", "json", check=False
+        )
+        if result.returncode != 0:
+            return None
+        data: dict[str, str] = json.loads(result.stdout).get("data") or {}
+        return data if len(data) == 2 else None
+
+    copy = kube.wait_for("the fleet's copy of the keys", copied, timeout=60)
+    assert copy == {f"{domain}_{s}.key": own.data[f"{s}.key"] for s in names}
+    config = kube.kubectl("get", "configmap", "fleet-config", "-n", namespace, "-o", "json")
+    milter = json.loads(config.stdout)["data"]["dkimpy-milter.conf"]
+    print("evidence: the fleet's dkimpy-milter.conf:\n" + milter)
+    for selector in names:
+        assert f"{selector}" in milter
+        assert f"/etc/mailward/dkim-keys/{domain}_{selector}.key" in milter
+    statefulset = kube.kubectl("get", "statefulset", "fleet", "-n", namespace, "-o", "json")
+    template = json.loads(statefulset.stdout)["spec"]["template"]["spec"]
+    assert "dkim" in [c["name"] for c in template["initContainers"]]
+    print(f"evidence: fleet-dkim items {sorted(copy)}; the fleet's pod runs the signer")

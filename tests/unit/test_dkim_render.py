@@ -236,3 +236,44 @@ def test_one_signer_for_several_domains_uses_tables_and_leaves_out_the_incomplet
     assert "c.test" not in files["keytable-ed25519"]
     assert milter_file_items(fleet) == {name: name for name in files}
     assert list(render_milter_files(SIGNING, "127.0.0.1")) == ["dkimpy-milter.conf"]
+
+
+def test_a_fleet_follows_its_domains_active_keys_and_copies_them() -> None:
+    from mailward.api.mailserver import MailServerSpec
+    from mailward.fleet_handlers import active_dkim_keys
+    from mailward.render.mta_objects import fleet_dkim_secret, render_mta_objects
+    from mailward.render.mta_server import fleet_server
+
+    status = {
+        "dkim": {
+            "selectors": [
+                {"selector": "mw1e", "algorithm": "ed25519", "phase": "Retiring", "since": "x"},
+                {"selector": "mw2e", "algorithm": "ed25519", "phase": "Active", "since": "x"},
+                {"selector": "mw2r", "algorithm": "rsa", "phase": "Active", "since": "x"},
+                {"selector": "mw3r", "algorithm": "rsa", "phase": "Published", "since": "x"},
+            ]
+        }
+    }
+    assert active_dkim_keys(status) == (("mw2e", "ed25519"), ("mw2r", "rsa"))
+    assert active_dkim_keys({}) == ()
+    spec = MailServerSpec.model_validate(
+        {"hosts": [{"host": "mx.fleet.test"}], "tls": {"secretName": "fleet-tls"}}
+    )
+    fleet = fleet_server("fleet", "mail", "uid-1", spec, "mta:test")
+    signing = DKIMSigning(
+        fleet_dkim_secret(fleet),
+        (SigningKey("a.test", "mw2e", "ed25519", item="a.test_mw2e.key"),),
+    )
+    from dataclasses import replace
+
+    signed = replace(fleet, options=replace(fleet.options, dkim=signing))
+    domains = [DomainConfig("a.test", ("mx.fleet.test",))]
+    objects = render_mta_objects(signed, domains, dkim_keys={"a.test_mw2e.key": "c2VlZA==\n"})
+    (copy,) = [
+        o for o in objects if o["kind"] == "Secret" and o["metadata"]["name"] == "fleet-dkim"
+    ]
+    assert list(copy["data"]) == ["a.test_mw2e.key"]
+    assert copy["metadata"]["namespace"] == "mail"
+    assert not [
+        o for o in render_mta_objects(fleet, domains) if o["metadata"]["name"] == "fleet-dkim"
+    ]

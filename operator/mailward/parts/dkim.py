@@ -110,17 +110,6 @@ class DKIMPart:
         name = secret_name(ctx.name)
         if not spec.dkim.managed and ctx.status.dkim is None:
             return PartResult([], status={"dkim": None})
-        if spec.attached:
-            # A fleet's MTA signs for no domain yet (docs/dkim.md): keys nobody signs with
-            # would only be published for nothing.
-            verdict = Verdict(
-                DKIM_READY,
-                "False",
-                "FleetSigningUnsupported",
-                "spec.dkim.managed: a MailServer's MTA does not sign yet; use spec.mx",
-                stalled=True,
-            )
-            return PartResult([verdict], status={"dkim": None})
         if spec.dns is None:
             verdict = Verdict(
                 DKIM_READY,

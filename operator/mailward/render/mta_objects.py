@@ -135,14 +135,38 @@ def render_fleet_accounts(
     }
 
 
+def render_fleet_dkim_keys(
+    server: MTAServer, signing: DKIMSigning, private: Mapping[str, str]
+) -> Manifest:
+    """The fleet's copy of its domains' Active DKIM keys (`<domain>_<selector>.key`), in its own
+    namespace, where its signer can mount them (render/dkim.py)."""
+    data = {
+        key.secret_key: base64.b64encode(private[key.secret_key].encode()).decode()
+        for key in signing.keys
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": _metadata(server, signing.secret_name),
+        "data": dict(sorted(data.items())),
+    }
+
+
+def fleet_dkim_secret(server: MTAServer) -> str:
+    return f"{server.base_name}-dkim"
+
+
 def render_mta_objects(
     server: MTAServer,
     domains: Sequence[DomainConfig],
     resolver: ResolverSettings | None = None,
     passwords: Mapping[str, Mapping[str, str]] | None = None,
+    dkim_keys: Mapping[str, str] | None = None,
 ) -> list[Manifest]:
     """The domain tables' ConfigMap, then per group: ConfigMap, headless and public Services,
-    StatefulSet, PodDisruptionBudget, NetworkPolicy.
+    StatefulSet, PodDisruptionBudget, NetworkPolicy. A fleet that signs (`options.dkim`) gets
+    its copy of the domains' signing keys (`dkim_keys`: Secret item → private key) first.
 
     On the host network the public Service still selects the pods, but reaches Postfix only
     where the addresses are the nodes' own: mail comes to the MX addresses directly.
@@ -156,6 +180,8 @@ def render_mta_objects(
     objects = [tables]
     if server.is_fleet:
         objects.append(render_fleet_accounts(server, passwords or {}))
+        if server.options.dkim is not None:
+            objects.append(render_fleet_dkim_keys(server, server.options.dkim, dkim_keys or {}))
     for group in server.groups:
         objects += _group_objects(server, group, resolver or ResolverSettings())
     return objects
