@@ -46,9 +46,12 @@ from mailward.render.tlsrpt_sending import (
     render_reporter_conf,
 )
 from mailward.tlsrpt.store import open_store
+from mailward_localstack.controlplane import kubectl
 from mailward_localstack.dns import DNSStack
 from mailward_localstack.pki import LocalCA
 from mailward_localstack.rootfs import Account
+from mailward_localstack.stack import Stack as ClusterStack
+from tests.fixtures_cluster import NAMESPACE, WORKLOADS, ready_pods, wait_for
 from tests.fixtures_mta import MTAFactory, RunningMTA
 from tests.fixtures_tlsrpt import CollectorProcess
 from tests.net import addr
@@ -405,3 +408,60 @@ def _sent_reports(stack: Stack) -> list[dict[str, object]]:
         assert status == "sent", (destination, status)
         reports.append({"destination": destination, "report": json.loads(report)})
     return reports
+
+
+@pytest.mark.controlplane
+@pytest.mark.node
+def test_in_the_mta_pod_the_reporter_runs_as_nobody_and_its_sendmail_reaches_postfix(
+    cluster: ClusterStack, example: dict[str, object]
+) -> None:
+    """The example's MTA pod on the real node (kubelet, containerd, runc, the chart's operator):
+    the two reporter containers run, the socket is there, and the report daemon's `sendmail`
+    (nobody in postdrop, no_new_privs) hands a message to Postfix, which delivers it."""
+    (pod,) = ready_pods(cluster, NAMESPACE, WORKLOADS["mta"][3])
+    name = pod["metadata"]["name"]
+    statuses = {
+        s["name"]: s
+        for s in [*pod["status"]["containerStatuses"], *pod["status"]["initContainerStatuses"]]
+    }
+    for container in ("tlsrpt-collectd", "tlsrpt-reportd"):
+        assert "running" in statuses[container]["state"], statuses[container]
+
+    def run(container: str, script: str) -> str:
+        command = ["exec", "-n", NAMESPACE, name, "-c", container, "--", "sh", "-c", script]
+        return kubectl(cluster.kubeconfig, *command)
+
+    identity = run("tlsrpt-reportd", "id -u; id -G; grep NoNewPrivs /proc/self/status")
+    assert identity.split() == ["65534", "103", "NoNewPrivs:", "1"], identity
+    socket = run("tlsrpt-collectd", "ls -l /var/lib/tlsrpt/collectd.sock")
+    assert socket.startswith("srw-rw-rw-"), socket
+    token = uuid.uuid4().hex
+    run(
+        "tlsrpt-reportd",
+        # What tlsrpt-reportd runs for a mailto: rua (sendmail_script of the rendered file).
+        "printf 'To: postmaster@example.test\\nSubject: %s\\n\\nfrom the reporter\\n' "
+        f"{token} | MAIL_CONFIG=/etc/mailward/postfix sendmail -i -t -f postmaster@example.test",
+    )
+
+    def delivered() -> str | None:
+        log = kubectl(cluster.kubeconfig, "logs", "-n", NAMESPACE, name, "-c", "postfix")
+        lines = log.splitlines()
+        queue_ids = {
+            line.split(": ")[1]
+            for line in lines
+            if "postfix/pickup" in line and "uid=65534" in line
+        }
+        sent = [
+            line
+            for line in lines
+            if any(f"{q}: to=<postmaster@example.test>" in line for q in queue_ids)
+            and "status=sent" in line
+        ]
+        return "\n".join([*(x for x in lines if "uid=65534" in x), *sent]) if sent else None
+
+    evidence = wait_for("the reporter's message delivered by Postfix", delivered, timeout=60)
+    reportd_log = kubectl(cluster.kubeconfig, "logs", "-n", NAMESPACE, name, "-c", "tlsrpt-reportd")
+    print(f"\nevidence: reportd container: uid, groups, no_new_privs: {identity.split()}")
+    print(f"evidence: collector socket: {socket.strip()}")
+    print(f"evidence: sendmail from tlsrpt-reportd through Postfix:\n{evidence}")
+    print("evidence: tlsrpt-reportd log:\n" + "\n".join(reportd_log.splitlines()[-5:]))
