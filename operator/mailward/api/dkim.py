@@ -40,8 +40,8 @@ class DKIMSpec(_Model):
         json_schema_extra=_LIST_SET,
         description=(
             "Key types to sign with, each message once per type: `ed25519` (RFC 8463) and `rsa` "
-            "(2048 bits, RFC 6376; RFC 8463 §4 advises both, as not every verifier knows "
-            "Ed25519). Default both."
+            "(2048 bits, RFC 6376). BSI TR-03108 asks for both; a verifier that does not know "
+            "Ed25519 uses the RSA signature. Default both."
         ),
     )
     rotate_after: RotationPeriod = Field(  # type: ignore[valid-type]

@@ -19,7 +19,6 @@ every signature it adds.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,8 +31,6 @@ DKIM_MILTER_PORT = 8891
 DKIM_CONFIG_DIR = "/etc/mailward/dkim"
 DKIM_KEYS_DIR = "/etc/mailward/dkim-keys"
 MILTER_CONF = "dkimpy-milter.conf"
-# Secret keys: one private key per selector, and the rotation's own record.
-ROTATION_KEY = "rotation.json"
 MILTER_PROBE_TIMING = ProbeTiming(period=20, timeout=5, failures=3)
 MILTER_STARTUP = ProbeTiming(period=2, timeout=3, failures=30)
 
@@ -174,7 +171,7 @@ def unsigned_domains(signing: DKIMSigning) -> list[str]:
 
 def render_milter_conf(signing: DKIMSigning, address: str, keys_dir: str = DKIM_KEYS_DIR) -> str:
     """dkimpy-milter.conf(5) for one domain: at most one Active key per type signs, so each
-    message carries one signature per type (RFC 8463 §4: both, for verifiers without Ed25519)."""
+    message carries one signature per type (a verifier without Ed25519 uses the RSA one)."""
     by_type = {k.algorithm: k for k in signing.keys}
     if len(signing.domains) != 1 or len(by_type) != len(signing.keys):
         raise ValueError("one domain, and at most one signing key per type")
@@ -229,9 +226,9 @@ def milter_container(image: str, local: str, config_volume: str) -> Manifest:
 
 
 def keys_volume(signing: DKIMSigning) -> Manifest:
-    """Only the signing keys of the Secret (never the rotation record nor other keys), readable
-    by the milter's user alone (the pod's fsGroup-less volumes are root-owned: 0444 for nobody
-    is what a non-root container can read; the Secret never leaves the pod's namespace)."""
+    """Only the signing keys' items of the Secret (neither the rotation record nor any other
+    key). Mode 0444: the files are root's and the signer runs as nobody; only the `dkim`
+    container mounts the volume."""
     items = [{"key": k.secret_key, "path": k.secret_key} for k in sorted(signing.keys, key=_order)]
     return {
         "name": "dkim-keys",
@@ -241,10 +238,6 @@ def keys_volume(signing: DKIMSigning) -> Manifest:
 
 def _order(key: SigningKey) -> tuple[str, str]:
     return (key.domain, key.selector)
-
-
-def signing_keys(domain: str, active: Sequence[tuple[str, KeyType]]) -> tuple[SigningKey, ...]:
-    return tuple(SigningKey(domain, selector, algorithm) for selector, algorithm in active)
 
 
 # Postfix's side (render/postfix.py): where the milter listens in the pod.
