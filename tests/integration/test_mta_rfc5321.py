@@ -457,7 +457,7 @@ def test_4xx_is_retried_with_backoff_then_bounced_on_a_shortened_clock(
     # Postfix keeps the arrival time in whole seconds (the queue file's mtime), so the message
     # can expire up to 1 s before `lifetime` measured from just before submission.
     assert finished - started >= lifetime - 1.5, (finished - started, times)
-    assert len(attempts) >= 4 and times[-1] >= lifetime - maximal - 1.5, times
+    assert times[-1] >= lifetime - maximal - 1.5, times
     assert len(server.attempts_for(rcpt)) == len(attempts)
     # The DSN: null reverse path, the last temporary reason, Action: failed.
     assert dsn["Return-Path"] == "<>"
