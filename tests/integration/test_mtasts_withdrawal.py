@@ -31,7 +31,7 @@ from mailward.render.mta_sts import parse_policy, policy_id
 from mailward_localstack._process import free_port, start_watchdog
 from mailward_localstack.controlplane import ControlPlane, wait_established
 from mailward_localstack.dns import DNSStack
-from mailward_localstack.pki import LocalCA
+from mailward_localstack.pki import IssuedCert, LocalCA
 from tests.fixtures_dnspublish import (
     ZONE,
     dns_provider_manifest,
@@ -40,14 +40,18 @@ from tests.fixtures_dnspublish import (
 )
 from tests.fixtures_operator import REPO, Kube
 from tests.fixtures_policy import POLICY_NAMESPACE, PolicyEndpoint, running_policy_endpoint
+from tests.fixtures_tlsrpt import MAILBOX_HOST, CollectorProcess
 from tests.manifests import tls_secret_manifest
 from tests.net import addr
 from tests.processes import mailward_process
+from tests.tlsrpt_client import post_report
+from tests.tlsrpt_samples import make_report
 
 pytestmark = pytest.mark.controlplane
 
 ENDPOINT_ADDRESS = addr(47)
 APISERVER_ADDRESS = addr(48)
+COLLECTOR_ADDRESS = addr(49)
 
 
 class Operator:
@@ -64,13 +68,13 @@ class Operator:
     def log_file(self) -> Path:
         return self._state / f"operator-{self.starts}.log"
 
-    def start(self) -> None:
+    def start(self, **extra_env: str) -> None:
         self.starts += 1
         liveness = f"http://127.0.0.1:{free_port('127.0.0.1')}/healthz"
         self.process = self._stack.enter_context(
             mailward_process(
                 ["run", "--all-namespaces", "--liveness", liveness],
-                env=self._env,
+                env={**self._env, **extra_env},
                 log_file=self.log_file,
                 ready_url=liveness,
                 what="the operator",
@@ -203,11 +207,13 @@ class Domain:
             raise AssertionError(f"{error}\nstatus: {status}\n{log}") from None
 
 
-def make_domain(lab: Lab, mx_hosts: list[str], mta_sts: dict[str, Any]) -> Domain:
+def make_domain(
+    lab: Lab, mx_hosts: list[str], mta_sts: dict[str, Any], domain: str | None = None
+) -> Domain:
     kube = lab.kube
     namespace = f"t-{uuid.uuid4().hex[:10]}"
     kube.kubectl("create", "namespace", namespace)
-    domain = f"w{uuid.uuid4().hex[:10]}.{ZONE}"
+    domain = domain or f"w{uuid.uuid4().hex[:10]}.{ZONE}"
     lab.endpoint.add_certificate(domain)
     names = [f"{h}.{domain}" for h in ("mx1", "mx2")]
     kube.apply(tls_secret_manifest(namespace, lab.ca.issue_server_cert(names), "mx-tls"))
@@ -242,7 +248,7 @@ def make_domain(lab: Lab, mx_hosts: list[str], mta_sts: dict[str, Any]) -> Domai
             and text
         ),
     )
-    assert "mode: enforce" in enforced
+    assert f"mode: {mta_sts['mode']}" in enforced
     return handle
 
 
@@ -446,3 +452,108 @@ def test_a_restarted_operator_ends_the_withdrawal_at_the_same_time(lab: Lab) -> 
         f"{late:.2f}s after `until` (a clock restarted with the operator: "
         f"{restarted + bound:.2f}s)"
     )
+
+
+def test_testing_is_promoted_to_enforce_after_clean_reports(
+    lab: Lab, tlsrpt_cert: IssuedCert, tmp_path: Path
+) -> None:
+    """`spec.mtaSts.promoteAfterSeconds` (15 s here): a real collector receives an RFC 8460
+    report for the domain counting MTA-STS sessions and no failure; once the testing policy has
+    been served that long, the endpoint serves `enforce` and the TXT announces its id."""
+    after = 15
+    domain = f"p{uuid.uuid4().hex[:10]}.{ZONE}"
+    collector = CollectorProcess(
+        tmp_path / "collector.json",
+        tmp_path / "collector.log",
+        {
+            "hostname": MAILBOX_HOST,
+            "domains": [domain],
+            "mailboxDomains": [MAILBOX_HOST],
+            "smtp": {"address": COLLECTOR_ADDRESS, "port": free_port(COLLECTOR_ADDRESS)},
+            "https": {"address": COLLECTOR_ADDRESS, "port": free_port(COLLECTOR_ADDRESS)},
+            "api": {"address": COLLECTOR_ADDRESS, "port": free_port(COLLECTOR_ADDRESS)},
+            "certificates": [
+                {"certFile": str(tlsrpt_cert.chain_file), "keyFile": str(tlsrpt_cert.key_file)}
+            ],
+            "database": f"sqlite:///{tmp_path / 'reports.db'}",
+            "limits": {},
+        },
+    )
+    collector.start()
+    try:
+        lab.operator.kill()
+        lab.operator.start(MAILWARD_TLSRPT_COLLECTOR_URL=collector.api_url)
+        mta_sts = {"mode": "testing", "maxAge": 86400, "promoteAfterSeconds": after}
+        md = make_domain(lab, ["mx1"], mta_sts, domain=domain)
+        timeline = Timeline("testing -> enforce (promoteAfterSeconds 15)")
+        testing_since = md.body()["status"]["mtaSts"]["servedSince"]  # type: ignore[index]
+        report = make_report(
+            "rfc8460",
+            domain=domain,
+            index=1,
+            end=datetime.now(UTC),
+            policy_type="sts",
+            successful=42,
+            failures=[],
+        )
+        reply = post_report(
+            collector.host,
+            collector.https_port,
+            server_name=MAILBOX_HOST,
+            ca_file=str(lab.ca.ca_file),
+            body=json.dumps(report).encode(),
+            content_type="application/tlsrpt+json",
+        )
+        assert reply.code in (200, 201, 202), reply
+        timeline.see(event="report posted", status=reply.code)
+        deadline = time.monotonic() + after + 60
+        while time.monotonic() < deadline:
+            body = md.body() or {}
+            counts = {
+                p["policyType"]: p["last7d"]
+                for p in (body.get("status", {}).get("tlsRpt") or {}).get("policies", [])
+            }
+            text = md.served()
+            facts = parse_policy(text or "")
+            timeline.see(
+                sts_reports=counts.get("sts"),
+                served=facts.mode if facts else None,
+                served_id=_id_of(text),
+                txt=md.sts_txt(),
+                promoted=body.get("status", {}).get("mtaSts", {}).get("promotedTime"),
+            )
+            text = md.served() or ""
+            if (
+                facts
+                and facts.mode == "enforce"
+                and md.sts_txt() == f"v=STSv1; id={policy_id(text)}"
+            ):
+                break
+            time.sleep(0.5)
+        counted = timeline.first(lambda o: o.get("sts_reports") == {"successful": 42, "failed": 0})
+        enforced = timeline.first(lambda o: o.get("served") == "enforce")
+        announced = timeline.first(
+            lambda o: (
+                o.get("served") == "enforce" and o.get("txt") == f"v=STSv1; id={o['served_id']}"
+            )
+        )
+        body = md.body() or {}
+        promoted = datetime.fromisoformat(body["status"]["mtaSts"]["promotedTime"])
+        waited = (promoted - datetime.fromisoformat(testing_since)).total_seconds()
+        assert waited >= after - 1.0, (testing_since, promoted)
+        assert counted <= enforced <= announced
+        assert body["spec"]["mtaSts"]["mode"] == "testing"  # the spec is the user's
+        events = lab.kube.kubectl(
+            "get", "events", "-n", md.namespace, "-o", "jsonpath={.items[*].reason}"
+        ).stdout.split()
+        assert "PromotedToEnforce" in events
+        print(
+            f"evidence: promotion: testing served since {testing_since}, the collector's 42 sts "
+            f"sessions / 0 failed in status at {counted:.2f}s, promoted at "
+            f"{body['status']['mtaSts']['promotedTime']} ({waited:.1f} s after testing began), "
+            f"enforce served at {enforced:.2f}s and its id announced by {announced:.2f}s"
+        )
+    finally:
+        collector.stop()
+        lab.operator.kill()
+        lab.operator.start()

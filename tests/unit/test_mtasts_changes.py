@@ -64,6 +64,7 @@ class Sim:
     deleting_since: datetime | None = None
     dns_ready: bool = True
     endpoint_up: bool = True
+    sts_sessions: tuple[int, int] | None = None
     history: list[ChangePlan] = field(default_factory=list)
 
     @property
@@ -90,6 +91,7 @@ class Sim:
                 deleting_since=self.deleting_since,
                 dns_ready=self.dns_ready,
                 previous_phase=self.phase,
+                sts_sessions=self.sts_sessions,
             )
         )
         self.status, self.phase = result.status, result.phase
@@ -327,6 +329,51 @@ def test_a_pass_after_a_restart_reaches_the_same_decision() -> None:
     reread = MTASTSStatus.model_validate(recorded.model_dump(mode="json", by_alias=True))
     assert plan(inputs) == plan(ChangeInputs(**{**inputs.__dict__, "recorded": reread}))
     assert plan(inputs).phase == MX_CHANGE_AGING
+
+
+# -- testing → enforce -----------------------------------------------------------------------------
+
+
+def test_testing_is_promoted_to_enforce_after_the_time_with_clean_reports() -> None:
+    sim = Sim(spec_body(mode="testing", promoteAfterSeconds=3600))
+    first = sim.settle()
+    assert "enforce from" in first.message
+    sim.sts_sessions = (120, 0)
+    assert sim.step(3500).status.promoted_time is None  # not yet: served 3502 s of 3600
+    promoted = sim.step(100)
+    assert promoted.status.promoted_time == sim.now
+    assert reasons(promoted) == ["PromotedToEnforce"]
+    assert "120 MTA-STS sessions succeeded and 0 failed" in promoted.events[0][1]
+    final = sim.settle()
+    assert final.phase == SERVING
+    assert parse_policy(sim.serving()) == PolicyFacts("enforce", 600, ("mx1.example.test",))
+    assert final.status.mode == "enforce"
+    # Stays promoted across passes; `mode: enforce` in the spec serves the same bytes.
+    assert sim.step(86400).status.promoted_time is not None
+    before = sim.serving()
+    sim.body = spec_body(mode="enforce", promoteAfterSeconds=3600)
+    assert sim.step(1).status.promoted_time is None
+    assert sim.serving() == before
+
+
+@pytest.mark.parametrize(
+    ("sessions", "after", "why"),
+    [
+        pytest.param((120, 1), 3600, "one failed session", id="a-failure"),
+        pytest.param((0, 0), 3600, "no MTA-STS session reported", id="no-sessions"),
+        pytest.param(None, 3600, "no collector", id="no-reports"),
+        pytest.param((120, 0), None, "not asked for", id="not-configured"),
+    ],
+)
+def test_no_promotion_without_clean_reports(
+    sessions: tuple[int, int] | None, after: int | None, why: str
+) -> None:
+    extra = {"promoteAfterSeconds": after} if after is not None else {}
+    sim = Sim(spec_body(mode="testing", **extra), sts_sessions=sessions)
+    sim.settle()
+    result = sim.step(86400 * 30)
+    assert result.status.promoted_time is None, why
+    assert parse_policy(sim.serving()).mode == "testing"  # type: ignore[union-attr]
 
 
 # -- parsing -------------------------------------------------------------------------------------

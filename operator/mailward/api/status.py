@@ -90,6 +90,13 @@ class MTASTSStatus(_Model):
         default=None,
         description="When the MX records were seen moved to `spec.mx` during an MX change.",
     )
+    promoted_time: datetime | None = Field(
+        default=None,
+        description=(
+            "Since when `enforce` is served although the spec says `testing` "
+            "(`spec.mtaSts.promoteAfterSeconds`: the reports showed no MTA-STS failure)."
+        ),
+    )
     until: datetime | None = Field(
         default=None,
         description=(

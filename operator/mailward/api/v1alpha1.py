@@ -379,6 +379,19 @@ class MTASTSSpec(_Model):
             "the old policy may refuse a new MX host or miss the withdrawal. Seconds."
         ),
     )
+    promote_after_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        le=MTA_STS_MAX_AGE_LIMIT,
+        description=(
+            "With mode `testing`: serve `enforce` once the testing policy has been served this "
+            "long and the TLS reports received for the domain in the last 7 days "
+            "(`status.tlsRpt`, from the namespace's collector) count MTA-STS (`sts`) sessions "
+            "and no failed one. The spec keeps saying `testing`; `status.mtaSts.promotedTime` "
+            "says since when `enforce` is served (set `mode: enforce` to make it explicit). "
+            "Unset (default): never. Seconds, e.g. 1209600 (two weeks)."
+        ),
+    )
 
 
 def mx_pattern_matches(pattern: str, host: str) -> bool:

@@ -107,7 +107,8 @@ def site_for(body: Mapping[str, Any]) -> Site | None:
     recorded = (body.get("status") or {}).get("mtaSts") or {}
     kept = [str(name) for name in recorded.get("keptMx") or []]
     published = [str(mx.get("host")) for mx in recorded.get("mxHosts") or []]
-    policy = served_policy(spec, kept, published, deleting=withdrawing)
+    promoted = bool(recorded.get("promotedTime"))
+    policy = served_policy(spec, kept, published, deleting=withdrawing, promoted=promoted)
     return Site(
         domain=spec.domain,
         owner=f"{meta.get('namespace')}/{meta.get('name')}",

@@ -140,6 +140,17 @@ def _previous_phase(ctx: ReconcileContext) -> str | None:
     return condition.reason if condition is not None else None
 
 
+def _sts_sessions(ctx: ReconcileContext) -> tuple[int, int] | None:
+    """The MTA-STS sessions the collector's reports counted in 7 days: (successful, failed)."""
+    reports = ctx.status.tls_rpt
+    if reports is None:
+        return None
+    for counts in reports.policies:
+        if counts.policy_type == "sts":
+            return counts.last7d.successful, counts.last7d.failed
+    return None
+
+
 def _mx_host(entry: PublishedMX) -> MXHost:
     return MXHost(host=entry.host, priority=entry.priority, addresses=list(entry.addresses))
 
@@ -189,6 +200,7 @@ class MTASTSPart:
                 deleting_since=ctx.deleting_since,
                 dns_ready=_dns_ready(ctx),
                 previous_phase=_previous_phase(ctx),
+                sts_sessions=_sts_sessions(ctx),
             )
         )
         if fetched.status is not None:

@@ -36,6 +36,7 @@ WITHDRAWING = "Withdrawing"
 WITHDRAWN = "Withdrawn"
 MX_CHANGE_AGING = "MXChangeAging"  # the policy names old and new MX hosts; the MX waits
 MX_MOVED = "MXMoved"  # the MX records moved; the old names leave the policy after their TTL
+PROMOTED = "PromotedToEnforce"  # an Event: testing is served as enforce
 
 # Phases worth an Event when they begin (the start and the end of each change).
 ANNOUNCED_PHASES = frozenset({WITHDRAWING, WITHDRAWN, MX_CHANGE_AGING, MX_MOVED})
@@ -62,6 +63,9 @@ class ChangeInputs:
     dns_ready: bool = False
     # The reason of MTASTSReady in the last status written: an Event when the phase changes.
     previous_phase: str | None = None
+    # The collector's MTA-STS (`sts`) sessions of the last 7 days, (successful, failed), from
+    # status.tlsRpt; None: no collector, or no report counted them.
+    sts_sessions: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,31 @@ def record_served(recorded: MTASTSStatus, served: Served | None, now: datetime) 
     return current
 
 
+def _promotion(inputs: ChangeInputs, rec: MTASTSStatus) -> tuple[datetime | None, str]:
+    """`testing` → `enforce` (spec.mtaSts.promoteAfterSeconds): since when enforce is served
+    (None: not), and a note for the condition. Promoted once the testing policy was served for
+    the configured time and the last 7 days of reports count MTA-STS sessions and no failed
+    one; it stays promoted while the spec says `testing` (a failure afterwards shows in
+    TLSReportsHealthy, and `mode: enforce` or removing the field decides)."""
+    spec, now = inputs.spec, inputs.now
+    after = spec.mta_sts.promote_after_seconds
+    if inputs.deleting_since is not None or spec.mta_sts.mode != "testing" or after is None:
+        return None, ""
+    if rec.promoted_time is not None:
+        return rec.promoted_time, f"promoted to enforce at {_when(rec.promoted_time)}"
+    if rec.mode != "testing" or rec.served_since is None:
+        return None, ""
+    due = rec.served_since + timedelta(seconds=after)
+    ok, failed = inputs.sts_sessions or (0, 0)
+    reports = f"{ok} MTA-STS sessions succeeded and {failed} failed in the last 7 days' reports"
+    if now >= due and ok > 0 and failed == 0:
+        return (
+            now,
+            f"promoted to enforce: testing served since {_when(rec.served_since)}; {reports}",
+        )
+    return None, f"enforce from {_when(due)} if the reports then show no failure ({reports})"
+
+
 def _mx_ttl(spec: MailDomainSpec) -> int:
     """How long resolvers may hand out the old MX records after they moved (0: by hand)."""
     return spec.dns.ttl.default if spec.dns is not None else 0
@@ -154,6 +183,7 @@ def plan(inputs: ChangeInputs) -> ChangePlan:
     desired_mx = published_mx(spec)
     held = tuple(rec.mx_hosts) if rec.mx_hosts is not None else desired_mx
     kept = kept_before = tuple(rec.kept_mx)
+    promotion_event: tuple[str, str] | None = None
     moved_time = rec.mx_moved_time
     mx_hosts = desired_mx
     mx_phase: tuple[str, str, datetime] | None = None  # (phase, message, until)
@@ -221,12 +251,26 @@ def plan(inputs: ChangeInputs) -> ChangePlan:
     if not kept:
         moved_time = None
 
+    promoted_time, promotion_note = _promotion(inputs, rec)
+    if promoted_time is not None and rec.promoted_time is None:
+        promotion_event = (PROMOTED, promotion_note)
     # Exactly what the endpoint renders from the status recorded below (endpoint/catalog.py).
-    desired = served_text(spec, kept, [e.host for e in mx_hosts], deleting=deleting)
+    desired = served_text(
+        spec,
+        kept,
+        [e.host for e in mx_hosts],
+        deleting=deleting,
+        promoted=promoted_time is not None,
+    )
     desired_id = policy_id(desired)
     withdrawing = deleting or spec.mta_sts.mode == "none"
     rec = rec.model_copy(
-        update={"mx_hosts": list(mx_hosts), "kept_mx": list(kept), "mx_moved_time": moved_time}
+        update={
+            "mx_hosts": list(mx_hosts),
+            "kept_mx": list(kept),
+            "mx_moved_time": moved_time,
+            "promoted_time": promoted_time,
+        }
     )
     host = f"mta-sts.{spec.domain}"
 
@@ -270,9 +314,9 @@ def plan(inputs: ChangeInputs) -> ChangePlan:
     elif mx_phase is not None:
         phase, message, until = mx_phase
     else:
-        message = f"{host} serves policy {desired_id}"
+        message = f"{host} serves policy {desired_id}{promotion_note and '; ' + promotion_note}"
     rec = rec.model_copy(update={"until": until})
-    events = []
+    events = [promotion_event] if promotion_event else []
     if phase in ANNOUNCED_PHASES and phase != inputs.previous_phase:
         events.append((phase, message))
     if kept_before and not kept and not deleting:

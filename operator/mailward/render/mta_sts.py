@@ -36,13 +36,19 @@ def policy_patterns(spec: MailDomainSpec) -> list[str]:
     return list(spec.mta_sts.mx_patterns) or [mx.host for mx in spec.mx]
 
 
-def policy_for(spec: MailDomainSpec, extra_mx: Sequence[str] = ()) -> str:
+def policy_for(
+    spec: MailDomainSpec, extra_mx: Sequence[str] = (), *, promoted: bool = False
+) -> str:
     """The policy of `spec`, plus the names in `extra_mx` that its lines do not match: MX hosts
     still published, or being replaced, which a policy must keep naming until the MX records
-    moved and resolvers forgot them (RFC 8461 §4.1, plan/mtasts_changes.py)."""
+    moved and resolvers forgot them (RFC 8461 §4.1, plan/mtasts_changes.py). `promoted`: mode
+    `testing` is served as `enforce` (`spec.mtaSts.promoteAfterSeconds`)."""
     patterns = policy_patterns(spec)
     extras = [n for n in extra_mx if not any(mx_pattern_matches(p, n) for p in patterns)]
-    return render_policy(spec.mta_sts.mode, [*patterns, *extras], spec.mta_sts.max_age)
+    mode = spec.mta_sts.mode
+    if promoted and mode == "testing":
+        mode = "enforce"
+    return render_policy(mode, [*patterns, *extras], spec.mta_sts.max_age)
 
 
 # RFC 8461 §8.3 suggests "a small max_age (e.g., one day)" for the policy that withdraws one.
@@ -59,16 +65,22 @@ def withdrawal_policy(spec: MailDomainSpec) -> str:
 
 
 def served_policy(
-    spec: MailDomainSpec, kept_mx: Sequence[str], published_mx: Sequence[str], *, deleting: bool
+    spec: MailDomainSpec,
+    kept_mx: Sequence[str],
+    published_mx: Sequence[str],
+    *,
+    deleting: bool,
+    promoted: bool = False,
 ) -> str:
     """What the endpoint serves for a MailDomain: the withdrawal while it is deleted; otherwise
     its policy naming also every MX host the DNS part publishes (`status.mtaSts.mxHosts`) and
     the names an MX change keeps (`status.mtaSts.keptMx`), so that no policy ever served drops
-    a name the MX records still give, not even before the operator noticed a spec change. The
-    endpoint and the mtasts part both call this, so the part knows the bytes to expect."""
+    a name the MX records still give, not even before the operator noticed a spec change;
+    `enforce` for `testing` once promoted (`status.mtaSts.promotedTime`). The endpoint and the
+    mtasts part both call this, so the part knows the bytes to expect."""
     if deleting:
         return withdrawal_policy(spec)
-    return policy_for(spec, [*kept_mx, *published_mx])
+    return policy_for(spec, [*kept_mx, *published_mx], promoted=promoted)
 
 
 @dataclass(frozen=True)
