@@ -168,6 +168,16 @@ def test_the_longest_earlier_max_age_counts() -> None:
     assert started.until == T0 + timedelta(seconds=1 + 1 + 3600)
 
 
+def test_a_status_from_before_these_fields_learns_the_served_policy() -> None:
+    """An operator upgraded under a served policy: status.mtaSts has only policyId."""
+    sim = Sim(spec_body())
+    sim.status = MTASTSStatus(policy_id=policy_id(sim.serving()))
+    learnt = sim.step(1)
+    assert (learnt.status.mode, learnt.status.max_age) == ("enforce", 600)
+    sim.body = spec_body(mode="none")
+    assert sim.step(1).until == sim.now + timedelta(seconds=600)
+
+
 def test_a_domain_that_never_enforced_has_no_record_and_no_wait() -> None:
     sim = Sim(spec_body(mode="none"))
     result = sim.settle()

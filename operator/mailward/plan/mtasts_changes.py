@@ -134,6 +134,16 @@ def record_served(recorded: MTASTSStatus, served: Served | None, now: datetime) 
                 "earlier_enforce_expires": enforce_expire,
             }
         )
+    elif served is not None and served.facts is not None and recorded.mode is None:
+        # A status written before these fields existed: learn the served policy's mode and
+        # max_age now, so that a later withdrawal or MX change waits for it.
+        current = recorded.model_copy(
+            update={
+                "mode": served.facts.mode,
+                "max_age": served.facts.max_age,
+                "served_since": recorded.served_since or now,
+            }
+        )
     for name in ("earlier_policies_expire", "earlier_enforce_expires"):
         moment = getattr(current, name)
         if moment is not None and moment <= now:
