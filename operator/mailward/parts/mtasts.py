@@ -10,7 +10,7 @@ runs after it) the id of the bytes actually served, never the id of the desired 
   seen served when the endpoint cannot be reached (the DNS part keeps that id), or None when
   nothing is served for the domain (publish no new id).
 
-Changes that senders' caches make unsafe go in order (plan/mtasts_changes.py, RFC 8461 §8.2,
+Changes that senders' caches make unsafe go in order (plan/mtasts_changes.py, RFC 8461 §8.1,
 §8.3), and the part hands the DNS part what it may publish:
 - `ctx.findings.mx_hosts`: the MX hosts to publish; during an MX change under `enforce` the
   earlier ones, until the policy naming old and new hosts (`status.mtaSts.keptMx`, which the

@@ -1,4 +1,4 @@
-"""MTA-STS changes in a safe order (RFC 8461 §8.2, §8.3), decided purely.
+"""MTA-STS changes in a safe order (RFC 8461 §8.1, §8.3), decided purely.
 
 Senders cache a policy for its max_age (RFC 8461 §5.1) and keep using it, even after the
 `_mta-sts` record is gone. Two changes therefore take time:
