@@ -11,7 +11,7 @@ a wrong key healthy until the first MailDomain fails.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, cast
 
 import kopf
@@ -74,8 +74,12 @@ class ProviderReconciler:
         *,
         resync_seconds: float,
         retry_seconds: float,
+        changed: Callable[[ProviderReference, str], None] = lambda ref, namespace: None,
     ) -> None:
+        """`changed` is told of every provider this verifies, so that what the MailDomains'
+        passes keep of it (adapters/recent_providers.py) is read again."""
         self._resolver = resolver
+        self._changed = changed
         self._objects = objects
         self._scheduler = scheduler
         self._resync_seconds = resync_seconds
@@ -94,6 +98,7 @@ class ProviderReconciler:
         )
         self._scheduler.every(key, self._resync_seconds, self._resync)
         ref = ProviderReference(kind=_KINDS[plural], name=name)
+        self._changed(ref, namespace)
         ready = await verify(self._resolver, ref, namespace)
         generation = int(meta.get("generation") or 0)
         current = ProviderStatus.model_validate(dict(body.get("status") or {}))

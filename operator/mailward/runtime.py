@@ -20,6 +20,7 @@ from mailward.adapters.mailservers import KubeFleetPods, KubeMailServerDirectory
 from mailward.adapters.nameservers import NameserverObserver
 from mailward.adapters.observed import LevelApplier, ObservedObjects
 from mailward.adapters.policy_endpoint import EndpointFetcher
+from mailward.adapters.recent_providers import RecentProviders
 from mailward.adapters.serving_secret import KubeServingSecrets
 from mailward.adapters.status_writer import KubeStatusWriter
 from mailward.adapters.workloads import KubeWorkloadClient
@@ -57,6 +58,9 @@ class Runtime:
 # The API client is blocking: every call runs in one of these threads (handlers.py sets the
 # loop's default executor), and each thread keeps a connection to the API server.
 API_THREADS = 32
+# How long the passes share a provider's resolution (adapters/recent_providers.py): a provider's
+# edit is seen at once, a rotated TSIG Secret within this.
+PROVIDER_REUSE_SECONDS = 10.0
 
 
 def build(settings: OperatorSettings, *, standby: bool = False) -> Runtime:
@@ -67,7 +71,8 @@ def build(settings: OperatorSettings, *, standby: bool = False) -> Runtime:
     observed = ObservedObjects()
     directory = MailDomainDirectory()
     applier = LevelApplier(observed)
-    providers = KubeProviderResolver()
+    resolver = KubeProviderResolver()
+    providers = RecentProviders(resolver, seconds=PROVIDER_REUSE_SECONDS)
     scheduler = Scheduler(paused=standby)
     compliance = ComplianceRunner(settings.compliance, KubeStatusWriter(), events)
     domains: DomainReconciler | None = None
@@ -157,11 +162,12 @@ def build(settings: OperatorSettings, *, standby: bool = False) -> Runtime:
         default_image=settings.mta_image,
     )
     provider_status = ProviderReconciler(
-        providers,
+        resolver,
         KubeCustomObjects(),
         scheduler,
         resync_seconds=reconcile.resync_seconds,
         retry_seconds=RETRY_FACTOR * reconcile.dns_retry_seconds,
+        changed=providers.forget,
     )
     observed.on_drift(domains.repair)
     return Runtime(settings, scheduler, observed, directory, domains, fleets, provider_status)
