@@ -3,6 +3,7 @@ the local BIND, each figure printed beside its goal (issue #15).
 
     .venv/bin/python -m tests.bench.scale [--domains 1000] [--fleets 4] [--idle-seconds 600]
         [--compliance] [--operator-memory 3Gi] [--converge-timeout 1200] [--budget 3000]
+        [--concurrency N] [--disturb kill-active|apiserver|bind [--disturb-at 0.25]]
 
 Rows:
 - converge: the N MailDomains applied at once (server-side apply from this process, 16 at a
@@ -20,6 +21,11 @@ Rows:
   election (coordination.k8s.io leases, kopf.dev kopfpeerings) left out and counted apart. Goal
   0; each remaining write is listed by verb, resource, subresource and field manager. The
   operator's writes while converging are listed the same way (per domain);
+- disturbance (`--disturb`, tests/bench/disturb.py): once `--disturb-at` of the domains are
+  ready, the active replica is SIGKILLed (two replicas then), the API server restarted, or BIND
+  stopped for a minute; the row gives the takeover (first domain ready after the kill), the
+  time from the end of the disturbance until all are ready, and every domain's records compared
+  with the desired ones after convergence (tests/zones.py). Goal: all recover, 0 differences;
 - compliance (`--compliance`, off by default: the engine is known to check about 31 domains a
   minute): the domains carry the compliance label and `spec.compliance.interval: 5m`; the row is
   how many have a `status.compliance.lastChecked` within the 5 minutes after convergence (the
@@ -83,6 +89,7 @@ from tests.bench._cluster import (
     secret,
     start_budget,
 )
+from tests.bench.disturb import KINDS, Disturbance, zones_as_desired
 
 STATE = Path(__file__).resolve().parents[2] / ".local" / "bench-scale"
 NET = "127.93.0"
@@ -337,6 +344,9 @@ class Results:
     waited: float = 0.0
     idle: tuple[int, int, float, bool] | None = None  # writes, election writes, seconds, converged
     checked: tuple[int, int] | None = None  # checked within the window, checked at all
+    ready_at: dict[tuple[str, str], float] = field(default_factory=dict)  # monotonic, per domain
+    disturbance: Disturbance | None = None
+    zones: list[str] | None = None  # differences from the desired records (None: not compared)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -393,8 +403,31 @@ def operator_warnings(api: Api) -> Counter[str]:
     return counts
 
 
+def disturbance_row(results: Results) -> tuple[str, str, str]:
+    disturbance = results.disturbance
+    assert disturbance is not None
+    if disturbance.began is None:
+        return f"{disturbance.kind}: never started", "", "MISSED"
+    what = disturbance.what or disturbance.error or "still running"
+    after = sorted(at for at in results.ready_at.values() if at > disturbance.began)
+    parts = [what]
+    if disturbance.kind == "kill-active" and after:
+        parts.append(f"first domain ready {after[0] - disturbance.began:.1f} s after the kill")
+    if disturbance.ended is not None and results.total is not None and after:
+        parts.append(f"all ready {max(0.0, after[-1] - disturbance.ended):.1f} s after it ended")
+    if results.zones is None:
+        parts.append("zones not compared")
+        verdict = "MISSED"
+    else:
+        parts.append(f"{len(results.zones)} differences from the desired records")
+        verdict = "met" if not results.zones and results.total is not None else "MISSED"
+    return "; ".join(parts), "recovers, nothing lost or duplicated", verdict
+
+
 def summary(results: Results, watch: OperatorWatch, warnings: Counter[str]) -> None:
     rows = [("MailDomains Ready + DNSReady", *converge_row(results))]
+    if results.disturbance is not None:
+        rows.append((f"disturbance: {results.disturbance.kind}", *disturbance_row(results)))
     rows.append(("operator peak memory", *memory_row(results, watch)))
     if results.idle is None:
         rows.append(("idle mutating requests", "not measured (stopped before)", "0", "-"))
@@ -471,12 +504,24 @@ class Bench:
         results.applied = time.monotonic() - first
         say(f"{len(started):,} MailDomains applied in {results.applied:.1f}s")
         shown = 0.0
+        disturbance = results.disturbance
         while True:
             listed = time.monotonic()
-            for body in self.maildomains():
+            try:
+                bodies = self.maildomains()
+            except Exception as error:  # the API server away (--disturb apiserver)
+                bodies = []
+                if listed - shown >= 5:
+                    shown = listed
+                    say(f"listing the MailDomains failed: {type(error).__name__}: {error}")
+            for body in bodies:
                 key = (body["metadata"]["namespace"], body["metadata"]["name"])
                 if key not in results.ready and key in started and is_ready(body):
                     results.ready[key] = listed - started[key]
+                    results.ready_at[key] = listed
+            due = self.args.disturb_at * results.count
+            if disturbance is not None and disturbance.began is None and len(results.ready) >= due:
+                disturbance.start(len(results.ready), results.count)
             results.waited = time.monotonic() - first
             if len(results.ready) == results.count:
                 results.total = listed - first
@@ -491,6 +536,15 @@ class Bench:
                 operator_log(self.stack, 30)
                 return time.monotonic()
             time.sleep(max(0.0, 1.0 - (time.monotonic() - listed)))
+
+    def compare_zones(self) -> None:
+        specs = [(d.manifest(False)["spec"], mx_host(d.fleet)) for d in self.domains]
+        zones = [zone(k) for k in range(self.args.fleets)]
+        self.results.zones = differences = zones_as_desired(self.stack, specs, zones)
+        print(f"\nzones: {len(self.domains):,} domains compared with the desired records, "
+              f"{len(differences)} differences", flush=True)  # fmt: skip
+        for line in differences[:20]:
+            print(f"  {line}")
 
     def maildomains(self) -> list[dict[str, Any]]:
         return self.api.list(f"/apis/{API}/maildomains", "=".join(SCALE_LABEL))
@@ -562,6 +616,8 @@ class Bench:
         print(f"  applied in {self.results.applied:.1f} s ({APPLIERS} at a time, server-side); "
               f"{self.watch.line()}", flush=True)  # fmt: skip
         self.convergence_writes(began_wall, time.time())
+        if self.results.disturbance is not None and converged:
+            self.compare_zones()
         if self.args.compliance:
             self.compliance(converged_at)
         self.idle(converged_at, converged)
@@ -576,6 +632,10 @@ def main() -> int:
     parser.add_argument("--operator-memory", default="3Gi", help="the operator's memory limit")
     parser.add_argument(
         "--concurrency", type=int, help="reconcile.concurrency (default: the chart's)"
+    )
+    parser.add_argument("--disturb", choices=KINDS, help="break something midway (disturb.py)")
+    parser.add_argument(
+        "--disturb-at", type=float, default=0.25, help="share of domains ready before it"
     )
     parser.add_argument("--converge-timeout", type=int, default=1200)
     parser.add_argument("--budget", type=int, default=3000, help="seconds before it stops")
@@ -593,12 +653,16 @@ def main() -> int:
     addresses = [layout.address(FIRST_HOST + k) for k in range(args.fleets)]
     results = Results(args.domains, args.compliance)
     values = operator_values(args.operator_memory, args.compliance, args.concurrency)
+    if args.disturb == "kill-active":
+        values["replicas"] = 2  # the chart's default; the stack runs one otherwise
     say(f"{args.domains:,} MailDomains on {args.fleets} fleets; operator memory limit "
         f"{args.operator_memory}; budget {args.budget}s")  # fmt: skip
     with contextlib.ExitStack() as cleanup:
         os.environ[AUDIT_ENV] = "1"  # `stack.up` starts the control plane: the audit log on
         stack = cleanup.enter_context(fresh_stack(STATE, layout, values, addresses))
         bench = Bench(stack, args, results)
+        if args.disturb:
+            results.disturbance = Disturbance(args.disturb, stack)
         cleanup.callback(bench.watch.stop)
         try:
             bench.run(budget_end)

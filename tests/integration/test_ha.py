@@ -28,7 +28,6 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,8 +37,8 @@ from mailward.render.policy_objects import policy_hosts, tls_secret_name
 from mailward_localstack.controlplane import kubectl
 from mailward_localstack.demo_dns import create_dns_provider
 from mailward_localstack.helm import helm
-from mailward_localstack.node import pod_processes
 from mailward_localstack.stack import RELEASE, RELEASE_NAMESPACE, Stack
+from tests import replicas
 from tests.chart import CHART, KUBE_VERSION, render
 from tests.chart import helm as helm_binary
 from tests.fixtures_cluster import get_json, wait_for
@@ -50,9 +49,7 @@ pytestmark = [pytest.mark.controlplane, pytest.mark.dnsstack, pytest.mark.node]
 NAMESPACE = "ha"
 COUNT = 4
 ZONE = "example.test"
-PEERING = "mailward"
 LIFETIME = 20  # the chart's peering.lifetimeSeconds
-SELECTOR = "app.kubernetes.io/name=mailward"
 
 
 def _documents(manifests: str) -> list[dict[str, Any]]:
@@ -152,28 +149,6 @@ def _upgrade(stack: Stack, *sets: str) -> None:
     helm(stack.kubeconfig, *args, "--wait", "--timeout", "180s")
 
 
-def _pods(stack: Stack) -> dict[str, dict[str, Any]]:
-    """The operator pods that run and are not being deleted, by name."""
-    pods = get_json(stack, "pods", "-n", RELEASE_NAMESPACE, "-l", SELECTOR)["items"]
-    return {
-        p["metadata"]["name"]: p
-        for p in pods
-        if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")
-    }
-
-
-def _peers(stack: Stack) -> dict[str, dict[str, Any]]:
-    """kopf's records in the peering object: identity (the pod's name) -> priority etc."""
-    body = get_json(stack, "clusterkopfpeering", PEERING)
-    return dict(body.get("status") or {})
-
-
-def _active(stack: Stack, pods: set[str]) -> str:
-    """The replica that runs: the highest priority among the records of pods that run."""
-    peers = {name: peer for name, peer in _peers(stack).items() if name in pods}
-    return max(peers, key=lambda name: int(peers[name]["priority"]))
-
-
 def _log(stack: Stack, pod: str) -> str:
     return kubectl(stack.kubeconfig, "logs", "-n", RELEASE_NAMESPACE, pod, "-c", "operator")
 
@@ -186,25 +161,6 @@ def _object_lines(log: str) -> list[str]:
         for line in log.splitlines()
         if (" kopf.objects " in line or "] mailward." in line) and "] mailward.peering " not in line
     ]
-
-
-def _process(stack: Stack, pod: dict[str, Any]) -> int:
-    """The `mailward run` process of `pod`: in the node's cgroups, under the pod's uid."""
-    uid = pod["metadata"]["uid"]
-    marks = (f"pod{uid}", f"pod{uid.replace('-', '_')}")
-    for pid in pod_processes(stack.state_dir / "node"):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            cgroups = Path(f"/proc/{pid}/cgroup").read_text()
-        except OSError:
-            continue
-        if (
-            any(arg.endswith(b"mailward") for arg in argv[:2])
-            and b"run" in argv
-            and any(mark in cgroups for mark in marks)
-        ):
-            return pid
-    raise AssertionError(f"no `mailward run` process of pod {pod['metadata']['name']}")
 
 
 def _ready(body: dict[str, Any]) -> bool:
@@ -251,7 +207,7 @@ def _takeover(
         if resumed is None and _log(stack, standby).count("Resuming operations") > resumed_before:
             resumed = time.monotonic() - began
         if yielded is None:
-            peers = _peers(stack)
+            peers = replicas.peers(stack)
             if active not in peers or int(peers[active]["priority"]) < int(
                 peers[standby]["priority"]
             ):
@@ -261,7 +217,7 @@ def _takeover(
         time.sleep(0.25)
     assert resumed is not None, f"{standby} did not resume after {what}:\n{_log(stack, standby)}"
     assert converged is not None, f"the domains did not converge after {what}"
-    assert yielded is not None, f"{active}'s record stayed after {what}: {_peers(stack)}"
+    assert yielded is not None, f"{active}'s record stayed after {what}: {replicas.peers(stack)}"
     print(f"\n{what}: {active}'s record gone or lower after {yielded:.1f}s;", end=" ")
     print(f"{standby} resumed after {resumed:.1f}s;", end=" ")
     print(f"{COUNT} domains Ready (a spec change each) after {converged:.1f}s")
@@ -283,13 +239,13 @@ def _two_replicas_peered(stack: Stack, settled: float = 10) -> tuple[str, str]:
     not the standby of a handover in production)."""
 
     def both() -> tuple[str, str] | None:
-        running = _pods(stack)
+        running = replicas.running_pods(stack)
         pods = set(running)
-        if len(pods) != 2 or not pods <= set(_peers(stack)):
+        if len(pods) != 2 or not pods <= set(replicas.peers(stack)):
             return None
         if min(_started_seconds_ago(pod) for pod in running.values()) < settled:
             return None
-        active = _active(stack, pods)
+        active = replicas.active(stack, pods)
         (standby,) = pods - {active}
         return active, standby
 
@@ -332,13 +288,13 @@ def test_the_standby_takes_over_after_sigkill_sigstop_and_a_graceful_stop(cluste
         assert "Resuming operations" not in quiet, quiet
 
         # 1. SIGKILL of the active replica's process.
-        pods = _pods(cluster)
-        pid = _process(cluster, pods[active])
+        pods = replicas.running_pods(cluster)
+        pid = replicas.operator_process(cluster, pods[active])
         _takeover(cluster, active, standby, lambda: os.kill(pid, signal.SIGKILL), "SIGKILL")
         active, standby = _two_replicas_peered(cluster)
 
         # 2. SIGSTOP: no exit, no restart, no renewal: the record runs out.
-        pid = _process(cluster, _pods(cluster)[active])
+        pid = replicas.operator_process(cluster, replicas.running_pods(cluster)[active])
         try:
             stopped = "SIGSTOP (a lost node)"
             resumed, _ = _takeover(
