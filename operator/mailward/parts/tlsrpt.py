@@ -312,5 +312,3 @@ def _no_address(ctx: ReconcileContext, message: str) -> PartResult:
     previous = next((c for c in ctx.status.conditions if c.type == TLS_REPORTS_HEALTHY), None)
     events = [] if previous and previous.reason == reason else [Event("Warning", reason, message)]
     return PartResult([verdict], events=events)
-
-

@@ -114,6 +114,7 @@ class ResolverSettings:
     trust_anchors: tuple[TrustAnchor, ...] = ()
     forwarders: tuple[Forwarder, ...] = ()
 
+
 def _special_use_zones(anchors: Sequence[TrustAnchor]) -> list[str]:
     """The default local zones that hold an anchored zone."""
     names = [dns.name.from_text(a.zone) for a in anchors]
