@@ -195,3 +195,57 @@ def test_a_fleet_signs_for_an_attached_domain_with_the_domains_keys(
     template = json.loads(statefulset.stdout)["spec"]["template"]["spec"]
     assert "dkim" in [c["name"] for c in template["initContainers"]]
     print(f"evidence: fleet-dkim items {sorted(copy)}; the fleet's pod runs the signer")
+
+
+def test_the_running_operator_rotates_on_its_own_clock(
+    kube: Kube,
+    operator: OperatorProcess,
+    dns_stack: DNSStack,
+    publish_setup: Callable[..., PublishSetup],
+) -> None:
+    """SHORTENED CLOCK (this test only): `rotateAfter: 1m`, `retireAfter: 0s`, one key type.
+    Nothing but the operator's own retries drives the rotation: the first key signs, a minute
+    later a second one takes over, and the first leaves DNS, the Secret and the MTA's pod."""
+    setup = publish_setup(apply=False)
+    setup.manifest["spec"]["dkim"] = {
+        "managed": True,
+        "keyTypes": ["ed25519"],
+        "rotateAfter": "1m",
+        "retireAfter": "0s",
+    }
+    kube.apply(setup.manifest)
+    namespace, domain = setup.namespace, setup.domain
+
+    def phases() -> dict[str, str]:
+        body = kube.get_maildomain(namespace, "example")
+        found = (body.get("status", {}).get("dkim") or {}).get("selectors", [])
+        return {s["selector"]: s["phase"] for s in found}
+
+    first = kube.wait_for(
+        "the first key Active", lambda: list(phases()) if "Active" in phases().values() else None
+    )
+    (first_selector,) = first
+    print(f"evidence: first key {first_selector}: {phases()}")
+    seen: list[dict[str, str]] = []
+
+    def rotated() -> str | None:
+        now = phases()
+        if not seen or seen[-1] != now:
+            seen.append(now)
+        if first_selector in now or list(now.values()) != ["Active"]:
+            return None
+        return next(iter(now))
+
+    second = kube.wait_for("the second key alone, Active", rotated, timeout=240, interval=1.0)
+    print("evidence: phases seen: " + " -> ".join(json.dumps(p) for p in seen))
+    assert any(
+        p.get(first_selector) == "Retiring" or p.get(first_selector) == "Withdrawn" for p in seen
+    )
+    assert _validated_key(dns_stack, f"{first_selector}._domainkey.{domain}.") is None
+    assert _validated_key(dns_stack, f"{second}._domainkey.{domain}.") is not None
+    secret = kube.core.read_namespaced_secret("example-dkim", namespace)
+    assert sorted(secret.data) == [f"{second}.key"]
+    statefulset = kube.kubectl("get", "statefulset", "example-mta", "-n", namespace, "-o", "json")
+    template = json.loads(statefulset.stdout)["spec"]["template"]["spec"]
+    (volume,) = [v for v in template["volumes"] if v["name"] == "dkim-keys"]
+    assert [i["key"] for i in volume["secret"]["items"]] == [f"{second}.key"]
