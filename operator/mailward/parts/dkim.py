@@ -125,8 +125,8 @@ class DKIMPart:
         publics = {
             s: dkim_keys.public_of(_algorithm(state, s), p) for s, p in state.private.items()
         }
-        visible = await self._visible(ctx, state, publics)
         wanted = spec.dkim.key_types if spec.dkim.managed else []
+        visible = await self._visible(ctx, state, publics, wanted)
         decision = step(state.keys, wanted, visible, timing_for(spec), now)
         keys, private = list(decision.keys), dict(state.private)
         for algorithm in decision.generate:
@@ -166,11 +166,19 @@ class DKIMPart:
         return PartResult([verdict], status={"dkim": status}, retry_after=retry, events=events)
 
     async def _visible(
-        self, ctx: ReconcileContext, state: DKIMKeyState, publics: dict[str, str]
+        self,
+        ctx: ReconcileContext,
+        state: DKIMKeyState,
+        publics: dict[str, str],
+        wanted: Sequence[str],
     ) -> frozenset[str] | None:
+        if {k.phase for k in state.keys} == {"Active"} and set(wanted) <= {
+            k.algorithm for k in state.keys
+        }:
+            return None  # every wanted type signs and nothing waits on the resolver: not asked
         resolver = self._resolver()
-        if resolver is None or not state.keys:
-            return None if state.keys else frozenset()
+        if resolver is None:
+            return None
         # A withdrawn key's private half is gone: any record at its name keeps it listed.
         expected = {k.selector: publics.get(k.selector) for k in state.keys}
         return await resolver.visible(ctx.spec.domain, expected)
