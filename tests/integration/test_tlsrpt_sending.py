@@ -16,6 +16,12 @@ counts are relabelled as yesterday's and the day's database is closed, as at mid
 starts tlsrpt-reportd afterwards with `spread_out_delivery` 1 s instead of 10 h and a 2 s main
 loop instead of 5 min (environment variables, which the daemon ranks above its file).
 Everything else is the rendered configuration.
+
+MTA-STS: a fourth domain publishes no TLSA but an MTA-STS policy in `enforce` mode, served over
+HTTPS with a certificate of the local test CA by a small server in this test; its MX is a third
+rendered Postfix whose certificate is from the same CA. TEST TRUST ONLY: the sender's MTA-STS
+resolver is restarted with `SSL_CERT_FILE` naming that CA, and the sender's
+`smtp_tls_CApath` names a directory with that CA alone (the image trusts the system's CAs).
 """
 
 from __future__ import annotations
@@ -54,12 +60,14 @@ from mailward_localstack.stack import Stack as ClusterStack
 from tests.fixtures_cluster import NAMESPACE, WORKLOADS, ready_pods, wait_for
 from tests.fixtures_mta import MTAFactory, RunningMTA
 from tests.fixtures_tlsrpt import CollectorProcess
+from tests.mtasts_remote import serve_policy, trust_test_ca_for_mta_sts
 from tests.net import addr
 
 pytestmark = pytest.mark.dnsstack
 
 ZONE = "example.test"
 SENDER_HOST, RECEIVER_HOST, COLLECTOR_HOST = 110, 111, 112
+STS_RECEIVER_HOST, STS_POLICY_HOST = 113, 114
 ORGANIZATION = "mailward test sender"
 # The shortened clock (module docstring): the variables tlsrpt-reportd reads before its file.
 SHORT_REPORT_CLOCK = {
@@ -75,6 +83,7 @@ class Stack:
     good: str
     bad: str
     unusable: str
+    sts: str
     collector: CollectorProcess
     database: str
     reporter_dir: Path
@@ -154,7 +163,8 @@ def stack(
     sender_domain = f"rpt-sender-{tag}.{ZONE}"
     good, bad = f"rpt-ok-{tag}.{ZONE}", f"rpt-bad-{tag}.{ZONE}"
     unusable = f"rpt-unusable-{tag}.{ZONE}"
-    receiving = (good, bad, unusable)
+    sts = f"rpt-sts-{tag}.{ZONE}"
+    receiving = (good, bad, unusable, sts)
     mailbox_host = f"rpt-collector-{tag}.{ZONE}"
     collector_address = addr(COLLECTOR_HOST)
 
@@ -164,10 +174,10 @@ def stack(
     database = f"sqlite:///{work / 'reports.db'}"
     config = {
         "hostname": mailbox_host,
-        # Postfix names the TLSA base domain (the MX host) as a DANE policy's policy-domain,
-        # and the collector takes a report only for a policy-domain it manages: it is given
-        # both (docs/tlsrpt-sending.md, "Known limits").
-        "domains": [*receiving, *(f"mx.{d}" for d in receiving)],
+        # Only the served domains and their MX hosts, as collector_config renders them: a DANE
+        # report names the MX host as policy-domain and counts for its domain (attribution.py).
+        "domains": list(receiving),
+        "mxHosts": {d: [f"mx.{d}"] for d in receiving},
         "mailboxDomains": [mailbox_host],
         "smtp": {"address": collector_address, "port": 25},
         "https": {"address": collector_address, "port": 8443},
@@ -181,8 +191,23 @@ def stack(
 
     receiver = mta_factory(
         RECEIVER_HOST,
-        [DomainConfig(d, (f"mx.{d}",), ("bob",)) for d in receiving],
-        accounts={d: {"bob": "unused"} for d in receiving},
+        [DomainConfig(d, (f"mx.{d}",), ("bob",)) for d in (good, bad, unusable)],
+        accounts={d: {"bob": "unused"} for d in (good, bad, unusable)},
+    )
+    # The MTA-STS destination: its own MX (a certificate for mx.<sts> from the test CA), no
+    # TLSA, and its policy over HTTPS.
+    sts_receiver = mta_factory(
+        STS_RECEIVER_HOST,
+        [DomainConfig(sts, (f"mx.{sts}",), ("bob",))],
+        options=MTAOptions(mta_sts_fallback=False),
+        accounts={sts: {"bob": "unused"}},
+    )
+    policy_cert = local_ca.issue_server_cert([f"mta-sts.{sts}"], out_dir=work / "policy-cert")
+    policy_server = serve_policy(
+        addr(STS_POLICY_HOST),
+        f"version: STSv1\r\nmode: enforce\r\nmx: mx.{sts}\r\nmax_age: 86400\r\n",
+        policy_cert.chain_file,
+        policy_cert.key_file,
     )
     matching = receiver.cert.spki_sha256()
     wrong = hashlib.sha256(b"not the receiver's key").hexdigest()
@@ -203,6 +228,11 @@ def stack(
             # Matching type 7 is unassigned (RFC 6698 §7.4): the RRset has no usable record.
             (f"_25._tcp.mx.{unusable}", "TLSA", f"3 1 7 {matching}"),
             (f"_smtp._tls.{unusable}", "TXT", f'"v=TLSRPTv1; rua={https_rua}"'),
+            (sts, "MX", f"10 mx.{sts}."),
+            (f"mx.{sts}", "A", sts_receiver.address),
+            (f"_mta-sts.{sts}", "TXT", '"v=STSv1; id=1"'),
+            (f"mta-sts.{sts}", "A", addr(STS_POLICY_HOST)),
+            (f"_smtp._tls.{sts}", "TXT", f'"v=TLSRPTv1; rua={https_rua}"'),
             (mailbox_host, "MX", f"10 {mailbox_host}."),
             (mailbox_host, "A", collector_address),
         ],
@@ -218,6 +248,10 @@ def stack(
         (mailbox_host, "A"),
         (good, "MX"),
         (bad, "MX"),
+        (sts, "MX"),
+        (f"_mta-sts.{sts}", "TXT"),
+        (f"mta-sts.{sts}", "A"),
+        (f"_smtp._tls.{sts}", "TXT"),
     ]:
         _wait_secure(dns_stack, name, rdtype)
 
@@ -241,6 +275,7 @@ def stack(
     # Inside the image only the state directory is visible: the test CA goes there.
     ca_file = state / "test-ca.pem"
     ca_file.write_bytes(local_ca.ca_file.read_bytes())
+    sts_resolver = trust_test_ca_for_mta_sts(sender, ca_file, _start_in_image)
     config_file = Path(paths.config_file)
     config_file.write_text(render_reporter_conf(TLSRPTSending(ORGANIZATION), sender_domain, paths))
     collectd = _start_in_image(
@@ -257,6 +292,7 @@ def stack(
             good,
             bad,
             unusable,
+            sts,
             collector,
             database,
             reporter_dir,
@@ -266,6 +302,8 @@ def stack(
         )
     finally:
         _stop(collectd)
+        _stop(sts_resolver)
+        policy_server.shutdown()
         collector.stop()
         print(f"\ncollectd log:\n{(state / 'tlsrpt-collectd.log').read_text()[-3000:]}")
 
@@ -276,6 +314,7 @@ def test_reports_reach_the_collector_with_policy_types_and_result_types(stack: S
     _submit(sender, user, "secret alice", f"bob@{stack.good}", "good-0")
     _submit(sender, user, "secret alice", f"bob@{stack.bad}", "bad-0")
     _submit(sender, user, "secret alice", f"bob@{stack.unusable}", "unusable-0")
+    _submit(sender, user, "secret alice", f"bob@{stack.sts}", "sts-0")
 
     good, bad = re.escape(stack.good), re.escape(stack.bad)
     _wait_for(
@@ -289,6 +328,12 @@ def test_reports_reach_the_collector_with_policy_types_and_result_types(stack: S
         lambda: re.search(rf"to=<bob@{bad}>.*status=deferred", sender.log()),
         90,
         sender.log,
+    )
+    _wait_for(
+        "the delivery to the MTA-STS domain",
+        lambda: re.search(rf"to=<bob@{re.escape(stack.sts)}>.*status=sent", sender.log()),
+        90,
+        lambda: sender.log() + _read(stack.reporter_dir.parent / "tlspolicy.log"),
     )
     _wait_for(
         "a TLSRPT event for the unusable TLSA RRset",
@@ -311,6 +356,7 @@ def test_reports_reach_the_collector_with_policy_types_and_result_types(stack: S
             totals.get(stack.good, [0, 0])[0] >= 1
             and totals.get(stack.bad, [0, 0])[1] >= 1
             and totals.get(stack.unusable, [0, 0])[1] >= 1
+            and totals.get(stack.sts, [0, 0])[0] >= 1
         )
 
     _wait_for("the datagrams in collectd's database", counted, 30, sender.log)
@@ -333,17 +379,19 @@ def test_reports_reach_the_collector_with_policy_types_and_result_types(stack: S
         # The collector's certificate is from the test CA, which the POST must trust.
         env={**SHORT_REPORT_CLOCK, "SSL_CERT_FILE": str(stack.ca_file)},
     )
-    # DANE's policy-domain is the TLSA base domain, the MX host (Postfix, RFC 7672 §2.2.3).
+    # DANE's policy-domain is the TLSA base domain, the MX host (Postfix, RFC 7672 §2.2.3);
+    # the collector keeps the rows under the served domain whose MX host it is.
     mx = {d: f"mx.{d}" for d in (stack.good, stack.bad, stack.unusable)}
+    reported = [*mx, stack.sts]
     try:
         store = open_store(stack.database)
         try:
 
             def arrived() -> bool:
-                return all(store.policy_rows(host, 0) for host in mx.values())
+                return all(store.policy_rows(domain, 0) for domain in reported)
 
             _wait_for(
-                "the three reports at the collector",
+                "the four reports at the collector",
                 arrived,
                 120,
                 lambda: (
@@ -352,8 +400,9 @@ def test_reports_reach_the_collector_with_policy_types_and_result_types(stack: S
                     + sender.log()[-3000:]
                 ),
             )
-            policies = {d: store.policy_rows(host, 0) for d, host in mx.items()}
-            failures = {d: store.failure_rows(host, 0) for d, host in mx.items()}
+            policies = {d: store.policy_rows(d, 0) for d in reported}
+            failures = {d: store.failure_rows(d, 0) for d in reported}
+            under_mx_names = [store.policy_rows(host, 0) for host in mx.values()]
         finally:
             store.close()
     finally:
@@ -361,13 +410,22 @@ def test_reports_reach_the_collector_with_policy_types_and_result_types(stack: S
 
     for report in _sent_reports(stack):
         print(f"\nevidence: report as sent by tlsrpt-reportd:\n{json.dumps(report, indent=2)}")
-    for domain in mx:
+    for domain in reported:
         print(f"evidence: collector rows for {domain}: {policies[domain]} {failures[domain]}")
     delivered = [line for line in sender.log().splitlines() if "tlsrpt@" in line]
     print("evidence: the mailto: report through the sender MTA:\n" + "\n".join(delivered))
     events = [line for line in sender.log().splitlines() if "TLSRPT:" in line]
     print("evidence: Postfix's TLSRPT events:\n" + "\n".join(events))
 
+    # The reports as sent name the MX hosts; nothing is kept under those names.
+    sent_domains = {
+        policy["policy"]["policy-domain"]
+        for sent in _sent_reports(stack)
+        for policy in sent["report"]["policies"]  # type: ignore[index]
+    }
+    print(f"evidence: policy-domains as sent: {sorted(sent_domains)}")
+    assert set(mx.values()) <= sent_domains
+    assert under_mx_names == [[], [], []]
     # (a) DANE delivery: policy type tlsa, the session counted as successful.
     (good_policy,) = policies[stack.good]
     assert good_policy.policy_type == "tlsa"
@@ -388,6 +446,27 @@ def test_reports_reach_the_collector_with_policy_types_and_result_types(stack: S
     assert bad_policy.failed >= 1
     assert bad_policy.successful == 0
     assert {f.result_type for f in failures[stack.bad]} == {"certificate-not-trusted"}
+    # (d) MTA-STS only (no TLSA): policy type sts, named by the DANE-first socketmap's answer.
+    (sts_policy,) = policies[stack.sts]
+    assert sts_policy.policy_type == "sts"
+    assert sts_policy.successful >= 1
+    assert sts_policy.failed == 0
+    assert stack.sts in sent_domains
+    (sts_sent,) = [
+        policy["policy"]
+        for sent in _sent_reports(stack)
+        for policy in sent["report"]["policies"]  # type: ignore[index]
+        if policy["policy"]["policy-domain"] == stack.sts
+    ]
+    # The policy as the resolver fetched it (RFC 8460 §4.4 policy-string, RFC 8461 §3.2).
+    assert "mode: enforce" in sts_sent.get("policy-string", []), sts_sent
+    assert sts_sent["mx-host"] == [f"mx.{stack.sts}"], sts_sent
+    policy_answers = [
+        line
+        for line in _read(stack.reporter_dir.parent / "tlspolicy.log").splitlines()
+        if f"domain={stack.sts}" in line
+    ]
+    print("evidence: the socketmap's answers for the MTA-STS domain:\n" + "\n".join(policy_answers))
     # The mailto: report left through the sender MTA itself.
     assert any("status=sent" in line for line in delivered), delivered
 

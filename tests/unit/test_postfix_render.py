@@ -247,7 +247,11 @@ def test_policy_server_asks_mta_sts_only_without_dane() -> None:
     )
     server = PolicyServer(resolver, _FakeSts())  # type: ignore[arg-type]
     assert asyncio.run(server.answer(b"postfix dane.test")) == b"NOTFOUND "
-    assert asyncio.run(server.answer(b"postfix sts.test")) == b"OK secure match=mx.sts.test"
+    # The TLSRPT attributes the resolver's answer lacked are added (test_tlspolicy_tlsrpt.py).
+    assert asyncio.run(server.answer(b"postfix sts.test")) == (
+        b"OK secure match=mx.sts.test policy_type=sts policy_domain=sts.test "
+        b"mx_host_pattern=mx.sts.test"
+    )
     assert asyncio.run(server.answer(b"postfix .parent.test")) == b"NOTFOUND "
 
 

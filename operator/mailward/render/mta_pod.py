@@ -158,6 +158,9 @@ def render_mta_sts_daemon_conf(address: str) -> str:
             "default_zone:",
             "  strict_testing: false",
             "  timeout: 4",
+            # TLSRPT (RFC 8460): the answer names the policy (policy_type=sts, the domain, its
+            # mx patterns and policy strings), so Postfix reports `sts`, not `no-policy-found`.
+            "  tlsrpt: true",
             "",
         ]
     )

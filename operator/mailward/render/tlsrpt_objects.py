@@ -163,6 +163,9 @@ def collector_config(
         hostname=collector_host(specs[0].domain) if specs else NAME,
         domains=[s.domain for s in specs],
         mailbox_domains=_mailbox_domains(specs),
+        # A DANE report names the MX host as policy-domain (tlsrpt/attribution.py). A domain
+        # attached to a MailServer has no spec.mx: its fleet's hosts are not known here yet.
+        mx_hosts={s.domain: [m.host for m in s.mx] for s in specs if s.mx},
         smtp=listeners.listen(listeners.smtp),
         https=listeners.listen(listeners.https),
         api=listeners.listen(listeners.api),

@@ -10,6 +10,15 @@ its MX hosts, it answers NOTFOUND, and Postfix's own `dane` level stays in force
 a mismatch). Only for a destination without secure TLSA does it pass the request on to the
 MTA-STS resolver. When DNS fails it answers TEMP, so Postfix defers rather than downgrades.
 
+TLSRPT (RFC 8460): Postfix 3.10 reports a session under policy type `sts` only when the policy
+answer says so (TLSRPT_README, "MTA-STS Support via smtp_tls_policy_maps"); without it the
+session counts as `no-policy-found`. postfix-mta-sts-resolver 1.5 (Debian trixie) adds those
+attributes only with its zone option `tlsrpt: true`, off by default. So an MTA-STS answer that
+lacks them gets `policy_type=sts`, `policy_domain=<domain>` and one `mx_host_pattern=` per
+`match=` host here (`with_tlsrpt_attributes`); an answer that has them passes unchanged. DANE
+answers (NOTFOUND: Postfix's own `dane` level reports `tlsa` itself) carry none: Postfix refuses
+these attributes on a non-STS policy.
+
 Protocol: socketmap_table(5), netstrings `<name> <key>` in, `OK <value>` / `NOTFOUND ` /
 `TEMP <reason>` out. Runs as a sidecar next to Postfix; needs only dnspython.
 """
@@ -98,6 +107,30 @@ async def policy_for(domain: str, resolver: Resolver) -> str:
     return decide(mx, [t.secure and bool(t.names) for t in tlsa])
 
 
+def with_tlsrpt_attributes(domain: str, answer: bytes) -> bytes:
+    """An MTA-STS `OK secure match=...` answer with the attributes Postfix's TLSRPT needs.
+
+    The resolver lists the policy's `mx:` patterns in `match=` with a `*.` wildcard shortened to
+    `.` (Postfix's form for "any subdomain"); `mx_host_pattern` wants the policy's own form back.
+    """
+    if not answer.startswith(b"OK "):
+        return answer
+    text = answer.decode("utf-8", "replace")
+    words = text.split()
+    if any(word.startswith("policy_type=") for word in words):
+        return answer
+    patterns = [
+        f"*{host}" if host.startswith(".") else host
+        for word in words
+        if word.startswith("match=")
+        for host in word.removeprefix("match=").split(":")
+        if host
+    ]
+    extra = [f"policy_type=sts policy_domain={domain}"]
+    extra += [f"mx_host_pattern={pattern}" for pattern in patterns]
+    return (text.rstrip() + " " + " ".join(extra)).encode()
+
+
 def netstring(data: bytes) -> bytes:
     return str(len(data)).encode() + b":" + data + b","
 
@@ -153,8 +186,9 @@ class PolicyServer:
         except (OSError, ValueError, TimeoutError) as error:
             log.warning("domain=%s result=TEMP reason=mta-sts resolver: %s", domain, error)
             return b"TEMP MTA-STS resolver unavailable"
-        log.info("domain=%s policy=sts answer=%s", domain, upstream[:200].decode(errors="replace"))
-        return upstream
+        answer = with_tlsrpt_attributes(domain, upstream)
+        log.info("domain=%s policy=sts answer=%s", domain, answer[:300].decode(errors="replace"))
+        return answer
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if not local_peer(writer.get_extra_info("peername"), writer.get_extra_info("sockname")):

@@ -1,7 +1,8 @@
 """The collector's configuration: what the operator renders into its ConfigMap.
 
 One collector serves every MailDomain: it accepts reports whose policy domain is one of
-`domains`, by mail to any mailbox at one of `mailboxDomains`, and by HTTPS POST.
+`domains` or, for DANE, an MX host of one of them (`mxHosts`, rules in tlsrpt/attribution.py),
+by mail to any mailbox at one of `mailboxDomains`, and by HTTPS POST.
 """
 
 from __future__ import annotations
@@ -60,6 +61,13 @@ class IntakeLimits(_Config):
 class CollectorConfig(_Config):
     hostname: str = Field(description="The name the collector greets with (the rua MX host).")
     domains: list[str] = Field(description="Policy domains whose reports are accepted.")
+    mx_hosts: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description=(
+            "The MX host names of each served domain: a DANE report names the MX host (the TLSA "
+            "base domain) as its policy-domain (RFC 8460 §1.1), and counts for the served domain."
+        ),
+    )
     mailbox_domains: list[str] = Field(
         description="Domains of the rua mailboxes; mail to other domains is refused at RCPT."
     )

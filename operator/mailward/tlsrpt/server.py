@@ -16,6 +16,7 @@ import signal
 import ssl
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from email.utils import parseaddr
 from pathlib import Path
@@ -27,6 +28,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from mailward.settings import collector_database_url
+from mailward.tlsrpt.attribution import ServedNames, attribute, report_domain_of_host
 from mailward.tlsrpt.certificates import ServedCertificates
 from mailward.tlsrpt.config import CollectorConfig, Listen
 from mailward.tlsrpt.evaluate import summary_for
@@ -101,9 +103,8 @@ class Metrics:
             registry=self.registry,
         )
 
-    def count_report(self, report: Report, managed: set[str]) -> None:
-        for result in report.policies:
-            domain = result.policy.policy_domain
+    def count_report(self, report: Report, managed: set[str], stored_as: Sequence[str]) -> None:
+        for result, domain in zip(report.policies, stored_as, strict=True):
             if domain not in managed:
                 continue
             policy_type = result.policy.policy_type
@@ -126,6 +127,7 @@ class Collector:
         self.store: Store = store or open_store(config.database)
         self.metrics = Metrics()
         self.managed = {d.lower() for d in config.domains}
+        self.served = ServedNames.of(config.domains, config.mx_hosts)
         self.mailbox_domains = {d.lower() for d in config.mailbox_domains}
         self.limits = config.limits.parse_limits()
         self.rates = RateLimiter(config.limits.reports_per_minute, config.limits.burst)
@@ -137,44 +139,61 @@ class Collector:
 
     # -- the intake pipeline shared by SMTP and HTTPS ------------------------------------------
 
-    def _check_managed(self, report: Report) -> None:
-        domains = report.policy_domains()
-        if not any(d in self.managed for d in domains):
+    def _attribute(self, report: Report, report_domain: str | None) -> list[str]:
+        """Per policy, the name its rows are stored under (tlsrpt/attribution.py); refused when
+        no policy is about a domain this collector serves or an MX host of one."""
+        attributions = [
+            attribute(r.policy.policy_domain, r.policy.policy_type, report_domain, self.served)
+            for r in report.policies
+        ]
+        if not any(a.accepted for a in attributions):
+            domains = report.policy_domains()
             raise ReportRejected(
-                f"policy domain {', '.join(domains)} is not managed by this collector",
+                f"policy domain {', '.join(domains)} is not managed by this collector (nor an "
+                "MX host of a managed domain)",
                 code="unmanaged",
             )
+        return [
+            a.stored_as or r.policy.policy_domain
+            for a, r in zip(attributions, report.policies, strict=True)
+        ]
 
     def _ingest_mail(self, message: bytes, peer: str) -> Outcome:
         try:
             mail = extract(message, self.limits)
-            self._check_managed(mail.report)
+            stored_as = self._attribute(mail.report, mail.report_domain)
         except ReportRejected as error:
             return self._reject("smtp", peer, error, message)
         dkim, signer = dkim_verdict(message, self._dnsfunc)
+        notes = tuple(mail.notes)
+        if mail.report_domain in stored_as:
+            # A DANE report names the MX host, not the TLS-Report-Domain: that is no anomaly.
+            notes = tuple(n for n in notes if repr(mail.report_domain) not in n)
         envelope = StoredEnvelope(
-            "smtp", peer, mail.submitter, mail.report_domain, dkim, signer, tuple(mail.notes)
+            "smtp", peer, mail.submitter, mail.report_domain, dkim, signer, notes
         )
-        return self._store(mail.report, envelope)
+        return self._store(mail.report, envelope, stored_as)
 
-    def _ingest_https(self, body: bytes, gzipped: bool, peer: str) -> Outcome:
+    def _ingest_https(self, body: bytes, gzipped: bool, peer: str, host: str = "") -> Outcome:
+        # An upload names no domain; the `tlsrpt.<domain>` host it was sent to does.
+        report_domain = report_domain_of_host(host, self.served) if host else None
         try:
             report = parse_report(body, gzipped=gzipped, limits=self.limits)
-            self._check_managed(report)
+            stored_as = self._attribute(report, report_domain)
         except ReportRejected as error:
             return self._reject("https", peer, error, body)
         # No submitter header over HTTPS; the organisation names the submitter (RFC 8460 §4.4
         # makes report-id unique per reporting organisation).
         submitter = report.organization_name.strip().lower()
-        domain = report.policies[0].policy.policy_domain
-        return self._store(report, StoredEnvelope("https", peer, submitter, domain))
+        domain = report_domain or stored_as[0]
+        return self._store(report, StoredEnvelope("https", peer, submitter, domain), stored_as)
 
-    def _store(self, report: Report, envelope: StoredEnvelope) -> Outcome:
-        if not self.store.add_report(report, envelope):
+    def _store(self, report: Report, envelope: StoredEnvelope, stored_as: list[str]) -> Outcome:
+        if not self.store.add_report(report, envelope, stored_as=stored_as):
             self.metrics.reports.labels(envelope.transport, "duplicate").inc()
             return Outcome("duplicate", f"report {report.report_id!r} is stored already")
         self.metrics.reports.labels(envelope.transport, "stored").inc()
-        self.metrics.count_report(report, self.managed)
+        self.metrics.count_report(report, self.managed, stored_as)
         return Outcome("stored", f"report {report.report_id!r} stored")
 
     def _reject(self, transport: str, peer: str, error: ReportRejected, data: bytes) -> Outcome:
@@ -193,8 +212,8 @@ class Collector:
     async def ingest_mail(self, message: bytes, peer: str) -> Outcome:
         return await asyncio.to_thread(self._ingest_mail, message, peer)
 
-    async def ingest_https(self, body: bytes, gzipped: bool, peer: str) -> Outcome:
-        return await asyncio.to_thread(self._ingest_https, body, gzipped, peer)
+    async def ingest_https(self, body: bytes, gzipped: bool, peer: str, host: str = "") -> Outcome:
+        return await asyncio.to_thread(self._ingest_https, body, gzipped, peer, host)
 
     # -- servers --------------------------------------------------------------------------------
 
@@ -399,7 +418,9 @@ def intake_app(collector: Collector) -> web.Application:
                 return web.Response(
                     status=413, text=outcome.detail + "\n", headers={"Connection": "close"}
                 )
-        outcome = await collector.ingest_https(bytes(body), HTTPS_TYPES[content_type], peer)
+        outcome = await collector.ingest_https(
+            bytes(body), HTTPS_TYPES[content_type], peer, request.host
+        )
         if outcome.status == "rejected":
             return web.Response(status=400, text=outcome.detail + "\n")
         return web.Response(

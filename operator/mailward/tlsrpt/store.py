@@ -120,7 +120,13 @@ def report_key(submitter: str, report_id: str) -> str:
 
 
 class Store(Protocol):
-    def add_report(self, report: Report, envelope: Envelope, now: float | None = None) -> bool: ...
+    def add_report(
+        self,
+        report: Report,
+        envelope: Envelope,
+        now: float | None = None,
+        stored_as: Sequence[str] | None = None,
+    ) -> bool: ...
     def park(
         self,
         *,
@@ -163,8 +169,19 @@ class _SQLStore:
             for statement in SCHEMA:
                 cursor.execute(statement)
 
-    def add_report(self, report: Report, envelope: Envelope, now: float | None = None) -> bool:
-        """Store `report`; False when the same (submitter, report-id) is stored already."""
+    def add_report(
+        self,
+        report: Report,
+        envelope: Envelope,
+        now: float | None = None,
+        stored_as: Sequence[str] | None = None,
+    ) -> bool:
+        """Store `report`; False when the same (submitter, report-id) is stored already.
+
+        `stored_as`: per policy, the domain its rows are kept (and later summarised) under: the
+        served domain a DANE policy naming an MX host counts for (tlsrpt/attribution.py). By
+        default each policy's own `policy-domain`; the report's document keeps the original.
+        """
         received = int(now if now is not None else time.time())
         key = report_key(envelope.submitter, report.report_id)
         start = int(report.date_range.start_datetime.timestamp())
@@ -174,11 +191,12 @@ class _SQLStore:
         failures: list[Sequence[Any]] = []
         for index, result in enumerate(report.policies):
             policy = result.policy
+            domain = stored_as[index] if stored_as is not None else policy.policy_domain
             policies.append(
                 (
                     key,
                     index,
-                    policy.policy_domain,
+                    domain,
                     policy.policy_type,
                     report.organization_name,
                     result.summary.total_successful_session_count,
@@ -193,7 +211,7 @@ class _SQLStore:
                         key,
                         index,
                         detail_index,
-                        policy.policy_domain,
+                        domain,
                         policy.policy_type,
                         detail.result_type,
                         detail.failed_session_count,
