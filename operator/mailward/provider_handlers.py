@@ -113,6 +113,14 @@ class ProviderReconciler:
         if ready.status != "True":
             self._scheduler.schedule(key, time.monotonic() + self._retry_seconds)
 
+    def observe(self, plural: str, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """A provider deleted (or being deleted) is not used any more from the next pass on:
+        what the passes kept of it goes at once, not after its bound."""
+        meta = body.get("metadata", {})
+        if event_type == "DELETED" or meta.get("deletionTimestamp"):
+            ref = ProviderReference(kind=_KINDS[plural], name=str(meta.get("name")))
+            self._changed(ref, str(meta.get("namespace") or ""))
+
     async def _resync(self, key: JobKey) -> None:
         plural, _, name = key.obj.name.partition("/")
         body = await self._objects.get(plural, key.obj.namespace, name)
@@ -128,6 +136,11 @@ def _register(plural: str) -> None:
     @kopf.on.update(API_GROUP, API_VERSION, plural)
     async def changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         await cast(ProviderReconciler, memo.runtime.provider_status).reconcile(plural, body)
+
+    @kopf.on.event(API_GROUP, API_VERSION, plural)
+    def seen(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        reconciler = cast(ProviderReconciler, memo.runtime.provider_status)
+        reconciler.observe(plural, event.get("type"), body)
 
 
 for _plural in _KINDS:

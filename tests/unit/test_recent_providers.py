@@ -12,6 +12,8 @@ from mailward.adapters.dns_kube import ProviderNotFound
 from mailward.adapters.dns_provider import DNSProvider
 from mailward.adapters.recent_providers import RecentProviders
 from mailward.api.v1alpha1 import ProviderReference
+from mailward.provider_handlers import ProviderReconciler
+from mailward.scheduler import Scheduler
 
 CLUSTER = ProviderReference(kind="ClusterDNSProvider", name="local-bind")
 LOCAL = ProviderReference(kind="DNSProvider", name="local-bind")
@@ -112,3 +114,27 @@ def test_a_changed_provider_is_read_again_at_once() -> None:
 
     asyncio.run(run())
     assert len(resolver.reads) == 2
+
+
+def test_a_deleted_provider_is_dropped_from_what_the_passes_share() -> None:
+    recent, resolver, _ = _recent()
+    reconciler = ProviderReconciler(
+        resolver,
+        cast(Any, None),
+        Scheduler(),
+        resync_seconds=300,
+        retry_seconds=10,
+        changed=recent.forget,
+    )
+    body = {"metadata": {"name": "local-bind", "namespace": "mail"}}
+
+    async def run() -> None:
+        await recent.resolve(LOCAL, "mail")
+        reconciler.observe("dnsproviders", "MODIFIED", body)  # an ordinary event: kept
+        await recent.resolve(LOCAL, "mail")
+        assert len(resolver.reads) == 1
+        reconciler.observe("dnsproviders", "DELETED", body)
+        await recent.resolve(LOCAL, "mail")
+        assert len(resolver.reads) == 2
+
+    asyncio.run(run())
