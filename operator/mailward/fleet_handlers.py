@@ -74,6 +74,18 @@ def namespace_labels(
     return {str(name): tuple(sorted(labels.items()))}
 
 
+@kopf.on.event("", "v1", "namespaces")
+def observe_namespace(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """What an attaching MailDomain's pass reads instead of asking for its namespace."""
+    memo.runtime.mail_servers.observe_namespace(event.get("type"), dict(body))
+
+
+@kopf.on.event(API_GROUP, API_VERSION, MAILSERVER_PLURAL)
+def observe_mail_server(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """What an attaching MailDomain's pass reads instead of asking for its MailServer."""
+    memo.runtime.mail_servers.observe_mail_server(event.get("type"), dict(body))
+
+
 def _server(body: kopf.Body) -> MailServerObject:
     meta = body.get("metadata", {})
     return MailServerObject(

@@ -16,7 +16,11 @@ from mailward.adapters.endpoint_keys import KubeMTAEndpoints
 from mailward.adapters.events import KubeEventPoster
 from mailward.adapters.kube import KubeCustomObjects, KubeSecretObserver, load_client_config
 from mailward.adapters.maildomains import KubeMailDomainReader, MailDomainDirectory
-from mailward.adapters.mailservers import KubeFleetPods, KubeMailServerDirectory
+from mailward.adapters.mailservers import (
+    KubeFleetPods,
+    KubeMailServerDirectory,
+    WatchedMailServers,
+)
 from mailward.adapters.nameservers import NameserverObserver
 from mailward.adapters.observed import LevelApplier, ObservedObjects
 from mailward.adapters.policy_endpoint import EndpointFetcher
@@ -53,6 +57,8 @@ class Runtime:
     domains: DomainReconciler
     fleets: FleetController
     provider_status: ProviderReconciler
+    # MailServers and namespace labels as kopf's watches show them (fed by fleet_handlers.py).
+    mail_servers: WatchedMailServers
 
 
 # The API client is blocking: every call runs in one of these threads (handlers.py sets the
@@ -70,6 +76,7 @@ def build(settings: OperatorSettings, *, standby: bool = False) -> Runtime:
     reconcile = settings.reconcile
     observed = ObservedObjects()
     directory = MailDomainDirectory()
+    mail_servers = WatchedMailServers(KubeMailServerDirectory())
     applier = LevelApplier(observed)
     resolver = KubeProviderResolver()
     providers = RecentProviders(resolver, seconds=PROVIDER_REUSE_SECONDS)
@@ -116,7 +123,7 @@ def build(settings: OperatorSettings, *, standby: bool = False) -> Runtime:
             reconcile.mta_retry_max_seconds,
             settings.mta_resolver,
             settings.mta_image,
-            KubeMailServerDirectory(),
+            mail_servers,
         ),
         # With a cert-manager issuer, the policy host's certificate before the endpoint is
         # asked to serve it.
@@ -170,7 +177,9 @@ def build(settings: OperatorSettings, *, standby: bool = False) -> Runtime:
         changed=providers.forget,
     )
     observed.on_drift(domains.repair)
-    return Runtime(settings, scheduler, observed, directory, domains, fleets, provider_status)
+    return Runtime(
+        settings, scheduler, observed, directory, domains, fleets, provider_status, mail_servers
+    )
 
 
 __all__ = ["Runtime", "build"]

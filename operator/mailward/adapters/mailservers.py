@@ -100,6 +100,45 @@ class KubeMailServerDirectory:
         return await asyncio.to_thread(read)
 
 
+class WatchedMailServers:
+    """MailServers and namespace labels as kopf's watches last showed them (fleet_handlers.py
+    feeds them), with `fallback` asked for what the watches have not shown yet: a pass that
+    attaches a domain reads no MailServer and no namespace from the API server once the watches
+    run, and a start-up that reconciles before the first events still finds them."""
+
+    def __init__(self, fallback: MailServerDirectory) -> None:
+        self._fallback = fallback
+        self._servers: dict[tuple[str, str], MailServerObservation] = {}
+        self._labels: dict[str, dict[str, str]] = {}
+
+    def observe_mail_server(self, event_type: str | None, body: dict[str, Any]) -> None:
+        meta = body.get("metadata") or {}
+        key = (str(meta.get("namespace")), str(meta.get("name")))
+        if event_type == "DELETED":
+            self._servers.pop(key, None)
+        else:
+            self._servers[key] = observe_mail_server(body)
+
+    def observe_namespace(self, event_type: str | None, body: dict[str, Any]) -> None:
+        meta = body.get("metadata") or {}
+        name = str(meta.get("name"))
+        if event_type == "DELETED":
+            self._labels.pop(name, None)
+        else:
+            self._labels[name] = dict(meta.get("labels") or {})
+
+    async def mail_server(self, namespace: str, name: str) -> MailServerObservation:
+        seen = self._servers.get((namespace, name))
+        return seen if seen is not None else await self._fallback.mail_server(namespace, name)
+
+    async def namespace_labels(self, name: str) -> dict[str, str] | None:
+        seen = self._labels.get(name)
+        return dict(seen) if seen is not None else await self._fallback.namespace_labels(name)
+
+    async def accounts(self, namespace: str, name: str) -> dict[str, str] | None:
+        return await self._fallback.accounts(namespace, name)
+
+
 class KubeFleetPods:
     """Annotates a fleet's pods (metadata only: the StatefulSet controller leaves pod
     annotations alone, and the kubelet syncs the pod, refreshing its ConfigMap volumes)."""
