@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from mailward.parts.tlsrpt import served_domains
+from mailward.render.tlsrpt_objects import CollectorSettings, collector_config, collector_listeners
 from mailward.tlsrpt.attribution import (
     Attribution,
     ServedNames,
@@ -20,6 +22,7 @@ from mailward.tlsrpt.attribution import (
 )
 from mailward.tlsrpt.config import CollectorConfig
 from mailward.tlsrpt.server import Collector
+from tests.manifests import valid_maildomain
 from tests.tlsrpt_samples import make_report
 
 SERVED = ServedNames.of(
@@ -153,3 +156,29 @@ def test_the_collector_keeps_a_dane_report_under_the_domain_of_its_mx_host(
     assert [(f.result_type, f.sessions) for f in failures] == [("certificate-not-trusted", 2)]
     assert rows["a.test"] == []
     assert [(r.successful, r.failed) for r in rows["b.test"]] == [(7, 2)]
+
+
+def test_the_collector_config_names_the_mx_hosts_of_own_and_attached_domains() -> None:
+    """An own MTA's hosts come from spec.mx; an attached domain's from its fleet, as the MTA part
+    wrote them into status.mailServer.hosts."""
+    own = valid_maildomain()
+    attached = {
+        "metadata": {"name": "attached", "uid": "uid-attached"},
+        "spec": {"domain": "attached.test", "mailServerRef": {"name": "fleet"}},
+        "status": {
+            "mailServer": {"namespace": "mail", "name": "fleet", "hosts": ["mx1.fleet.test"]}
+        },
+    }
+    not_yet = {
+        "metadata": {"name": "waiting", "uid": "uid-waiting"},
+        "spec": {"domain": "waiting.test", "mailServerRef": {"name": "fleet"}},
+    }
+    served = served_domains([{**own, "metadata": {"name": "own", "uid": "u"}}, attached, not_yet])
+    settings = CollectorSettings()
+    specs = [d.spec for d in served]
+    config = collector_config(served, settings, collector_listeners(specs, settings))
+    assert config.mx_hosts == {
+        "attached.test": ["mx1.fleet.test"],
+        own["spec"]["domain"]: [m["host"] for m in own["spec"]["mx"]],
+    }
+    assert "waiting.test" in config.domains  # served; its DANE reports wait for the hosts

@@ -71,8 +71,21 @@ def served_domains(items: Sequence[Mapping[str, Any]]) -> list[ServedDomain]:
             spec = parse_spec(item.get("spec") or {})
         except InvalidSpec:
             continue
-        served.append(ServedDomain(str(meta.get("name")), str(meta.get("uid")), spec))
+        served.append(
+            ServedDomain(str(meta.get("name")), str(meta.get("uid")), spec, _fleet_mx_hosts(item))
+        )
     return sorted(served, key=lambda d: d.spec.domain)
+
+
+def _fleet_mx_hosts(item: Mapping[str, Any]) -> tuple[str, ...]:
+    """The MailServer's MX hosts an attached domain's status names (the collector attributes
+    DANE reports by them, tlsrpt/attribution.py); none for a domain with an MTA of its own."""
+    status = item.get("status")
+    attachment = status.get("mailServer") if isinstance(status, Mapping) else None
+    hosts = attachment.get("hosts") if isinstance(attachment, Mapping) else None
+    if not isinstance(hosts, list):
+        return ()
+    return tuple(str(h) for h in hosts if isinstance(h, str))
 
 
 class CollectorDeployment:

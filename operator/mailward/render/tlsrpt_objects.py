@@ -86,6 +86,12 @@ class ServedDomain:
     name: str
     uid: str
     spec: MailDomainSpec
+    # For a domain attached to a MailServer (no spec.mx): the fleet's MX hosts, as the MTA
+    # part found them (status.mailServer.hosts).
+    fleet_mx_hosts: tuple[str, ...] = ()
+
+    def mx_hosts(self) -> list[str]:
+        return [m.host for m in self.spec.mx] or list(self.fleet_mx_hosts)
 
 
 def _mailbox_domains(specs: Sequence[MailDomainSpec]) -> list[str]:
@@ -159,13 +165,13 @@ def collector_config(
 ) -> CollectorConfig:
     specs = sorted((d.spec for d in served), key=lambda s: s.domain)
     secrets = served_secrets(served)
+    mx_hosts = {d.spec.domain: d.mx_hosts() for d in served}
     return CollectorConfig(
         hostname=collector_host(specs[0].domain) if specs else NAME,
         domains=[s.domain for s in specs],
         mailbox_domains=_mailbox_domains(specs),
-        # A DANE report names the MX host as policy-domain (tlsrpt/attribution.py). A domain
-        # attached to a MailServer has no spec.mx: its fleet's hosts are not known here yet.
-        mx_hosts={s.domain: [m.host for m in s.mx] for s in specs if s.mx},
+        # A DANE report names the MX host as policy-domain (tlsrpt/attribution.py).
+        mx_hosts={domain: hosts for domain, hosts in sorted(mx_hosts.items()) if hosts},
         smtp=listeners.listen(listeners.smtp),
         https=listeners.listen(listeners.https),
         api=listeners.listen(listeners.api),
