@@ -65,6 +65,8 @@ class Disturbance:
     def _disturb(self) -> str:
         if self.kind == "kill-active":
             pods = replicas.running_pods(self.stack)
+            if len(pods) < 2:
+                raise RuntimeError(f"{len(pods)} replica running: no standby to take over")
             active = replicas.active(self.stack, set(pods))
             os.kill(replicas.operator_process(self.stack, pods[active]), signal.SIGKILL)
             return f"SIGKILL to the active replica {active} ({len(pods)} running)"

@@ -654,7 +654,11 @@ def main() -> int:
     results = Results(args.domains, args.compliance)
     values = operator_values(args.operator_memory, args.compliance, args.concurrency)
     if args.disturb == "kill-active":
-        values["replicas"] = 2  # the chart's default; the stack runs one otherwise
+        # The chart's default; the stack runs one. On the host network of one node the two
+        # would both bind bindAddress's health and metrics ports: as in test_ha, neither serves
+        # them (no liveness probe then).
+        values.update({"replicas": 2, "healthEndpoint": False})
+        values["metrics"] = {"enabled": False}
     say(f"{args.domains:,} MailDomains on {args.fleets} fleets; operator memory limit "
         f"{args.operator_memory}; budget {args.budget}s")  # fmt: skip
     with contextlib.ExitStack() as cleanup:
