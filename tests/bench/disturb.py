@@ -2,7 +2,8 @@
 every domain's records are compared with what mailward wants (tests/zones.py).
 
 - `kill-active`: two operator replicas (kopf peering); the active one's process gets SIGKILL.
-  The takeover is timed to the first MailDomain that turns ready after the kill.
+  The takeover is timed until the killed replica's peering record is gone or ranks below the
+  standby's, as test_ha does.
 - `apiserver`: the API server stopped and started again on the same port (etcd keeps its data).
 - `bind`: the authoritative BIND stopped for 60 s (`interrupt`/`resume` keep keys and journals).
 
@@ -30,6 +31,7 @@ from tests.zones import zone_differences
 KINDS = ("kill-active", "apiserver", "bind")
 BIND_DOWN_SECONDS = 60
 APISERVER_DOWN_SECONDS = 10
+TAKEOVER_TIMEOUT = 120
 
 
 @dataclass
@@ -68,8 +70,10 @@ class Disturbance:
             if len(pods) < 2:
                 raise RuntimeError(f"{len(pods)} replica running: no standby to take over")
             active = replicas.active(self.stack, set(pods))
+            (standby, *_) = sorted(set(pods) - {active})
             os.kill(replicas.operator_process(self.stack, pods[active]), signal.SIGKILL)
-            return f"SIGKILL to the active replica {active} ({len(pods)} running)"
+            killed = time.monotonic()
+            return f"SIGKILL to the active replica; {self._takeover(active, standby, killed)}"
         if self.kind == "apiserver":
             down = self.stack.plane.restart_apiserver(down_seconds=APISERVER_DOWN_SECONDS)
             return f"API server restarted, {down:.1f} s without an answer"
@@ -82,6 +86,18 @@ class Disturbance:
                 server.resume()
             return f"BIND stopped for {BIND_DOWN_SECONDS} s"
         raise ValueError(f"no disturbance {self.kind!r}; one of {', '.join(KINDS)}")
+
+    def _takeover(self, killed: str, standby: str, at: float) -> str:
+        """As test_ha times it: until the killed replica's peering record is gone or ranks
+        below the standby's (the standby then resumes its handlers)."""
+        while time.monotonic() - at < TAKEOVER_TIMEOUT:
+            records = replicas.peers(self.stack)
+            if killed not in records or int(records[killed]["priority"]) < int(
+                records[standby]["priority"]
+            ):
+                return f"the standby took over {time.monotonic() - at:.1f} s after the kill"
+            time.sleep(0.2)
+        raise RuntimeError(f"the killed replica still ranked first after {TAKEOVER_TIMEOUT} s")
 
 
 def zones_as_desired(
