@@ -339,15 +339,16 @@ def test_deletion_holds_the_object_and_records_for_the_bound(lab: Lab) -> None:
         facts = parse_policy(text or "")
         if body is not None:
             condition = md.condition("MTASTSReady")
+        mx = md.mx()
         timeline.see(
             exists=body is not None,
             served=_id_of(text),
             mode=facts.mode if facts else None,
             txt=md.sts_txt(),
-            mx=md.mx(),
+            mx=mx,
             reason=condition.get("reason"),
         )
-        if body is None and md.mx() is None:
+        if body is None and mx is None:
             break
         time.sleep(0.3)
     served_none = timeline.first(lambda o: o["mode"] == "none")
@@ -515,19 +516,17 @@ def test_testing_is_promoted_to_enforce_after_clean_reports(
             }
             text = md.served()
             facts = parse_policy(text or "")
+            txt = md.sts_txt()
             timeline.see(
                 sts_reports=counts.get("sts"),
                 served=facts.mode if facts else None,
                 served_id=_id_of(text),
-                txt=md.sts_txt(),
+                txt=txt,
                 promoted=body.get("status", {}).get("mtaSts", {}).get("promotedTime"),
             )
-            text = md.served() or ""
-            if (
-                facts
-                and facts.mode == "enforce"
-                and md.sts_txt() == f"v=STSv1; id={policy_id(text)}"
-            ):
+            # Stop on what was recorded, not on a second read: the timeline must hold the row
+            # that ends the wait (the CI rehearsal saw the second read move ahead of it).
+            if facts and facts.mode == "enforce" and txt == f"v=STSv1; id={_id_of(text)}":
                 break
             time.sleep(0.5)
         counted = timeline.first(lambda o: o.get("sts_reports") == {"successful": 42, "failed": 0})
