@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 from pydantic import TypeAdapter, ValidationError
 
-from mailward.adapters.serving_secret import SecretChanged
+from mailward.adapters.serving_secret import read_secret, write_secret
 from mailward.dkim.machine import ManagedKey
 from mailward.render.dkim import key_file
 
@@ -104,26 +103,11 @@ class KubeDKIMKeyStore:
         return await asyncio.to_thread(self._write, namespace, name, owner, state)
 
     def _read(self, namespace: str, name: str) -> DKIMKeyState:
-        try:
-            secret = self._api.read_namespaced_secret(name, namespace)
-        except ApiException as error:
-            if error.status == 404:
-                return DKIMKeyState()
-            raise
-        return state_from_secret(secret)
+        secret = read_secret(self._api, namespace, name)
+        return DKIMKeyState() if secret is None else state_from_secret(secret)
 
     def _write(
         self, namespace: str, name: str, owner: dict[str, object], state: DKIMKeyState
     ) -> str:
         body = secret_body(namespace, name, owner, state)
-        api: Any = self._api  # the client's stubs want V1Secret; a dict is what it sends
-        try:
-            if state.found:
-                written = api.replace_namespaced_secret(name, namespace, body)
-            else:
-                written = api.create_namespaced_secret(namespace, body)
-        except ApiException as error:
-            if error.status == 409:
-                raise SecretChanged(f"Secret {namespace}/{name} changed meanwhile") from None
-            raise
-        return str(written.metadata.resource_version)
+        return write_secret(self._api, body, replace=state.found)

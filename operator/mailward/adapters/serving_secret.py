@@ -33,6 +33,35 @@ class SecretChanged(Exception):
     """Someone else wrote the Secret since it was read: read again and decide again."""
 
 
+def read_secret(api: client.CoreV1Api, namespace: str, name: str) -> Any:
+    """The Secret as the API server holds it now (its resourceVersion guards the next write);
+    None when there is none."""
+    try:
+        return api.read_namespaced_secret(name, namespace)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+
+
+def write_secret(api: client.CoreV1Api, body: dict[str, Any], *, replace: bool) -> str:
+    """Creates the Secret, or replaces the one that was read (`body` carries its
+    resourceVersion); SecretChanged when someone wrote it meanwhile. Its new resourceVersion."""
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    untyped: Any = api  # the client's stubs want V1Secret; a dict is what it sends
+    try:
+        if replace:
+            written = untyped.replace_namespaced_secret(name, namespace, body)
+        else:
+            written = untyped.create_namespaced_secret(namespace, body)
+    except ApiException as error:
+        if error.status == 409:
+            raise SecretChanged(f"Secret {namespace}/{name} changed meanwhile") from None
+        raise
+    return str(written.metadata.resource_version)
+
+
 @dataclass(frozen=True)
 class KeyMaterial:
     key_pem: bytes
@@ -176,29 +205,14 @@ class KubeServingSecrets:
         return user_secret_from(name, secret)
 
     def _read(self, namespace: str, name: str) -> ServingState:
-        try:
-            secret = self._api.read_namespaced_secret(name, namespace)
-        except ApiException as error:
-            if error.status == 404:
-                return ServingState()
-            raise
-        return state_from_secret(secret)
+        secret = read_secret(self._api, namespace, name)
+        return ServingState() if secret is None else state_from_secret(secret)
 
     def _write(
         self, namespace: str, name: str, owner: dict[str, object] | None, state: ServingState
     ) -> str:
         body = secret_body(namespace, name, owner, state)
-        api: Any = self._api  # the client's stubs want V1Secret; a dict is what it sends
-        try:
-            if state.found:
-                written = api.replace_namespaced_secret(name, namespace, body)
-            else:
-                written = api.create_namespaced_secret(namespace, body)
-        except ApiException as error:
-            if error.status == 409:
-                raise SecretChanged(f"Secret {namespace}/{name} changed meanwhile") from None
-            raise
-        return str(written.metadata.resource_version)
+        return write_secret(self._api, body, replace=state.found)
 
 
 @dataclass(frozen=True)
