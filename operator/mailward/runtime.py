@@ -160,7 +160,7 @@ def build(settings: OperatorSettings, *, standby: bool = False) -> Runtime:
     fleets = FleetController(
         applier=applier,
         workloads=KubeWorkloadClient(applier=applier),
-        directory=KubeMailServerDirectory(),
+        directory=mail_servers,
         pods=KubeFleetPods(),
         providers=providers,
         secrets=KubeSecretObserver(),
